@@ -1,0 +1,192 @@
+//! Device detection for `GET /capabilities`: one entry per NVIDIA GPU, then `CPU-0`.
+//!
+//! GPUs come from `nvidia-smi --query-gpu=index,name,memory.total,compute_cap
+//! --format=csv,noheader,nounits`; when the program is absent, fails, hangs past a timeout
+//! or prints nothing usable, the hive reports no GPU rather than an error. The CPU entry
+//! comes from the real core count and `/proc/meminfo`.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// How long `nvidia-smi` may take before the hive gives up on it.
+pub const NVIDIA_SMI_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The arguments given to `nvidia-smi`.
+pub const NVIDIA_SMI_ARGS: &[&str] = &[
+    "--query-gpu=index,name,memory.total,compute_cap",
+    "--format=csv,noheader,nounits",
+];
+
+/// One compute device, as the upstream queen reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Device {
+    /// `GPU-<index>` or `CPU-0`.
+    pub id: String,
+    /// Product name.
+    pub name: String,
+    /// `gpu` or `cpu`.
+    pub device_type: &'static str,
+    /// GPU memory in GiB (truncated); for the CPU, system memory in GiB.
+    pub vram_gb: Option<u64>,
+    /// CUDA compute capability such as `9.0`; null for the CPU.
+    pub compute_capability: Option<String>,
+}
+
+/// The body of `GET /capabilities`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// GPUs first, then `CPU-0`.
+    pub devices: Vec<Device>,
+}
+
+/// Detects this machine's devices, running `nvidia_smi` for the GPUs.
+pub async fn detect(nvidia_smi: &str) -> Capabilities {
+    let mut devices = detect_gpus(nvidia_smi).await;
+    devices.push(cpu_device());
+    Capabilities { devices }
+}
+
+async fn detect_gpus(program: &str) -> Vec<Device> {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(NVIDIA_SMI_ARGS)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(NVIDIA_SMI_TIMEOUT, command.output()).await {
+        Ok(Ok(output)) if output.status.success() => {
+            parse_nvidia_smi_csv(&String::from_utf8_lossy(&output.stdout))
+        }
+        Ok(Ok(output)) => {
+            tracing::warn!("{program} exited with {}; reporting no GPU", output.status);
+            Vec::new()
+        }
+        Ok(Err(error)) => {
+            tracing::debug!("{program} not usable ({error}); reporting no GPU");
+            Vec::new()
+        }
+        Err(_) => {
+            tracing::warn!(
+                "{program} did not answer within {NVIDIA_SMI_TIMEOUT:?}; reporting no GPU"
+            );
+            Vec::new()
+        }
+    }
+}
+
+/// Parses `index, name, memory.total [MiB], compute_cap` lines (noheader, nounits).
+/// Lines that do not parse are skipped.
+pub fn parse_nvidia_smi_csv(text: &str) -> Vec<Device> {
+    text.lines()
+        .filter_map(|line| {
+            let mut cols = line.split(',').map(str::trim);
+            let index: u32 = cols.next()?.parse().ok()?;
+            let name = cols.next().filter(|n| !n.is_empty())?.to_owned();
+            let memory_mib = cols.next().and_then(|m| m.parse::<u64>().ok());
+            let compute_capability = cols
+                .next()
+                .filter(|c| !c.is_empty() && !c.starts_with('['))
+                .map(str::to_owned);
+            Some(Device {
+                id: format!("GPU-{index}"),
+                name,
+                device_type: "gpu",
+                vram_gb: memory_mib.map(|mib| mib / 1024),
+                compute_capability,
+            })
+        })
+        .collect()
+}
+
+fn cpu_device() -> Device {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, name)| name.trim().to_owned())
+        });
+    let name = match model {
+        Some(model) => format!("{model} ({cores} cores)"),
+        None => format!("CPU ({cores} cores)"),
+    };
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| parse_mem_total_kib(&text))
+        .map(|kib| kib / (1024 * 1024));
+    Device {
+        id: "CPU-0".to_owned(),
+        name,
+        device_type: "cpu",
+        vram_gb: memory_gib,
+        compute_capability: None,
+    }
+}
+
+fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemTotal:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_h100_capture() {
+        let text = include_str!("../fixtures/nvidia-smi/query-gpu-noheader-nounits.csv");
+        assert_eq!(
+            parse_nvidia_smi_csv(text),
+            vec![Device {
+                id: "GPU-0".into(),
+                name: "NVIDIA H100 80GB HBM3".into(),
+                device_type: "gpu",
+                vram_gb: Some(79),
+                compute_capability: Some("9.0".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn skips_headers_and_garbage() {
+        let text = include_str!("../fixtures/nvidia-smi/query-gpu.csv");
+        // The header line does not parse; the data line does (memory has units here, so
+        // it is unknown rather than wrong).
+        let devices = parse_nvidia_smi_csv(text);
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].vram_gb, None);
+        assert!(parse_nvidia_smi_csv("No devices were found\n").is_empty());
+        assert!(parse_nvidia_smi_csv("").is_empty());
+    }
+
+    #[test]
+    fn two_gpus_in_order() {
+        let devices = parse_nvidia_smi_csv("0, A, 24576, 8.6\n1, B, 16384, [N/A]\n");
+        assert_eq!(
+            devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            ["GPU-0", "GPU-1"]
+        );
+        assert_eq!(devices[0].vram_gb, Some(24));
+        assert_eq!(devices[1].compute_capability, None);
+    }
+
+    #[test]
+    fn reads_mem_total() {
+        assert_eq!(
+            parse_mem_total_kib("MemTotal:       24572600 kB\nMemFree: 1 kB\n"),
+            Some(24572600)
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_nvidia_smi_means_cpu_only() {
+        let caps = detect("/nonexistent/nvidia-smi").await;
+        assert_eq!(caps.devices.len(), 1);
+        assert_eq!(caps.devices[0].id, "CPU-0");
+        assert!(caps.devices[0].vram_gb.unwrap_or(0) > 0);
+    }
+}

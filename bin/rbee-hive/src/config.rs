@@ -1,0 +1,387 @@
+//! Configuration: flags, `RBEE_HIVE_*` environment variables and the TOML config file,
+//! merged as flag > environment > file > default (PROTOCOL §1).
+//!
+//! Clap reads each flag and its environment variable; the file fills what both left unset;
+//! the defaults fill the rest. Unknown keys in the file are an error, so a typo is never
+//! silently ignored.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+/// Default TCP port, as in rbee.
+pub const DEFAULT_PORT: u16 = 7835;
+/// The hive id used in narration when none is configured.
+pub const DEFAULT_HIVE_ID: &str = "localhost";
+
+/// Command-line flags; each also has an environment variable.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "rbee-hive",
+    version,
+    about = "rbee-hive: the worker manager daemon of an rbee cluster"
+)]
+pub struct Cli {
+    /// TCP port to listen on (0 picks a free one) [default: 7835]
+    #[arg(long, env = "RBEE_HIVE_PORT")]
+    pub port: Option<u16>,
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long, env = "RBEE_HIVE_BIND")]
+    pub bind: Option<IpAddr>,
+    /// Config file (TOML)
+    #[arg(long, env = "RBEE_HIVE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for worker logs and the state file [default: $XDG_STATE_HOME/rbee-hive]
+    #[arg(long, env = "RBEE_HIVE_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// This hive's id; when set, jobs naming another hive_id are refused [default: localhost]
+    #[arg(long, env = "RBEE_HIVE_HIVE_ID")]
+    pub hive_id: Option<String>,
+    /// URL of the queen-rbee orchestrator, passed to workers as {queen_url}
+    #[arg(long, env = "RBEE_HIVE_QUEEN_URL")]
+    pub queen_url: Option<String>,
+    /// File holding the API bearer token; when set, every route but /health needs it
+    #[arg(long, env = "RBEE_HIVE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the merged configuration as TOML and exit
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The config file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    port: Option<u16>,
+    bind: Option<IpAddr>,
+    state_dir: Option<PathBuf>,
+    hive_id: Option<String>,
+    queen_url: Option<String>,
+    token_file: Option<PathBuf>,
+    body_limit_bytes: Option<usize>,
+    job_retention_s: Option<u64>,
+    max_finished_jobs: Option<usize>,
+    job_event_buffer: Option<usize>,
+    shutdown_drain_s: Option<u64>,
+    nvidia_smi: Option<String>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    ParseFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The token file could not be read or is empty.
+    #[error("cannot use token file {path}: {reason}")]
+    TokenFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {key}: {reason}")]
+    Invalid {
+        /// The key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A non-loopback address without a token.
+    #[error(
+        "refusing to listen on {0} without an API token: anyone on the network could start and stop workers. \
+         Set --token-file (or RBEE_HIVE_TOKEN_FILE / token_file), or bind 127.0.0.1"
+    )]
+    ExposedWithoutToken(IpAddr),
+}
+
+/// The merged configuration of one hive.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// TCP port.
+    pub port: u16,
+    /// Listen address.
+    pub bind: IpAddr,
+    /// Config file the settings came from, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<PathBuf>,
+    /// Worker logs and the state file live here.
+    pub state_dir: PathBuf,
+    /// The hive id given explicitly; `None` accepts any `hive_id` in jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hive_id: Option<String>,
+    /// The orchestrator's URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queen_url: Option<String>,
+    /// Where the token came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// The API token (never printed).
+    #[serde(skip)]
+    pub token: Option<String>,
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+    /// How long finished jobs are kept, in seconds.
+    pub job_retention_s: u64,
+    /// How many finished jobs are kept at most.
+    pub max_finished_jobs: usize,
+    /// How many narration lines one job keeps.
+    pub job_event_buffer: usize,
+    /// How long shutdown waits for open connections after ending every stream.
+    pub shutdown_drain_s: u64,
+    /// The `nvidia-smi` program used for GPU detection.
+    pub nvidia_smi: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            port: DEFAULT_PORT,
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            config_file: None,
+            state_dir: default_state_dir(),
+            hive_id: None,
+            queen_url: None,
+            token_file: None,
+            token: None,
+            body_limit_bytes: 64 * 1024,
+            job_retention_s: 600,
+            max_finished_jobs: 10_000,
+            job_event_buffer: 10_000,
+            shutdown_drain_s: 10,
+            nvidia_smi: "nvidia-smi".to_owned(),
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("rbee-hive");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/state/rbee-hive");
+    }
+    std::env::temp_dir().join("rbee-hive")
+}
+
+impl Config {
+    /// Merges flags (and their environment variables) over the config file over defaults.
+    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let defaults = Self::default();
+        let token_file = cli.token_file.or(file.token_file);
+        let token = token_file.as_deref().map(read_token).transpose()?;
+        let config = Self {
+            port: cli.port.or(file.port).unwrap_or(defaults.port),
+            bind: cli.bind.or(file.bind).unwrap_or(defaults.bind),
+            config_file: cli.config,
+            state_dir: cli
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or(defaults.state_dir),
+            hive_id: cli.hive_id.or(file.hive_id),
+            queen_url: cli.queen_url.or(file.queen_url),
+            token_file,
+            token,
+            body_limit_bytes: file.body_limit_bytes.unwrap_or(defaults.body_limit_bytes),
+            job_retention_s: file.job_retention_s.unwrap_or(defaults.job_retention_s),
+            max_finished_jobs: file.max_finished_jobs.unwrap_or(defaults.max_finished_jobs),
+            job_event_buffer: file.job_event_buffer.unwrap_or(defaults.job_event_buffer),
+            shutdown_drain_s: file.shutdown_drain_s.unwrap_or(defaults.shutdown_drain_s),
+            nvidia_smi: file.nvidia_smi.unwrap_or(defaults.nvidia_smi),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.hive_id
+            && (id.is_empty() || id.len() > 256 || id.chars().any(char::is_control))
+        {
+            return Err(ConfigError::Invalid {
+                key: "hive_id",
+                reason: "must be 1 to 256 characters without control characters".into(),
+            });
+        }
+        if self.body_limit_bytes < 256 {
+            return Err(ConfigError::Invalid {
+                key: "body_limit_bytes",
+                reason: "must be at least 256".into(),
+            });
+        }
+        if self.job_event_buffer == 0 {
+            return Err(ConfigError::Invalid {
+                key: "job_event_buffer",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a non-loopback listen address when no token is configured.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        if !self.bind.is_loopback() && self.token.is_none() {
+            return Err(ConfigError::ExposedWithoutToken(self.bind));
+        }
+        Ok(())
+    }
+
+    /// The hive id used in narration: the configured one, or `localhost`.
+    pub fn effective_hive_id(&self) -> &str {
+        self.hive_id.as_deref().unwrap_or(DEFAULT_HIVE_ID)
+    }
+
+    /// How long finished jobs are kept.
+    pub fn job_retention(&self) -> Duration {
+        Duration::from_secs(self.job_retention_s)
+    }
+
+    /// The merged configuration as TOML, token left out.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::ParseFile {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::TokenFile {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError::TokenFile {
+            path: path.to_owned(),
+            reason: "the file is empty".into(),
+        });
+    }
+    Ok(token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("rbee-hive-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn defaults_work_with_nothing_configured() {
+        let config = Config::load(Cli::default()).unwrap();
+        assert_eq!(config.port, 7835);
+        assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(config.effective_hive_id(), "localhost");
+        assert!(config.check_exposure().is_ok());
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let dir = temp_dir("merge");
+        let file = write(
+            &dir,
+            "hive.toml",
+            "port = 9000\nhive_id = \"from-file\"\njob_retention_s = 5\n",
+        );
+        let config = Config::load(Cli {
+            config: Some(file),
+            port: Some(9001),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.port, 9001);
+        assert_eq!(config.hive_id.as_deref(), Some("from-file"));
+        assert_eq!(config.job_retention_s, 5);
+        assert_eq!(config.max_finished_jobs, 10_000);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let dir = temp_dir("unknown");
+        let file = write(&dir, "hive.toml", "prot = 9000\n");
+        let error = Config::load(Cli {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("unknown field `prot`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn exposed_bind_needs_a_token() {
+        let config = Config::load(Cli {
+            bind: Some("0.0.0.0".parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(matches!(
+            config.check_exposure(),
+            Err(ConfigError::ExposedWithoutToken(_))
+        ));
+        let dir = temp_dir("token");
+        let token = write(&dir, "token", "s3cret\n");
+        let config = Config::load(Cli {
+            bind: Some("0.0.0.0".parse().unwrap()),
+            token_file: Some(token),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.token.as_deref(), Some("s3cret"));
+        assert!(config.check_exposure().is_ok());
+        assert!(!config.to_toml().contains("s3cret"));
+    }
+
+    #[test]
+    fn empty_token_file_is_refused() {
+        let dir = temp_dir("empty-token");
+        let token = write(&dir, "token", "  \n");
+        let error = Config::load(Cli {
+            token_file: Some(token),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("empty"));
+    }
+}

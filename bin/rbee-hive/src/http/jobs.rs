@@ -1,0 +1,117 @@
+//! `POST /v1/jobs`, `GET /v1/jobs/{id}`, `DELETE /v1/jobs/{id}`.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use job_server::{JobId, JobSnapshot};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::http::error::ApiError;
+use crate::jobs::{Operation, router};
+
+/// The answer to a submitted job.
+#[derive(Debug, Serialize)]
+pub struct Submitted {
+    /// The new job's id.
+    pub job_id: JobId,
+    /// Where its narration streams.
+    pub sse_url: String,
+}
+
+/// `POST /v1/jobs`: validates the operation, then starts it as a job.
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Submitted>, ApiError> {
+    if state.jobs.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    require_json(&headers)?;
+    let body = read_limited(&headers, body, state.config.body_limit_bytes).await?;
+    let operation = Operation::parse(&body)?;
+    if let Some(configured) = &state.config.hive_id
+        && configured != operation.hive_id()
+    {
+        return Err(ApiError::WrongHive {
+            configured: configured.clone(),
+            requested: operation.hive_id().to_owned(),
+        });
+    }
+    let services = state.services.clone();
+    let job_id = state.jobs.submit(operation.name(), move |job| {
+        router::dispatch(operation, job, services)
+    })?;
+    let sse_url = format!("/v1/jobs/{job_id}/stream");
+    Ok(Json(Submitted { job_id, sse_url }))
+}
+
+/// `GET /v1/jobs/{id}`: the job's status.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobSnapshot>, ApiError> {
+    let job_id = JobId::parse(&id).ok_or_else(|| ApiError::JobNotFound(id.clone()))?;
+    state
+        .jobs
+        .snapshot(&job_id)
+        .map(Json)
+        .ok_or(ApiError::JobNotFound(id))
+}
+
+/// `DELETE /v1/jobs/{id}`: cancels a queued or running job.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let job_id = JobId::parse(&id).ok_or_else(|| ApiError::JobNotFound(id.clone()))?;
+    state.jobs.cancel(&job_id)?;
+    Ok(Json(json!({ "job_id": job_id, "status": "cancelled" })))
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let is_json = content_type.as_deref().is_some_and(|value| {
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        essence == "application/json"
+            || (essence.starts_with("application/") && essence.ends_with("+json"))
+    });
+    if is_json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType {
+            got: content_type.unwrap_or_else(|| "no Content-Type".to_owned()),
+        })
+    }
+}
+
+async fn read_limited(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
+        Err(error) => Err(ApiError::BodyUnreadable(error.to_string())),
+    }
+}

@@ -1,0 +1,67 @@
+//! The HTTP surface of the hive (PROTOCOL §2): routes, the token check, error mapping.
+//!
+//! # Layout
+//! - [`error`]: [`ApiError`](error::ApiError), the one error-to-HTTP mapping.
+//! - [`auth`]: the optional bearer token.
+//! - [`jobs`]: submit, status and cancel of jobs.
+//! - [`stream`]: a job's narration stream in its three encodings.
+
+pub mod auth;
+pub mod error;
+pub mod jobs;
+pub mod stream;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use crate::capabilities::{self, Capabilities};
+use error::ApiError;
+
+/// The hive's router, ready to serve.
+pub fn app(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/capabilities", get(get_capabilities))
+        .route("/v1/capabilities", get(get_capabilities))
+        .route("/v1/jobs", post(jobs::submit))
+        .route("/v1/jobs/{job_id}", get(jobs::status).delete(jobs::cancel))
+        .route("/v1/jobs/{job_id}/stream", get(stream::stream))
+        .fallback(no_route)
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/health", get(health))
+        .merge(protected)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn health() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "text/plain; charset=utf-8")], "ok")
+}
+
+async fn get_capabilities(State(state): State<AppState>) -> Json<Capabilities> {
+    Json(capabilities::detect(&state.config.nvidia_smi).await)
+}
+
+async fn no_route(request: Request) -> ApiError {
+    ApiError::NoRoute {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::MethodNotAllowed {
+        method: request.method().to_string(),
+        path: request.uri().path().to_owned(),
+    }
+}

@@ -1,0 +1,508 @@
+//! The operations a client can submit, and their parser.
+//!
+//! The body of `POST /v1/jobs` is a flat JSON object: `"operation"` holds the snake_case
+//! name and the fields sit beside it. The parser is written out by hand rather than derived
+//! so that every error names the field at fault (serde's internally tagged enums say
+//! "invalid type: integer, expected a string" without saying which field), and so that
+//! values that could be mistaken for flags or break a log line are refused here, before any
+//! job exists. Unknown extra keys are ignored (PROTOCOL §3).
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// One operation, with its validated fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "operation", rename_all = "snake_case")]
+pub enum Operation {
+    /// Start a worker process and wait until it is ready.
+    WorkerSpawn {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The model the worker serves.
+        model: String,
+        /// The worker type (`cpu`, `cuda`, `metal`, `demo`, or a configured one).
+        worker: String,
+        /// The device ordinal.
+        device: u32,
+    },
+    /// List the registered workers.
+    WorkerList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one worker.
+    WorkerGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The worker id.
+        id: String,
+    },
+    /// Stop a worker's whole process tree and remove it.
+    WorkerDelete {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The worker id.
+        id: String,
+        /// How long to wait after SIGTERM before SIGKILL, overriding the configured grace.
+        grace_ms: Option<u64>,
+    },
+}
+
+/// The operation names this hive accepts, in the order they are listed to clients.
+pub const SUPPORTED_OPERATIONS: &[&str] =
+    &["worker_spawn", "worker_list", "worker_get", "worker_delete"];
+
+/// The longest string accepted in any field.
+pub const MAX_FIELD_LEN: usize = 4096;
+
+/// The longest grace a delete may ask for (one hour).
+pub const MAX_GRACE_MS: u64 = 3_600_000;
+
+/// Why a request body is not a valid operation. Each message names what to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OperationError {
+    /// Not JSON at all.
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// JSON, but not an object.
+    #[error("the request body must be a JSON object with an \"operation\" field, got {0}")]
+    NotAnObject(&'static str),
+    /// No `operation` key.
+    #[error("missing field `operation`; supported operations: {}", SUPPORTED_OPERATIONS.join(", "))]
+    MissingOperation,
+    /// `operation` names nothing this hive does.
+    #[error("unknown operation '{name}'; supported operations: {}", SUPPORTED_OPERATIONS.join(", "))]
+    UnknownOperation {
+        /// The name as sent (shortened if long).
+        name: String,
+    },
+    /// A required field is absent.
+    #[error("missing field `{field}` ({expected}) for operation {operation}")]
+    MissingField {
+        /// The operation.
+        operation: &'static str,
+        /// The field.
+        field: &'static str,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    #[error("field `{field}` must be {expected}, got {got}")]
+    WrongType {
+        /// The field.
+        field: &'static str,
+        /// What it should hold.
+        expected: &'static str,
+        /// What it holds.
+        got: String,
+    },
+    /// A field has the right type but an unusable value.
+    #[error("field `{field}` {reason}")]
+    InvalidValue {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl OperationError {
+    /// The snake_case error code of the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::NotAnObject(_) => "invalid_request",
+            Self::MissingOperation | Self::MissingField { .. } => "missing_field",
+            Self::UnknownOperation { .. } => "unknown_operation",
+            Self::WrongType { .. } | Self::InvalidValue { .. } => "invalid_field",
+        }
+    }
+}
+
+impl Operation {
+    /// The snake_case operation name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::WorkerSpawn { .. } => "worker_spawn",
+            Self::WorkerList { .. } => "worker_list",
+            Self::WorkerGet { .. } => "worker_get",
+            Self::WorkerDelete { .. } => "worker_delete",
+        }
+    }
+
+    /// The hive the client addressed.
+    pub fn hive_id(&self) -> &str {
+        match self {
+            Self::WorkerSpawn { hive_id, .. }
+            | Self::WorkerList { hive_id }
+            | Self::WorkerGet { hive_id, .. }
+            | Self::WorkerDelete { hive_id, .. } => hive_id,
+        }
+    }
+
+    /// Parses and validates a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, OperationError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| OperationError::MalformedJson(e.to_string()))?;
+        let Value::Object(fields) = value else {
+            return Err(OperationError::NotAnObject(type_name(&value)));
+        };
+        Self::from_fields(&fields)
+    }
+
+    fn from_fields(fields: &Map<String, Value>) -> Result<Self, OperationError> {
+        let name = match fields.get("operation") {
+            None => return Err(OperationError::MissingOperation),
+            Some(Value::String(name)) => name.as_str(),
+            Some(other) => {
+                return Err(OperationError::WrongType {
+                    field: "operation",
+                    expected: "a string naming the operation",
+                    got: type_name(other).to_owned(),
+                });
+            }
+        };
+        let with = |operation: &'static str| Fields {
+            operation,
+            map: fields,
+        };
+        let operation = match name {
+            "worker_spawn" => {
+                let f = with("worker_spawn");
+                Self::WorkerSpawn {
+                    hive_id: f.hive_id()?,
+                    model: f.argument("model")?,
+                    worker: f.worker_type()?,
+                    device: f.required_u32("device")?,
+                }
+            }
+            "worker_list" => Self::WorkerList {
+                hive_id: with("worker_list").hive_id()?,
+            },
+            "worker_get" => {
+                let f = with("worker_get");
+                Self::WorkerGet {
+                    hive_id: f.hive_id()?,
+                    id: f.worker_id()?,
+                }
+            }
+            "worker_delete" => {
+                let f = with("worker_delete");
+                Self::WorkerDelete {
+                    hive_id: f.hive_id()?,
+                    id: f.worker_id()?,
+                    grace_ms: f.optional_grace_ms()?,
+                }
+            }
+            other => {
+                return Err(OperationError::UnknownOperation {
+                    name: shorten(other),
+                });
+            }
+        };
+        Ok(operation)
+    }
+}
+
+struct Fields<'a> {
+    operation: &'static str,
+    map: &'a Map<String, Value>,
+}
+
+impl Fields<'_> {
+    fn required_string(
+        &self,
+        field: &'static str,
+        expected: &'static str,
+    ) -> Result<String, OperationError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Err(OperationError::MissingField {
+                operation: self.operation,
+                field,
+                expected,
+            }),
+            Some(Value::String(text)) => check_text(field, text).map(|()| text.clone()),
+            Some(other) => Err(OperationError::WrongType {
+                field,
+                expected,
+                got: type_name(other).to_owned(),
+            }),
+        }
+    }
+
+    fn hive_id(&self) -> Result<String, OperationError> {
+        let id = self.required_string("hive_id", "a string")?;
+        if id.len() > 256 {
+            return Err(OperationError::InvalidValue {
+                field: "hive_id",
+                reason: "is longer than 256 bytes".into(),
+            });
+        }
+        Ok(id)
+    }
+
+    fn worker_id(&self) -> Result<String, OperationError> {
+        self.required_string("id", "a worker id string such as \"worker-1\"")
+    }
+
+    fn worker_type(&self) -> Result<String, OperationError> {
+        let name =
+            self.required_string("worker", "a worker type string such as \"cpu\" or \"demo\"")?;
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || name.len() > 64
+        {
+            return Err(OperationError::InvalidValue {
+                field: "worker",
+                reason: "must be a worker type name: letters, digits, '-' and '_' (at most 64)"
+                    .into(),
+            });
+        }
+        Ok(name)
+    }
+
+    /// A string that becomes a worker's command-line argument: it must not look like a flag.
+    fn argument(&self, field: &'static str) -> Result<String, OperationError> {
+        let value = self.required_string(field, "a string")?;
+        if value.starts_with('-') {
+            return Err(OperationError::InvalidValue {
+                field,
+                reason: "must not start with '-' (it would be read as a command-line flag)".into(),
+            });
+        }
+        Ok(value)
+    }
+
+    fn required_u32(&self, field: &'static str) -> Result<u32, OperationError> {
+        let expected = "a non-negative integer below 2^32";
+        match self.map.get(field) {
+            None | Some(Value::Null) => Err(OperationError::MissingField {
+                operation: self.operation,
+                field,
+                expected,
+            }),
+            Some(Value::Number(n)) => {
+                n.as_u64()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or_else(|| OperationError::WrongType {
+                        field,
+                        expected,
+                        got: format!("the number {n}"),
+                    })
+            }
+            Some(other) => Err(OperationError::WrongType {
+                field,
+                expected,
+                got: type_name(other).to_owned(),
+            }),
+        }
+    }
+
+    fn optional_grace_ms(&self) -> Result<Option<u64>, OperationError> {
+        let field = "grace_ms";
+        let expected = "a non-negative integer number of milliseconds";
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(ms) if ms <= MAX_GRACE_MS => Ok(Some(ms)),
+                Some(_) => Err(OperationError::InvalidValue {
+                    field,
+                    reason: format!("must be at most {MAX_GRACE_MS} (one hour)"),
+                }),
+                None => Err(OperationError::WrongType {
+                    field,
+                    expected,
+                    got: format!("the number {n}"),
+                }),
+            },
+            Some(other) => Err(OperationError::WrongType {
+                field,
+                expected,
+                got: type_name(other).to_owned(),
+            }),
+        }
+    }
+}
+
+fn check_text(field: &'static str, text: &str) -> Result<(), OperationError> {
+    if text.is_empty() {
+        return Err(OperationError::InvalidValue {
+            field,
+            reason: "must not be empty".into(),
+        });
+    }
+    if text.len() > MAX_FIELD_LEN {
+        return Err(OperationError::InvalidValue {
+            field,
+            reason: format!("is longer than {MAX_FIELD_LEN} bytes"),
+        });
+    }
+    if text.chars().any(char::is_control) {
+        return Err(OperationError::InvalidValue {
+            field,
+            reason: "must not contain control characters".into(),
+        });
+    }
+    Ok(())
+}
+
+fn type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn shorten(text: &str) -> String {
+    let mut short: String = text
+        .chars()
+        .take(64)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > 64 {
+        short.push('…');
+    }
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Operation, OperationError> {
+        Operation::parse(text.as_bytes())
+    }
+
+    #[test]
+    fn parses_each_operation() {
+        assert_eq!(
+            parse(r#"{"operation":"worker_list","hive_id":"localhost"}"#),
+            Ok(Operation::WorkerList {
+                hive_id: "localhost".into()
+            })
+        );
+        assert_eq!(
+            parse(
+                r#"{"device":1,"hive_id":"gpu-box","model":"m","operation":"worker_spawn","worker":"cuda"}"#
+            ),
+            Ok(Operation::WorkerSpawn {
+                hive_id: "gpu-box".into(),
+                model: "m".into(),
+                worker: "cuda".into(),
+                device: 1
+            })
+        );
+        assert_eq!(
+            parse(r#"{"operation":"worker_get","hive_id":"h","id":"worker-1","extra":true}"#),
+            Ok(Operation::WorkerGet {
+                hive_id: "h".into(),
+                id: "worker-1".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"operation":"worker_delete","hive_id":"h","id":"worker-1","grace_ms":250}"#),
+            Ok(Operation::WorkerDelete {
+                hive_id: "h".into(),
+                id: "worker-1".into(),
+                grace_ms: Some(250)
+            })
+        );
+    }
+
+    #[test]
+    fn names_round_trip_through_serde() {
+        let op = Operation::WorkerDelete {
+            hive_id: "h".into(),
+            id: "worker-2".into(),
+            grace_ms: None,
+        };
+        let json = serde_json::to_vec(&op).unwrap();
+        assert_eq!(Operation::parse(&json), Ok(op.clone()));
+        assert_eq!(op.name(), "worker_delete");
+        for name in SUPPORTED_OPERATIONS {
+            let err = parse(&format!(r#"{{"operation":"{name}"}}"#)).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    OperationError::MissingField {
+                        field: "hive_id",
+                        ..
+                    }
+                ),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = parse(r#"{"operation":"worker_spawn","hive_id":"h","model":"m","worker":"cpu"}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "missing field `device` (a non-negative integer below 2^32) for operation worker_spawn"
+        );
+        let err = parse(
+            r#"{"operation":"worker_spawn","hive_id":"h","model":"m","worker":"cpu","device":"0"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `device` must be a non-negative integer below 2^32, got a string"
+        );
+        let err = parse(r#"{"operation":"worker_spawn","hive_id":"h","model":"m","worker":"cpu","device":4294967296}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("`device`"));
+        let err = parse(r#"{"operation":"worker_get","hive_id":5,"id":"w"}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `hive_id` must be a string, got a number"
+        );
+    }
+
+    #[test]
+    fn unknown_operation_lists_supported_ones() {
+        let err = parse(r#"{"operation":"model_list","hive_id":"h"}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown operation 'model_list'; supported operations: worker_spawn, worker_list, worker_get, worker_delete"
+        );
+        assert_eq!(err.code(), "unknown_operation");
+    }
+
+    #[test]
+    fn refuses_dangerous_values() {
+        for body in [
+            r#"{"operation":"worker_spawn","hive_id":"h","model":"--help","worker":"cpu","device":0}"#,
+            r#"{"operation":"worker_spawn","hive_id":"h","model":"m","worker":"../cpu","device":0}"#,
+            r#"{"operation":"worker_get","hive_id":"h","id":"a\u0000b"}"#,
+            r#"{"operation":"worker_get","hive_id":"h\nx","id":"w"}"#,
+            r#"{"operation":"worker_get","hive_id":"","id":"w"}"#,
+            r#"{"operation":"worker_delete","hive_id":"h","id":"w","grace_ms":-1}"#,
+            r#"{"operation":"worker_delete","hive_id":"h","id":"w","grace_ms":1e30}"#,
+            r#"{"operation":"worker_delete","hive_id":"h","id":"w","grace_ms":99999999999}"#,
+        ] {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.code(), "invalid_field", "{body}: {err}");
+        }
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        assert_eq!(parse("{").unwrap_err().code(), "malformed_json");
+        assert_eq!(
+            parse("[]").unwrap_err(),
+            OperationError::NotAnObject("an array")
+        );
+        assert_eq!(parse("{}").unwrap_err(), OperationError::MissingOperation);
+        assert_eq!(
+            parse(r#"{"operation":7}"#).unwrap_err().code(),
+            "invalid_field"
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! `worker_get`: one worker's details, as a summary line and the pretty JSON record.
+
+use job_server::JobContext;
+
+use crate::jobs::NARRATE;
+use crate::jobs::router::{OperationFailure, OperationServices};
+
+/// Shows worker `id`.
+pub async fn run(
+    job: &JobContext,
+    services: &OperationServices,
+    hive_id: &str,
+    id: &str,
+) -> Result<(), OperationFailure> {
+    let job_id = job.job_id();
+    NARRATE
+        .action("worker_get_start")
+        .job_id(job_id)
+        .context(id)
+        .context(hive_id)
+        .human("🔍 Getting worker '{}' on hive '{}'")
+        .emit();
+
+    let worker = match services.workers.get(id) {
+        Ok(worker) => worker,
+        Err(error) => {
+            NARRATE
+                .action("worker_get_error")
+                .job_id(job_id)
+                .context(id)
+                .context(&error)
+                .human("❌ Worker '{}' not found: {}")
+                .error()
+                .emit();
+            return Err(error.into());
+        }
+    };
+    NARRATE
+        .action("worker_get_found")
+        .job_id(job_id)
+        .context(&worker.id)
+        .context(&worker.model_id)
+        .context(&worker.device)
+        .context(worker.port)
+        .human("✅ Worker: {} | Model: {} | Device: {} | Port: {}")
+        .emit();
+    let value = serde_json::to_value(&worker).unwrap_or_default();
+    let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
+    NARRATE
+        .action("worker_get_details")
+        .job_id(job_id)
+        .human(pretty)
+        .emit();
+    job.publish_result(value);
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! The `rbee-hive` daemon: flags → config, tracing, bind, run. Everything else is in the library.
+
+use anyhow::Context;
+use clap::Parser;
+use rbee_hive::config::{Cli, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let print_config = cli.print_config;
+    let config = Config::load(cli).context("invalid configuration")?;
+    if print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    config.check_exposure()?;
+    let listener = tokio::net::TcpListener::bind((config.bind, config.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
+    let address = listener.local_addr()?;
+    // The one line on stdout: scripts and tests read the bound port from it.
+    println!("rbee-hive listening on http://{address}");
+    rbee_hive::run(listener, config, rbee_hive::shutdown::signal()).await?;
+    Ok(())
+}
