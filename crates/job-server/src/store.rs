@@ -164,6 +164,14 @@ impl JobStore {
         self.get(id).map(|job| job.snapshot())
     }
 
+    /// The status of every kept job, oldest first.
+    pub fn list(&self) -> Vec<JobSnapshot> {
+        let jobs: Vec<Arc<Job>> = self.shared.lock().by_id.values().cloned().collect();
+        let mut snapshots: Vec<JobSnapshot> = jobs.iter().map(|job| job.snapshot()).collect();
+        snapshots.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.job_id.cmp(&b.job_id)));
+        snapshots
+    }
+
     /// A reader of a job's log that starts after `after_seq` (0: from the first line).
     pub fn reader(&self, id: &JobId, after_seq: u64) -> Option<LogReader> {
         self.get(id).map(|job| job.reader(after_seq))

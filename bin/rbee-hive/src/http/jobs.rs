@@ -51,6 +51,11 @@ pub async fn submit(
     Ok(Json(Submitted { job_id, sse_url }))
 }
 
+/// `GET /v1/jobs`: every kept job's status, oldest first.
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "jobs": state.jobs.list() }))
+}
+
 /// `GET /v1/jobs/{id}`: the job's status.
 pub async fn status(
     State(state): State<AppState>,

@@ -28,7 +28,7 @@ pub fn app(state: AppState) -> Router {
     let protected = Router::new()
         .route("/capabilities", get(get_capabilities))
         .route("/v1/capabilities", get(get_capabilities))
-        .route("/v1/jobs", post(jobs::submit))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::status).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/stream", get(stream::stream))
         .fallback(no_route)

@@ -1,0 +1,50 @@
+//! Builds and locates the workspace's programs (`rbee-hive`, `rbee-demo-worker`).
+//!
+//! Integration tests of this package cannot see other packages' binaries through
+//! `CARGO_BIN_EXE_*`, so the first test that needs them runs `cargo build` for them with the
+//! test's own profile and target dir (a no-op when they are up to date), once per test
+//! binary. This keeps `cargo test -p rbee-hive-e2e` from testing a stale daemon.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The programs the end-to-end tests run.
+pub const PROGRAMS: &[(&str, &str)] = &[("rbee-hive", "rbee-hive")];
+
+/// The directory holding the built programs (`target/<profile>`).
+pub fn bin_dir() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(build).clone()
+}
+
+/// The path of one built program.
+pub fn program(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+fn build() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").to_path_buf();
+    let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev".to_owned(),
+        Some(other) => other.to_owned(),
+        None => "dev".to_owned(),
+    };
+    let mut command = Command::new(env!("CARGO"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "--quiet", "--profile", &profile, "--target-dir"])
+        .arg(&target_dir);
+    for (package, _) in PROGRAMS {
+        command.args(["-p", package]);
+    }
+    let status = command.status().expect("run cargo build for the test programs");
+    assert!(status.success(), "cargo build of the test programs failed");
+    for (_, binary) in PROGRAMS {
+        assert!(profile_dir.join(binary).exists(), "{binary} missing in {}", profile_dir.display());
+    }
+    profile_dir
+}

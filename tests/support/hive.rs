@@ -1,0 +1,274 @@
+//! [`TestHive`]: a real `rbee-hive` process for one test.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::binaries;
+use crate::os;
+use crate::sse;
+
+/// How long a stream may take before a test calls it hung.
+pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Options for starting a [`TestHive`].
+#[derive(Debug, Default, Clone)]
+pub struct HiveBuilder {
+    config: Vec<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    token: Option<String>,
+}
+
+impl HiveBuilder {
+    /// Adds lines to the hive's config file.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config.push(toml.to_owned());
+        self
+    }
+
+    /// Adds command-line arguments.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Sets an environment variable for the hive.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Requires this bearer token (written to a token file); the fixture's client sends it.
+    pub fn token(mut self, token: &str) -> Self {
+        self.token = Some(token.to_owned());
+        self
+    }
+
+    /// Starts the hive and waits until it listens.
+    pub async fn start(self) -> TestHive {
+        TestHive::start_with(self)
+    }
+}
+
+/// A running `rbee-hive` process, stopped and checked on `Drop`.
+pub struct TestHive {
+    child: Option<Child>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its temporary directory (config, state dir, logs).
+    pub dir: TempDir,
+    /// The unique tag in the environment of every process it starts.
+    pub tag: String,
+    /// A client that sends the token, if any.
+    pub client: reqwest::Client,
+    token: Option<String>,
+}
+
+impl TestHive {
+    /// A hive with default settings.
+    pub async fn start() -> Self {
+        Self::builder().start().await
+    }
+
+    /// Options for a hive.
+    pub fn builder() -> HiveBuilder {
+        HiveBuilder::default()
+    }
+
+    fn start_with(options: HiveBuilder) -> Self {
+        let program = binaries::program("rbee-hive");
+        let dir = tempfile::Builder::new().prefix("rbee-hive-test-").tempdir().expect("temp dir");
+        let tag = format!("{}-{}", std::process::id(), dir.path().file_name().unwrap().to_string_lossy());
+        let config_path = dir.path().join("hive.toml");
+        std::fs::write(&config_path, options.config.join("\n")).expect("write config");
+        let mut command = Command::new(&program);
+        command
+            .args(["--port", "0", "--config"])
+            .arg(&config_path)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .args(&options.args)
+            .env("RBEE_TEST_TAG", &tag)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.path().join("hive.stderr")).expect("stderr file"));
+        for key in ["RBEE_HIVE_PORT", "RBEE_HIVE_BIND", "RBEE_HIVE_HIVE_ID", "RBEE_HIVE_TOKEN_FILE", "RBEE_HIVE_CONFIG"] {
+            command.env_remove(key);
+        }
+        if let Some(token) = &options.token {
+            let token_path = dir.path().join("token");
+            std::fs::write(&token_path, token).expect("write token");
+            command.arg("--token-file").arg(token_path);
+        }
+        for (key, value) in &options.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if !line.is_empty() => line,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = std::fs::read_to_string(dir.path().join("hive.stderr")).unwrap_or_default();
+                panic!("rbee-hive did not start:\n{log}");
+            }
+        };
+        let addr: SocketAddr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &options.token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().expect("header value"),
+            );
+        }
+        let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
+        Self { child: Some(child), addr, dir, tag, client, token: options.token }
+    }
+
+    /// `http://<addr><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// The hive's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("hive running")
+    }
+
+    /// The hive's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The bearer token this hive requires, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// What the hive wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("hive.stderr")).unwrap_or_default()
+    }
+
+    /// Posts a JSON body to `/v1/jobs` and returns the status and the JSON answer.
+    pub async fn post_job(&self, body: &Value) -> (StatusCode, Value) {
+        let response = self.client.post(self.url("/v1/jobs")).json(body).send().await.expect("POST /v1/jobs");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits an operation that must be accepted; returns the job id.
+    pub async fn submit(&self, body: Value) -> String {
+        let (status, answer) = self.post_job(&body).await;
+        assert_eq!(status, StatusCode::OK, "POST {body} answered {answer}");
+        let job_id = answer["job_id"].as_str().expect("job_id").to_owned();
+        assert_eq!(answer["sse_url"], format!("/v1/jobs/{job_id}/stream"));
+        job_id
+    }
+
+    /// Reads a job's whole default-format stream (fails the test if it does not end).
+    pub async fn stream_body(&self, job_id: &str) -> String {
+        let request = self.client.get(self.url(&format!("/v1/jobs/{job_id}/stream")));
+        let response = request.send().await.expect("GET stream");
+        assert_eq!(response.status(), StatusCode::OK, "stream of {job_id}");
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        tokio::time::timeout(STREAM_TIMEOUT, response.text())
+            .await
+            .unwrap_or_else(|_| panic!("stream of {job_id} did not end within {STREAM_TIMEOUT:?}"))
+            .expect("stream body")
+    }
+
+    /// Reads a job's stream and returns its events' data (one string per event).
+    pub async fn stream_lines(&self, job_id: &str) -> Vec<String> {
+        sse::data_events(&self.stream_body(job_id).await)
+    }
+
+    /// Submits an operation and reads its whole stream.
+    pub async fn run_job(&self, body: Value) -> Vec<String> {
+        let job_id = self.submit(body).await;
+        self.stream_lines(&job_id).await
+    }
+
+    /// `GET /v1/jobs/{id}` as JSON.
+    pub async fn job_status(&self, job_id: &str) -> (StatusCode, Value) {
+        let response = self.client.get(self.url(&format!("/v1/jobs/{job_id}"))).send().await.expect("GET job");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// How many jobs the hive keeps (from `GET /v1/jobs`).
+    pub async fn job_count(&self) -> usize {
+        let response = self.client.get(self.url("/v1/jobs")).send().await.expect("GET /v1/jobs");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.expect("jobs JSON");
+        body["jobs"].as_array().expect("jobs array").len()
+    }
+
+    /// Sends `signal` to the hive process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        os::signal_pid(self.pid(), signal);
+    }
+
+    /// Waits for the hive to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Processes (other than the hive) that carry this hive's tag.
+    pub fn tagged_processes(&self) -> Vec<u32> {
+        let hive = self.child.as_ref().map(Child::id);
+        os::pids_with_env("RBEE_TEST_TAG", &self.tag).into_iter().filter(|pid| Some(*pid) != hive).collect()
+    }
+}
+
+impl Drop for TestHive {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.signal(nix::sys::signal::Signal::SIGTERM);
+            if self.wait_exit(Duration::from_secs(30)).is_none()
+                && let Some(mut child) = self.child.take()
+            {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let leftovers = self.tagged_processes();
+        for pid in &leftovers {
+            os::signal_pid(*pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if !leftovers.is_empty() && !std::thread::panicking() {
+            panic!("the hive left processes behind: {leftovers:?}\n{}", self.log());
+        }
+    }
+}
