@@ -1,7 +1,7 @@
 //! The HTTP surface of the hive (PROTOCOL §2): routes, the token check, error mapping.
 //!
 //! # Layout
-//! - [`error`]: [`ApiError`](error::ApiError), the one error-to-HTTP mapping.
+//! - [`error`]: `ApiError`, the one error-to-HTTP mapping.
 //! - [`auth`]: the optional bearer token.
 //! - [`jobs`]: submit, status and cancel of jobs.
 //! - [`stream`]: a job's narration stream in its three encodings.
