@@ -25,7 +25,11 @@ async fn empty_worker_list_stream_is_exact_and_closes_after_done() {
          data: [DONE]\n\n"
     );
     // The original ended streams on a 2 s idle timer; this one ends with the job.
-    assert!(started.elapsed() < Duration::from_millis(1500), "stream took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "stream took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -58,13 +62,19 @@ async fn two_readers_get_the_same_lines() {
     let job_id = hive.submit(list_body()).await;
     let (a, b) = tokio::join!(hive.stream_body(&job_id), hive.stream_body(&job_id));
     assert_eq!(a, b);
-    assert_eq!(a, hive.stream_body(&job_id).await, "a third, later reader too");
+    assert_eq!(
+        a,
+        hive.stream_body(&job_id).await,
+        "a third, later reader too"
+    );
 }
 
 #[tokio::test]
 async fn failing_job_ends_with_failed_line_error_and_done() {
     let hive = TestHive::start().await;
-    let lines = hive.run_job(json!({"operation": "worker_get", "hive_id": "localhost", "id": "worker-9"})).await;
+    let lines = hive
+        .run_job(json!({"operation": "worker_get", "hive_id": "localhost", "id": "worker-9"}))
+        .await;
     let job_line = lines[2].clone();
     assert_eq!(
         lines,
@@ -76,15 +86,22 @@ async fn failing_job_ends_with_failed_line_error_and_done() {
             "[DONE]".into(),
         ]
     );
-    assert!(job_line.starts_with("[job-exec  ] failed         : Job job-"), "{job_line}");
-    assert!(job_line.ends_with(" failed: worker 'worker-9' not found"), "{job_line}");
+    assert!(
+        job_line.starts_with("[job-exec  ] failed         : Job job-"),
+        "{job_line}"
+    );
+    assert!(
+        job_line.ends_with(" failed: worker 'worker-9' not found"),
+        "{job_line}"
+    );
 }
 
 #[tokio::test]
 async fn failed_job_status_carries_the_reason() {
     let hive = TestHive::start().await;
-    let job_id =
-        hive.submit(json!({"operation": "worker_delete", "hive_id": "localhost", "id": "worker-4"})).await;
+    let job_id = hive
+        .submit(json!({"operation": "worker_delete", "hive_id": "localhost", "id": "worker-4"}))
+        .await;
     hive.stream_body(&job_id).await;
     let (_, job) = hive.job_status(&job_id).await;
     assert_eq!(job["state"], "failed");
@@ -94,13 +111,19 @@ async fn failed_job_status_carries_the_reason() {
 #[tokio::test]
 async fn unknown_job_is_404_with_json_error() {
     let hive = TestHive::start().await;
-    for id in ["job-00000000-0000-4000-8000-000000000000", "nonsense", "job-..%2F..%2Fetc"] {
+    for id in [
+        "job-00000000-0000-4000-8000-000000000000",
+        "nonsense",
+        "job-..%2F..%2Fetc",
+    ] {
         for (method, path) in [
             ("GET", format!("/v1/jobs/{id}/stream")),
             ("GET", format!("/v1/jobs/{id}")),
             ("DELETE", format!("/v1/jobs/{id}")),
         ] {
-            let request = hive.client.request(method.parse().unwrap(), hive.url(&path));
+            let request = hive
+                .client
+                .request(method.parse().unwrap(), hive.url(&path));
             let response = request.send().await.unwrap();
             assert_eq!(response.status(), StatusCode::NOT_FOUND, "{method} {path}");
             let body: Value = response.json().await.unwrap();
@@ -112,7 +135,10 @@ async fn unknown_job_is_404_with_json_error() {
 
 #[tokio::test]
 async fn bad_inputs_get_their_status_and_json_error_and_create_no_job() {
-    let hive = TestHive::builder().config("body_limit_bytes = 1024").start().await;
+    let hive = TestHive::builder()
+        .config("body_limit_bytes = 1024")
+        .start()
+        .await;
     let cases: Vec<(&str, &str, String, StatusCode, &str, &str)> = vec![
         ("malformed JSON", "application/json", "{\"operation\":".into(), StatusCode::BAD_REQUEST, "malformed_json", "not valid JSON"),
         ("not an object", "application/json", "[1,2]".into(), StatusCode::BAD_REQUEST, "invalid_request", "JSON object"),
@@ -154,10 +180,17 @@ async fn bad_inputs_get_their_status_and_json_error_and_create_no_job() {
             .await
             .unwrap();
         assert_eq!(response.status(), status, "{name}");
-        assert_eq!(response.headers()["content-type"], "application/json", "{name}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{name}"
+        );
         let answer: Value = response.json().await.unwrap();
         assert_eq!(answer["code"], code, "{name}: {answer}");
-        assert!(answer["error"].as_str().unwrap().contains(needle), "{name}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{name}: {answer}"
+        );
     }
     assert_eq!(hive.job_count().await, 0, "no bad request became a job");
     let health = hive.client.get(hive.url("/health")).send().await.unwrap();
@@ -166,31 +199,58 @@ async fn bad_inputs_get_their_status_and_json_error_and_create_no_job() {
 
 #[tokio::test]
 async fn explicit_hive_id_refuses_other_ids_and_any_id_is_accepted_otherwise() {
-    let hive = TestHive::builder().arg("--hive-id").arg("gpu-box").start().await;
+    let hive = TestHive::builder()
+        .arg("--hive-id")
+        .arg("gpu-box")
+        .start()
+        .await;
     let (status, answer) = hive.post_job(&list_body()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(answer["code"], "wrong_hive");
     assert_eq!(answer["error"], "this hive is 'gpu-box', not 'localhost'");
-    let lines = hive.run_job(json!({"operation": "worker_list", "hive_id": "gpu-box"})).await;
+    let lines = hive
+        .run_job(json!({"operation": "worker_list", "hive_id": "gpu-box"}))
+        .await;
     assert!(lines[0].ends_with("Listing workers on hive 'gpu-box'"));
 
     let open = TestHive::start().await;
-    let lines = open.run_job(json!({"operation": "worker_list", "hive_id": "tap"})).await;
-    assert_eq!(lines[0], "[hv-router ] worker_list_start: 📋 Listing workers on hive 'tap'");
+    let lines = open
+        .run_job(json!({"operation": "worker_list", "hive_id": "tap"}))
+        .await;
+    assert_eq!(
+        lines[0],
+        "[hv-router ] worker_list_start: 📋 Listing workers on hive 'tap'"
+    );
 }
 
 #[tokio::test]
 async fn json_format_has_ids_a_result_and_ends_with_done() {
     let hive = TestHive::start().await;
     let job_id = hive.submit(list_body()).await;
-    let response =
-        hive.client.get(hive.url(&format!("/v1/jobs/{job_id}/stream?format=json"))).send().await.unwrap();
+    let response = hive
+        .client
+        .get(hive.url(&format!("/v1/jobs/{job_id}/stream?format=json")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let events = sse::events(&response.text().await.unwrap());
     let kinds: Vec<_> = events.iter().map(|e| e.event.clone().unwrap()).collect();
-    assert_eq!(kinds, ["narration", "narration", "narration", "result", "done"]);
+    assert_eq!(
+        kinds,
+        ["narration", "narration", "narration", "result", "done"]
+    );
     let ids: Vec<_> = events.iter().map(|e| e.id.clone()).collect();
-    assert_eq!(ids, [Some("1".into()), Some("2".into()), Some("3".into()), Some("4".into()), None]);
+    assert_eq!(
+        ids,
+        [
+            Some("1".into()),
+            Some("2".into()),
+            Some("3".into()),
+            Some("4".into()),
+            None
+        ]
+    );
     let first: Value = serde_json::from_str(&events[0].data).unwrap();
     assert_eq!(first["seq"], 1);
     assert_eq!(first["job_id"], job_id);
@@ -242,10 +302,16 @@ async fn ndjson_format_is_one_object_per_line() {
         .unwrap();
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let text = response.text().await.unwrap();
-    let objects: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let objects: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(objects.len(), 5);
     assert_eq!(objects[0]["event"], "narration");
-    assert_eq!(objects[4], json!({"event": "done", "data": {"state": "succeeded", "error": null}}));
+    assert_eq!(
+        objects[4],
+        json!({"event": "done", "data": {"state": "succeeded", "error": null}})
+    );
 }
 
 #[tokio::test]
@@ -254,7 +320,11 @@ async fn token_protects_every_route_but_health() {
     let anonymous = reqwest::Client::new();
     let health = anonymous.get(hive.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    for (method, path) in [("POST", "/v1/jobs"), ("GET", "/capabilities"), ("GET", "/v1/jobs")] {
+    for (method, path) in [
+        ("POST", "/v1/jobs"),
+        ("GET", "/capabilities"),
+        ("GET", "/v1/jobs"),
+    ] {
         let response = anonymous
             .request(method.parse().unwrap(), hive.url(path))
             .header("content-type", "application/json")
@@ -262,7 +332,11 @@ async fn token_protects_every_route_but_health() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["code"], "unauthorized");
     }
@@ -284,7 +358,9 @@ async fn sigterm_exits_zero_and_health_stops_answering() {
     let mut hive = TestHive::start().await;
     hive.run_job(list_body()).await;
     hive.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = hive.wait_exit(Duration::from_secs(5)).expect("hive exits within 5 s of SIGTERM");
+    let status = hive
+        .wait_exit(Duration::from_secs(5))
+        .expect("hive exits within 5 s of SIGTERM");
     assert_eq!(status.code(), Some(0), "{}", hive.log());
     let refused = reqwest::Client::new().get(hive.url("/health")).send().await;
     assert!(refused.is_err(), "/health still answers after exit");
@@ -295,46 +371,120 @@ async fn sigterm_exits_zero_and_health_stops_answering() {
 async fn capabilities_report_cpu_and_parse_nvidia_smi() {
     let hive = TestHive::start().await;
     // Point the hive at an `nvidia-smi` that prints the real H100 capture.
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/bin/rbee-hive/fixtures/nvidia-smi/query-gpu-noheader-nounits.csv");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bin/rbee-hive/fixtures/nvidia-smi/query-gpu-noheader-nounits.csv"
+    );
     let fake = hive.dir.path().join("nvidia-smi");
     std::fs::write(&fake, format!("#!/bin/sh\nexec cat '{fixture}'\n")).unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let failing = hive.dir.path().join("nvidia-smi-failing");
-    std::fs::write(&failing, "#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n").unwrap();
-    std::fs::set_permissions(&failing, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        &failing,
+        "#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &failing,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
 
-    let cpu_only: Value = hive.client.get(hive.url("/capabilities")).send().await.unwrap().json().await.unwrap();
+    let cpu_only: Value = hive
+        .client
+        .get(hive.url("/capabilities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let devices = cpu_only["devices"].as_array().unwrap();
-    assert_eq!(devices.len(), 1, "no nvidia-smi on this machine: {cpu_only}");
+    assert_eq!(
+        devices.len(),
+        1,
+        "no nvidia-smi on this machine: {cpu_only}"
+    );
     assert_eq!(devices[0]["id"], "CPU-0");
     assert_eq!(devices[0]["device_type"], "cpu");
     assert_eq!(devices[0]["compute_capability"], Value::Null);
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = meminfo.lines().next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(devices[0]["vram_gb"], kib / 1024 / 1024);
     let cores = std::thread::available_parallelism().unwrap().get();
-    assert!(devices[0]["name"].as_str().unwrap().contains(&format!("({cores} cores)")));
-    let alias: Value = hive.client.get(hive.url("/v1/capabilities")).send().await.unwrap().json().await.unwrap();
+    assert!(
+        devices[0]["name"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("({cores} cores)"))
+    );
+    let alias: Value = hive
+        .client
+        .get(hive.url("/v1/capabilities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(alias, cpu_only);
 
-    let with_gpu = TestHive::builder().config(&format!("nvidia_smi = {:?}", fake.to_str().unwrap())).start().await;
-    let caps: Value = with_gpu.client.get(with_gpu.url("/capabilities")).send().await.unwrap().json().await.unwrap();
+    let with_gpu = TestHive::builder()
+        .config(&format!("nvidia_smi = {:?}", fake.to_str().unwrap()))
+        .start()
+        .await;
+    let caps: Value = with_gpu
+        .client
+        .get(with_gpu.url("/capabilities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         caps["devices"][0],
         json!({"id": "GPU-0", "name": "NVIDIA H100 80GB HBM3", "device_type": "gpu", "vram_gb": 79, "compute_capability": "9.0"})
     );
     assert_eq!(caps["devices"][1]["id"], "CPU-0");
 
-    let broken = TestHive::builder().config(&format!("nvidia_smi = {:?}", failing.to_str().unwrap())).start().await;
-    let caps: Value = broken.client.get(broken.url("/capabilities")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(caps["devices"].as_array().unwrap().len(), 1, "a failing nvidia-smi means no GPU: {caps}");
+    let broken = TestHive::builder()
+        .config(&format!("nvidia_smi = {:?}", failing.to_str().unwrap()))
+        .start()
+        .await;
+    let caps: Value = broken
+        .client
+        .get(broken.url("/capabilities"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        caps["devices"].as_array().unwrap().len(),
+        1,
+        "a failing nvidia-smi means no GPU: {caps}"
+    );
 }
 
 #[tokio::test]
 async fn print_config_shows_the_merged_result() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("hive.toml");
-    std::fs::write(&config, "port = 9000\nhive_id = \"from-file\"\nqueen_url = \"http://file\"\n").unwrap();
+    std::fs::write(
+        &config,
+        "port = 9000\nhive_id = \"from-file\"\nqueen_url = \"http://file\"\n",
+    )
+    .unwrap();
     let output = std::process::Command::new(rbee_hive_e2e::binaries::program("rbee-hive"))
         .arg("--config")
         .arg(&config)
@@ -346,8 +496,14 @@ async fn print_config_shows_the_merged_result() {
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.contains("port = 9100"), "flag beats env: {text}");
-    assert!(text.contains("hive_id = \"from-env\""), "env beats file: {text}");
-    assert!(text.contains("queen_url = \"http://file\""), "file beats default: {text}");
+    assert!(
+        text.contains("hive_id = \"from-env\""),
+        "env beats file: {text}"
+    );
+    assert!(
+        text.contains("queen_url = \"http://file\""),
+        "file beats default: {text}"
+    );
     assert!(text.contains("bind = \"127.0.0.1\""), "default: {text}");
 }
 
@@ -359,5 +515,8 @@ async fn non_loopback_bind_without_token_is_refused() {
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("refusing to listen on 0.0.0.0 without an API token"), "{stderr}");
+    assert!(
+        stderr.contains("refusing to listen on 0.0.0.0 without an API token"),
+        "{stderr}"
+    );
 }

@@ -26,7 +26,11 @@ pub fn program(name: &str) -> PathBuf {
 fn build() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test-binary>
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>").to_path_buf();
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .to_path_buf();
     let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") => "dev".to_owned(),
@@ -41,10 +45,16 @@ fn build() -> PathBuf {
     for (package, _) in PROGRAMS {
         command.args(["-p", package]);
     }
-    let status = command.status().expect("run cargo build for the test programs");
+    let status = command
+        .status()
+        .expect("run cargo build for the test programs");
     assert!(status.success(), "cargo build of the test programs failed");
     for (_, binary) in PROGRAMS {
-        assert!(profile_dir.join(binary).exists(), "{binary} missing in {}", profile_dir.display());
+        assert!(
+            profile_dir.join(binary).exists(),
+            "{binary} missing in {}",
+            profile_dir.display()
+        );
     }
     profile_dir
 }

@@ -84,8 +84,15 @@ impl TestHive {
 
     fn start_with(options: HiveBuilder) -> Self {
         let program = binaries::program("rbee-hive");
-        let dir = tempfile::Builder::new().prefix("rbee-hive-test-").tempdir().expect("temp dir");
-        let tag = format!("{}-{}", std::process::id(), dir.path().file_name().unwrap().to_string_lossy());
+        let dir = tempfile::Builder::new()
+            .prefix("rbee-hive-test-")
+            .tempdir()
+            .expect("temp dir");
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            dir.path().file_name().unwrap().to_string_lossy()
+        );
         let config_path = dir.path().join("hive.toml");
         std::fs::write(&config_path, options.config.join("\n")).expect("write config");
         let mut command = Command::new(&program);
@@ -100,7 +107,13 @@ impl TestHive {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(dir.path().join("hive.stderr")).expect("stderr file"));
-        for key in ["RBEE_HIVE_PORT", "RBEE_HIVE_BIND", "RBEE_HIVE_HIVE_ID", "RBEE_HIVE_TOKEN_FILE", "RBEE_HIVE_CONFIG"] {
+        for key in [
+            "RBEE_HIVE_PORT",
+            "RBEE_HIVE_BIND",
+            "RBEE_HIVE_HIVE_ID",
+            "RBEE_HIVE_TOKEN_FILE",
+            "RBEE_HIVE_CONFIG",
+        ] {
             command.env_remove(key);
         }
         if let Some(token) = &options.token {
@@ -111,7 +124,9 @@ impl TestHive {
         for (key, value) in &options.env {
             command.env(key, value);
         }
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -124,7 +139,8 @@ impl TestHive {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let log = std::fs::read_to_string(dir.path().join("hive.stderr")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(dir.path().join("hive.stderr")).unwrap_or_default();
                 panic!("rbee-hive did not start:\n{log}");
             }
         };
@@ -141,8 +157,18 @@ impl TestHive {
                 format!("Bearer {token}").parse().expect("header value"),
             );
         }
-        let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
-        Self { child: Some(child), addr, dir, tag, client, token: options.token }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client");
+        Self {
+            child: Some(child),
+            addr,
+            dir,
+            tag,
+            client,
+            token: options.token,
+        }
     }
 
     /// `http://<addr><path>`.
@@ -172,7 +198,13 @@ impl TestHive {
 
     /// Posts a JSON body to `/v1/jobs` and returns the status and the JSON answer.
     pub async fn post_job(&self, body: &Value) -> (StatusCode, Value) {
-        let response = self.client.post(self.url("/v1/jobs")).json(body).send().await.expect("POST /v1/jobs");
+        let response = self
+            .client
+            .post(self.url("/v1/jobs"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/jobs");
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -188,7 +220,9 @@ impl TestHive {
 
     /// Reads a job's whole default-format stream (fails the test if it does not end).
     pub async fn stream_body(&self, job_id: &str) -> String {
-        let request = self.client.get(self.url(&format!("/v1/jobs/{job_id}/stream")));
+        let request = self
+            .client
+            .get(self.url(&format!("/v1/jobs/{job_id}/stream")));
         let response = request.send().await.expect("GET stream");
         assert_eq!(response.status(), StatusCode::OK, "stream of {job_id}");
         assert_eq!(response.headers()["content-type"], "text/event-stream");
@@ -211,14 +245,24 @@ impl TestHive {
 
     /// `GET /v1/jobs/{id}` as JSON.
     pub async fn job_status(&self, job_id: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.url(&format!("/v1/jobs/{job_id}"))).send().await.expect("GET job");
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/jobs/{job_id}")))
+            .send()
+            .await
+            .expect("GET job");
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// How many jobs the hive keeps (from `GET /v1/jobs`).
     pub async fn job_count(&self) -> usize {
-        let response = self.client.get(self.url("/v1/jobs")).send().await.expect("GET /v1/jobs");
+        let response = self
+            .client
+            .get(self.url("/v1/jobs"))
+            .send()
+            .await
+            .expect("GET /v1/jobs");
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.expect("jobs JSON");
         body["jobs"].as_array().expect("jobs array").len()
@@ -248,7 +292,10 @@ impl TestHive {
     /// Processes (other than the hive) that carry this hive's tag.
     pub fn tagged_processes(&self) -> Vec<u32> {
         let hive = self.child.as_ref().map(Child::id);
-        os::pids_with_env("RBEE_TEST_TAG", &self.tag).into_iter().filter(|pid| Some(*pid) != hive).collect()
+        os::pids_with_env("RBEE_TEST_TAG", &self.tag)
+            .into_iter()
+            .filter(|pid| Some(*pid) != hive)
+            .collect()
     }
 }
 
@@ -268,7 +315,10 @@ impl Drop for TestHive {
             os::signal_pid(*pid, nix::sys::signal::Signal::SIGKILL);
         }
         if !leftovers.is_empty() && !std::thread::panicking() {
-            panic!("the hive left processes behind: {leftovers:?}\n{}", self.log());
+            panic!(
+                "the hive left processes behind: {leftovers:?}\n{}",
+                self.log()
+            );
         }
     }
 }

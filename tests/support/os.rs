@@ -10,7 +10,10 @@ pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             // The state follows the command name in parentheses.
-            let state = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().next());
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
             state != Some("Z") && state != Some("X")
         }
         Err(_) => false,
@@ -27,12 +30,17 @@ pub fn signal_pid(pid: u32, signal: Signal) {
 /// Pids of live processes whose environment holds `key=value`.
 pub fn pids_with_env(key: &str, value: &str) -> Vec<u32> {
     let needle = format!("{key}={value}");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
-                .map(|env| env.split(|b| *b == 0).any(|entry| entry == needle.as_bytes()))
+                .map(|env| {
+                    env.split(|b| *b == 0)
+                        .any(|entry| entry == needle.as_bytes())
+                })
                 .unwrap_or(false)
         })
         .filter(|pid| pid_alive(*pid))
@@ -46,14 +54,20 @@ pub fn port_free(port: u16) -> bool {
 
 /// The pids in process group `pgid` that are alive.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
                 .and_then(|stat| stat.rsplit(')').next().map(str::to_owned))
-                .and_then(|rest| rest.split_whitespace().nth(2).and_then(|g| g.parse::<u32>().ok()))
+                .and_then(|rest| {
+                    rest.split_whitespace()
+                        .nth(2)
+                        .and_then(|g| g.parse::<u32>().ok())
+                })
                 == Some(pgid)
         })
         .filter(|pid| pid_alive(*pid))

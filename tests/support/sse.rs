@@ -31,7 +31,10 @@ pub fn events(body: &str) -> Vec<Event> {
         event.data = data.join("\n");
         out.push(event);
     }
-    assert!(body.is_empty() || body.ends_with("\n\n"), "body does not end with a blank line: {body:?}");
+    assert!(
+        body.is_empty() || body.ends_with("\n\n"),
+        "body does not end with a blank line: {body:?}"
+    );
     out
 }
 
@@ -40,7 +43,10 @@ pub fn data_events(body: &str) -> Vec<String> {
     events(body)
         .into_iter()
         .map(|e| {
-            assert!(e.id.is_none() && e.event.is_none(), "default format must be data-only: {body:?}");
+            assert!(
+                e.id.is_none() && e.event.is_none(),
+                "default format must be data-only: {body:?}"
+            );
             e.data
         })
         .collect()

@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 fn config() -> Config {
-    Config { state_dir: std::env::temp_dir().join("rbee-hive-router-tests"), ..Config::default() }
+    Config {
+        state_dir: std::env::temp_dir().join("rbee-hive-router-tests"),
+        ..Config::default()
+    }
 }
 
 async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, String) {
@@ -20,7 +23,10 @@ async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, String) 
 }
 
 fn post_job(body: &str) -> Request<Body> {
-    Request::post("/v1/jobs").header("content-type", "application/json").body(Body::from(body.to_owned())).unwrap()
+    Request::post("/v1/jobs")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_owned()))
+        .unwrap()
 }
 
 #[tokio::test]
@@ -33,30 +39,61 @@ async fn health_is_plain_ok() {
 #[tokio::test]
 async fn unknown_route_and_wrong_method_are_json_errors() {
     let state = AppState::new(config());
-    let (status, body) = send(&state, Request::get("/v2/nothing").body(Body::empty()).unwrap()).await;
+    let (status, body) = send(
+        &state,
+        Request::get("/v2/nothing").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["code"], "no_route");
-    let (status, body) = send(&state, Request::put("/v1/jobs").body(Body::empty()).unwrap()).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "no_route"
+    );
+    let (status, body) = send(
+        &state,
+        Request::put("/v1/jobs").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["code"], "method_not_allowed");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["code"],
+        "method_not_allowed"
+    );
 }
 
 #[tokio::test]
 async fn submit_then_stream_through_the_router() {
     let state = AppState::new(config());
-    let (status, body) = send(&state, post_job(r#"{"operation":"worker_list","hive_id":"localhost"}"#)).await;
+    let (status, body) = send(
+        &state,
+        post_job(r#"{"operation":"worker_list","hive_id":"localhost"}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let answer: Value = serde_json::from_str(&body).unwrap();
     let stream_url = answer["sse_url"].as_str().unwrap().to_owned();
-    let (status, body) = send(&state, Request::get(&stream_url).body(Body::empty()).unwrap()).await;
+    let (status, body) = send(
+        &state,
+        Request::get(&stream_url).body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    assert!(body.ends_with("data: [hv-router ] worker_list_empty: No workers found\n\ndata: [DONE]\n\n"), "{body}");
+    assert!(
+        body.ends_with(
+            "data: [hv-router ] worker_list_empty: No workers found\n\ndata: [DONE]\n\n"
+        ),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn validation_happens_before_a_job_exists() {
     let state = AppState::new(config());
-    let (status, body) = send(&state, post_job(r#"{"operation":"worker_delete","hive_id":"h","id":5}"#)).await;
+    let (status, body) = send(
+        &state,
+        post_job(r#"{"operation":"worker_delete","hive_id":"h","id":5}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap(),
@@ -69,19 +106,33 @@ async fn validation_happens_before_a_job_exists() {
 async fn shutting_down_refuses_new_jobs_with_503() {
     let state = AppState::new(config());
     state.jobs.begin_shutdown();
-    let (status, body) = send(&state, post_job(r#"{"operation":"worker_list","hive_id":"h"}"#)).await;
+    let (status, body) = send(
+        &state,
+        post_job(r#"{"operation":"worker_list","hive_id":"h"}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(body.contains("shutting_down"));
 }
 
 #[tokio::test]
 async fn token_check_spares_health_only() {
-    let state = AppState::new(Config { token: Some("t0ken".into()), ..config() });
+    let state = AppState::new(Config {
+        token: Some("t0ken".into()),
+        ..config()
+    });
     let (status, _) = send(&state, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = send(&state, Request::get("/v1/jobs").body(Body::empty()).unwrap()).await;
+    let (status, _) = send(
+        &state,
+        Request::get("/v1/jobs").body(Body::empty()).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let request = Request::get("/v1/jobs").header("authorization", "Bearer t0ken").body(Body::empty()).unwrap();
+    let request = Request::get("/v1/jobs")
+        .header("authorization", "Bearer t0ken")
+        .body(Body::empty())
+        .unwrap();
     let (status, _) = send(&state, request).await;
     assert_eq!(status, StatusCode::OK);
 }

@@ -168,7 +168,11 @@ impl JobStore {
     pub fn list(&self) -> Vec<JobSnapshot> {
         let jobs: Vec<Arc<Job>> = self.shared.lock().by_id.values().cloned().collect();
         let mut snapshots: Vec<JobSnapshot> = jobs.iter().map(|job| job.snapshot()).collect();
-        snapshots.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.job_id.cmp(&b.job_id)));
+        snapshots.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.job_id.cmp(&b.job_id))
+        });
         snapshots
     }
 

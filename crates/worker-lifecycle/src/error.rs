@@ -1,14 +1,132 @@
-//! Errors of the worker lifecycle.
+//! Errors of the worker lifecycle. Each variant carries what a person needs to act on it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::record::WorkerExit;
 
 /// What can go wrong with a worker operation.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     /// No worker has this id.
     #[error("worker '{0}' not found")]
     NotFound(String),
-    /// Spawning is not available in this build.
+    /// The worker type is not in the catalog.
+    #[error("unknown worker type '{name}'; known types: {known}")]
+    UnknownWorkerType {
+        /// The type asked for.
+        name: String,
+        /// The types there are.
+        known: String,
+    },
+    /// A configured worker type is unusable.
+    #[error("worker type '{name}' is invalid: {reason}")]
+    InvalidWorkerType {
+        /// The type.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The worker program is not installed.
     #[error(
-        "no worker can be started yet: this hive does not run worker processes (worker type '{0}')"
+        "worker program '{program}' not found ({searched}); install it or set `command` in the config's [workers.<type>]"
     )]
-    SpawnUnavailable(String),
+    ProgramNotFound {
+        /// The program.
+        program: String,
+        /// Where the hive looked.
+        searched: String,
+    },
+    /// The model file does not exist.
+    #[error("model file '{path}' does not exist or is not readable: {reason}")]
+    ModelNotFound {
+        /// The path.
+        path: String,
+        /// The cause.
+        reason: String,
+    },
+    /// Every port of the range is held or in use.
+    #[error(
+        "no free worker port in {first}-{last} ({held} held by this hive's workers, the rest in use by other programs)"
+    )]
+    NoFreePort {
+        /// First port of the range.
+        first: u16,
+        /// Last port of the range.
+        last: u16,
+        /// How many this hive holds.
+        held: usize,
+    },
+    /// The worker's command could not be filled in.
+    #[error("cannot build the command of worker type '{name}': {reason}")]
+    Template {
+        /// The type.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file or directory of the state dir could not be created.
+    #[error("cannot use {path}: {source}")]
+    StateDir {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The process could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The process exited before it answered its health check.
+    #[error("{id} exited before it was ready ({exit}); last output:\n{output}")]
+    ExitedBeforeReady {
+        /// The worker.
+        id: String,
+        /// How it ended.
+        exit: WorkerExit,
+        /// The end of its output.
+        output: String,
+    },
+    /// The process exited because it could not listen on its port.
+    #[error("{id} could not bind its port {port} ({exit}); last output:\n{output}")]
+    PortBindFailed {
+        /// The worker.
+        id: String,
+        /// The port.
+        port: u16,
+        /// How it ended.
+        exit: WorkerExit,
+        /// The end of its output.
+        output: String,
+    },
+    /// The process did not become healthy in time and was stopped.
+    #[error("{id} was not ready within {timeout:?} and was stopped; last output:\n{output}")]
+    ReadyTimeout {
+        /// The worker.
+        id: String,
+        /// The ready timeout.
+        timeout: Duration,
+        /// The end of its output.
+        output: String,
+    },
+    /// The worker was deleted (or the hive shut down) while it was starting.
+    #[error("{id} was stopped while it was starting ({why})")]
+    StoppedWhileStarting {
+        /// The worker.
+        id: String,
+        /// Who stopped it.
+        why: &'static str,
+    },
+    /// The worker's processes could not all be ended.
+    #[error("{id}: processes of its group are still running after SIGKILL: {pids:?}")]
+    ProcessesLeft {
+        /// The worker.
+        id: String,
+        /// The survivors.
+        pids: Vec<u32>,
+    },
 }

@@ -1,0 +1,484 @@
+//! The worker command catalog: how each worker type is started (PROTOCOL §5).
+//!
+//! A worker type is a command template (program and arguments, no shell), environment
+//! additions, a health path and a ready timeout. Placeholders `{worker_id} {model} {port}
+//! {device} {device_ordinal} {hive_url} {queen_url}` are filled per worker, each value
+//! inserted once and never scanned again, so a model name cannot inject anything. Built-in
+//! types are `cpu`, `cuda`, `metal` (the `llm-worker-rbee-*` binaries), `demo` (this
+//! project's demo worker) and `llama` (llama.cpp's `llama-server`); a configured type of the
+//! same name replaces a built-in one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::LifecycleError;
+
+/// The placeholders a template may use.
+pub const PLACEHOLDERS: &[&str] = &[
+    "worker_id",
+    "model",
+    "port",
+    "device",
+    "device_ordinal",
+    "hive_url",
+    "queen_url",
+];
+
+/// Which kind of device a worker type runs on; names the device `GPU-<n>`, `CPU-<n>`, `METAL-<n>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// `CPU-<n>`.
+    Cpu,
+    /// `GPU-<n>` (CUDA).
+    Gpu,
+    /// `METAL-<n>`.
+    Metal,
+}
+
+impl DeviceKind {
+    /// The device name for an ordinal.
+    pub fn device_name(self, ordinal: u32) -> String {
+        match self {
+            Self::Cpu => format!("CPU-{ordinal}"),
+            Self::Gpu => format!("GPU-{ordinal}"),
+            Self::Metal => format!("METAL-{ordinal}"),
+        }
+    }
+}
+
+/// One worker type as written in the config file (`[workers.<name>]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerTypeConfig {
+    /// Program and arguments, with placeholders.
+    pub command: Vec<String>,
+    /// Environment additions, with placeholders.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Environment variables removed from the worker's environment (a trailing `*` matches a prefix).
+    #[serde(default)]
+    pub env_remove: Vec<String>,
+    /// Path of the health check (default `/health`).
+    pub health_path: Option<String>,
+    /// How long the worker may take to become ready, in seconds (default 60).
+    pub ready_timeout_s: Option<f64>,
+    /// The device kind (default from the type name: `cuda` → gpu, `metal` → metal, else cpu).
+    pub device: Option<DeviceKind>,
+}
+
+/// A worker type, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerTemplate {
+    /// The type name.
+    pub name: String,
+    /// Program and arguments, with placeholders.
+    pub command: Vec<String>,
+    /// Environment additions, with placeholders.
+    pub env: BTreeMap<String, String>,
+    /// Variables removed from the inherited environment (`PREFIX*` for a prefix).
+    pub env_remove: Vec<String>,
+    /// Path of the health check.
+    pub health_path: String,
+    /// How long the worker may take to become ready.
+    pub ready_timeout: Duration,
+    /// The device kind.
+    pub device: DeviceKind,
+}
+
+/// The values a template is filled with.
+#[derive(Debug, Clone)]
+pub struct TemplateValues<'a> {
+    /// `{worker_id}`.
+    pub worker_id: &'a str,
+    /// `{model}`.
+    pub model: &'a str,
+    /// `{port}`.
+    pub port: u16,
+    /// `{device}`.
+    pub device: &'a str,
+    /// `{device_ordinal}`.
+    pub device_ordinal: u32,
+    /// `{hive_url}`.
+    pub hive_url: &'a str,
+    /// `{queen_url}` (empty when none is configured).
+    pub queen_url: &'a str,
+}
+
+impl TemplateValues<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "worker_id" => self.worker_id.to_owned(),
+            "model" => self.model.to_owned(),
+            "port" => self.port.to_string(),
+            "device" => self.device.to_owned(),
+            "device_ordinal" => self.device_ordinal.to_string(),
+            "hive_url" => self.hive_url.to_owned(),
+            "queen_url" => self.queen_url.to_owned(),
+            _ => return None,
+        })
+    }
+}
+
+/// Fills `{name}` placeholders in one template string. `{{` and `}}` are literal braces.
+/// Unknown placeholders are an error (templates are checked at start-up, so this is rare).
+pub fn fill(template: &str, values: &TemplateValues<'_>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(pos) = rest.find(['{', '}']) {
+        out.push_str(&rest[..pos]);
+        let tail = &rest[pos..];
+        if tail.starts_with("{{") {
+            out.push('{');
+            rest = &tail[2..];
+        } else if tail.starts_with("}}") {
+            out.push('}');
+            rest = &tail[2..];
+        } else if tail.starts_with('}') {
+            return Err(format!("unmatched '}}' in {template:?}"));
+        } else {
+            let close = tail
+                .find('}')
+                .ok_or_else(|| format!("unclosed '{{' in {template:?}"))?;
+            let name = &tail[1..close];
+            let value = values.get(name).ok_or_else(|| {
+                format!(
+                    "unknown placeholder {{{name}}} in {template:?}; known: {}",
+                    PLACEHOLDERS.join(", ")
+                )
+            })?;
+            out.push_str(&value);
+            rest = &tail[close + 1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The worker types of one hive.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    types: BTreeMap<String, WorkerTemplate>,
+}
+
+impl Catalog {
+    /// The built-in types, replaced or extended by `configured`. Every template is checked.
+    pub fn new(configured: &BTreeMap<String, WorkerTypeConfig>) -> Result<Self, LifecycleError> {
+        let mut types = builtin_types();
+        for (name, config) in configured {
+            types.insert(name.clone(), template_from_config(name, config)?);
+        }
+        let probe = TemplateValues {
+            worker_id: "worker-0",
+            model: "m",
+            port: 1,
+            device: "CPU-0",
+            device_ordinal: 0,
+            hive_url: "http://127.0.0.1:1",
+            queen_url: "",
+        };
+        for template in types.values() {
+            let invalid = |reason: String| LifecycleError::InvalidWorkerType {
+                name: template.name.clone(),
+                reason,
+            };
+            if template.command.is_empty() || template.command[0].is_empty() {
+                return Err(invalid("`command` must name a program".into()));
+            }
+            for part in template.command.iter().chain(template.env.values()) {
+                fill(part, &probe).map_err(invalid)?;
+            }
+            if !template.health_path.starts_with('/') {
+                return Err(invalid("`health_path` must start with '/'".into()));
+            }
+        }
+        Ok(Self { types })
+    }
+
+    /// One type.
+    pub fn get(&self, name: &str) -> Result<&WorkerTemplate, LifecycleError> {
+        self.types
+            .get(name)
+            .ok_or_else(|| LifecycleError::UnknownWorkerType {
+                name: name.to_owned(),
+                known: self.types.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    /// The type names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.types.keys().map(String::as_str)
+    }
+}
+
+fn template_from_config(
+    name: &str,
+    config: &WorkerTypeConfig,
+) -> Result<WorkerTemplate, LifecycleError> {
+    let ready_timeout_s = config.ready_timeout_s.unwrap_or(60.0);
+    if !(ready_timeout_s > 0.0 && ready_timeout_s <= 86_400.0) {
+        return Err(LifecycleError::InvalidWorkerType {
+            name: name.to_owned(),
+            reason: "`ready_timeout_s` must be between 0 and 86400".into(),
+        });
+    }
+    Ok(WorkerTemplate {
+        name: name.to_owned(),
+        command: config.command.clone(),
+        env: config.env.clone(),
+        env_remove: config.env_remove.clone(),
+        health_path: config
+            .health_path
+            .clone()
+            .unwrap_or_else(|| "/health".to_owned()),
+        ready_timeout: Duration::from_secs_f64(ready_timeout_s),
+        device: config.device.unwrap_or(default_device(name)),
+    })
+}
+
+fn default_device(name: &str) -> DeviceKind {
+    match name {
+        "cuda" => DeviceKind::Gpu,
+        "metal" => DeviceKind::Metal,
+        _ => DeviceKind::Cpu,
+    }
+}
+
+fn strings(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+fn builtin_types() -> BTreeMap<String, WorkerTemplate> {
+    let rbee = |program: &str, extra: &[&str]| {
+        let mut command = strings(&[
+            program,
+            "--worker-id",
+            "{worker_id}",
+            "--model",
+            "{model}",
+            "--port",
+            "{port}",
+        ]);
+        command.extend(strings(&["--hive-url", "{hive_url}"]));
+        command.extend(strings(extra));
+        command
+    };
+    let template = |name: &str,
+                    command: Vec<String>,
+                    env: &[(&str, &str)],
+                    env_remove: &[&str],
+                    timeout: u64| {
+        (
+            name.to_owned(),
+            WorkerTemplate {
+                name: name.to_owned(),
+                command,
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                env_remove: strings(env_remove),
+                health_path: "/health".to_owned(),
+                ready_timeout: Duration::from_secs(timeout),
+                device: default_device(name),
+            },
+        )
+    };
+    BTreeMap::from([
+        template("cpu", rbee("llm-worker-rbee-cpu", &[]), &[], &[], 300),
+        template(
+            "cuda",
+            rbee(
+                "llm-worker-rbee-cuda",
+                &["--cuda-device", "{device_ordinal}"],
+            ),
+            &[],
+            &[],
+            300,
+        ),
+        template(
+            "metal",
+            rbee(
+                "llm-worker-rbee-metal",
+                &["--metal-device", "{device_ordinal}"],
+            ),
+            &[],
+            &[],
+            300,
+        ),
+        template("demo", rbee("rbee-demo-worker", &[]), &[], &[], 30),
+        template(
+            "llama",
+            strings(&[
+                "llama-server",
+                "-m",
+                "{model}",
+                "--port",
+                "{port}",
+                "--host",
+                "127.0.0.1",
+            ]),
+            &[],
+            &["LLAMA_ARG_*"],
+            600,
+        ),
+    ])
+}
+
+/// Finds a worker program: a path with a `/` is used as given; a bare name is looked up
+/// beside the hive's own executable first (where `cargo build` and rbee installs put the
+/// workers), then on `PATH`.
+pub fn resolve_program(program: &str) -> Result<PathBuf, LifecycleError> {
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(LifecycleError::ProgramNotFound {
+                program: program.to_owned(),
+                searched: program.to_owned(),
+            })
+        };
+    }
+    let mut searched = Vec::new();
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    {
+        let candidate = dir.join(program);
+        if is_executable(&candidate) {
+            return Ok(candidate);
+        }
+        searched.push(format!("beside the hive ({})", dir.display()));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let candidate = dir.join(program);
+            if is_executable(&candidate) {
+                return Ok(candidate);
+            }
+        }
+    }
+    searched.push("on PATH".to_owned());
+    Err(LifecycleError::ProgramNotFound {
+        program: program.to_owned(),
+        searched: searched.join(" or "),
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> TemplateValues<'static> {
+        TemplateValues {
+            worker_id: "worker-7",
+            model: "tiny {port}",
+            port: 9100,
+            device: "GPU-1",
+            device_ordinal: 1,
+            hive_url: "http://127.0.0.1:7835",
+            queen_url: "",
+        }
+    }
+
+    #[test]
+    fn fills_each_placeholder_once() {
+        assert_eq!(fill("--port={port}", &values()).unwrap(), "--port=9100");
+        // A value holding a placeholder is not filled again.
+        assert_eq!(fill("{model}", &values()).unwrap(), "tiny {port}");
+        assert_eq!(
+            fill("{{literal}} {device}/{device_ordinal}", &values()).unwrap(),
+            "{literal} GPU-1/1"
+        );
+        assert!(
+            fill("{nope}", &values())
+                .unwrap_err()
+                .contains("unknown placeholder {nope}")
+        );
+        assert!(fill("{port", &values()).is_err());
+        assert!(fill("port}", &values()).is_err());
+    }
+
+    #[test]
+    fn builtins_follow_the_protocol() {
+        let catalog = Catalog::new(&BTreeMap::new()).unwrap();
+        let cuda = catalog.get("cuda").unwrap();
+        let command: Vec<String> = cuda
+            .command
+            .iter()
+            .map(|p| fill(p, &values()).unwrap())
+            .collect();
+        assert_eq!(
+            command.join(" "),
+            "llm-worker-rbee-cuda --worker-id worker-7 --model tiny {port} --port 9100 \
+             --hive-url http://127.0.0.1:7835 --cuda-device 1"
+        );
+        assert_eq!(cuda.device.device_name(1), "GPU-1");
+        assert_eq!(
+            catalog.get("metal").unwrap().device.device_name(0),
+            "METAL-0"
+        );
+        assert_eq!(catalog.get("cpu").unwrap().device.device_name(0), "CPU-0");
+        assert_eq!(catalog.get("llama").unwrap().command[0], "llama-server");
+        let error = catalog.get("tpu").unwrap_err().to_string();
+        assert!(error.contains("cpu, cuda, demo, llama, metal"), "{error}");
+    }
+
+    #[test]
+    fn configured_types_replace_builtins_and_are_checked() {
+        let parse = |toml_text: &str| -> BTreeMap<String, WorkerTypeConfig> {
+            let table: BTreeMap<String, BTreeMap<String, WorkerTypeConfig>> =
+                toml_from_str(toml_text);
+            table.into_iter().next().map(|(_, v)| v).unwrap_or_default()
+        };
+        let configured = parse(
+            "[workers.cpu]\ncommand = [\"/opt/w\", \"{port}\"]\nready_timeout_s = 2.5\n\
+             [workers.custom]\ncommand = [\"x\"]\ndevice = \"gpu\"\n",
+        );
+        let catalog = Catalog::new(&configured).unwrap();
+        assert_eq!(catalog.get("cpu").unwrap().command, ["/opt/w", "{port}"]);
+        assert_eq!(
+            catalog.get("cpu").unwrap().ready_timeout,
+            Duration::from_millis(2500)
+        );
+        assert_eq!(catalog.get("custom").unwrap().device, DeviceKind::Gpu);
+
+        let bad = parse("[workers.bad]\ncommand = [\"x\", \"{modle}\"]\n");
+        assert!(
+            Catalog::new(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown placeholder {modle}")
+        );
+        let empty = parse("[workers.bad]\ncommand = []\n");
+        assert!(Catalog::new(&empty).is_err());
+    }
+
+    fn toml_from_str<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn resolves_programs() {
+        assert!(resolve_program("sh").unwrap().ends_with("sh"));
+        assert!(resolve_program("/bin/sh").is_ok());
+        let error = resolve_program("no-such-worker-program")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("no-such-worker-program") && error.contains("PATH"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! [`WorkerManager`]: the face of the crate. Spawns workers, deletes them, records
+//! heartbeats, and stops them all at shutdown.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+
+use crate::catalog::{self, Catalog, TemplateValues, WorkerTypeConfig};
+use crate::error::LifecycleError;
+use crate::ports::PortAllocator;
+use crate::process::{self, LaunchSpec};
+use crate::readiness;
+use crate::record::{WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
+use crate::registry::{Registry, WorkerSlot, format_id};
+use crate::supervisor::{ExitOutcome, ProcessPhase, ProcessView, StopReason, Supervisor};
+
+/// How many lines of a worker's output go into a failure message.
+pub const OUTPUT_TAIL_LINES: usize = 20;
+
+/// Settings of the worker lifecycle.
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    /// Worker logs live in `<state_dir>/workers/`.
+    pub state_dir: PathBuf,
+    /// Worker ports (default 9100–9199).
+    pub ports: RangeInclusive<u16>,
+    /// Time between SIGTERM and SIGKILL when a delete does not say (default 10 s).
+    pub stop_grace: Duration,
+    /// The hive's own URL, for `{hive_url}`.
+    pub hive_url: String,
+    /// The orchestrator's URL, for `{queen_url}`.
+    pub queen_url: Option<String>,
+    /// Configured worker types (`[workers.<name>]`).
+    pub worker_types: BTreeMap<String, WorkerTypeConfig>,
+}
+
+/// What to spawn.
+#[derive(Debug, Clone)]
+pub struct SpawnRequest {
+    /// The model (passed to the worker as `{model}`).
+    pub model: String,
+    /// The worker type.
+    pub worker_type: String,
+    /// The device ordinal.
+    pub device_ordinal: u32,
+}
+
+/// What a heartbeat says about the worker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatState {
+    /// Idle.
+    Ready,
+    /// Serving.
+    Busy,
+}
+
+/// The workers of one hive and the processes behind them. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct WorkerManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    ports: PortAllocator,
+    catalog: Catalog,
+    config: LifecycleConfig,
+    logs_dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl WorkerManager {
+    /// A manager with no workers; checks the catalog and creates the log directory.
+    pub fn new(config: LifecycleConfig) -> Result<Self, LifecycleError> {
+        let catalog = Catalog::new(&config.worker_types)?;
+        let logs_dir = config.state_dir.join("workers");
+        std::fs::create_dir_all(&logs_dir).map_err(|source| LifecycleError::StateDir {
+            path: logs_dir.clone(),
+            source,
+        })?;
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| LifecycleError::StateDir {
+                path: logs_dir.clone(),
+                source: std::io::Error::other(e),
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry: Registry::new(),
+                ports: PortAllocator::new(config.ports.clone()),
+                catalog,
+                config,
+                logs_dir,
+                http,
+            }),
+        })
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The port allocator.
+    pub fn ports(&self) -> &PortAllocator {
+        &self.inner.ports
+    }
+
+    /// The worker type catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// The grace used when a delete does not give one.
+    pub fn default_grace(&self) -> Duration {
+        self.inner.config.stop_grace
+    }
+
+    /// Every registered worker.
+    pub fn list(&self) -> Vec<WorkerRecord> {
+        self.inner.registry.list()
+    }
+
+    /// One worker.
+    pub fn get(&self, id: &str) -> Result<WorkerRecord, LifecycleError> {
+        self.inner.registry.get(id)
+    }
+
+    /// Starts a worker process and registers it as `Starting`; [`Spawning::ready`] waits
+    /// until it is healthy. Nothing is started, and no id is used, when the type, the
+    /// program or a port is missing. Must be called within a Tokio runtime.
+    pub fn spawn(&self, request: &SpawnRequest) -> Result<Spawning, LifecycleError> {
+        let inner = &self.inner;
+        let template = inner.catalog.get(&request.worker_type)?.clone();
+        let early_program = match template.command[0].contains('{') {
+            true => None,
+            false => Some(catalog::resolve_program(&template.command[0])?),
+        };
+        let port = inner.ports.lease()?;
+        let number = inner.registry.next_number();
+        let id = format_id(number);
+        let device = template.device.device_name(request.device_ordinal);
+        let values = TemplateValues {
+            worker_id: &id,
+            model: &request.model,
+            port: port.port(),
+            device: &device,
+            device_ordinal: request.device_ordinal,
+            hive_url: &inner.config.hive_url,
+            queen_url: inner.config.queen_url.as_deref().unwrap_or(""),
+        };
+        let fill = |part: &String| {
+            catalog::fill(part, &values).map_err(|reason| LifecycleError::Template {
+                name: template.name.clone(),
+                reason,
+            })
+        };
+        let filled: Vec<String> = template
+            .command
+            .iter()
+            .map(fill)
+            .collect::<Result<_, _>>()?;
+        let env: Vec<(String, String)> = template
+            .env
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), fill(v)?)))
+            .collect::<Result<_, LifecycleError>>()?;
+        let program = match early_program {
+            Some(program) => program,
+            None => catalog::resolve_program(&filled[0])?,
+        };
+        let log_path = inner.logs_dir.join(format!("{id}.log"));
+        let log = std::fs::File::create(&log_path).map_err(|source| LifecycleError::StateDir {
+            path: log_path.clone(),
+            source,
+        })?;
+        let args = &filled[1..];
+        let process = process::launch(LaunchSpec {
+            program: &program,
+            args,
+            env: &env,
+            env_remove: &template.env_remove,
+            log,
+        })
+        .map_err(|source| LifecycleError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let mut command = vec![program.display().to_string()];
+        command.extend(args.iter().cloned());
+        let url = format!("http://127.0.0.1:{}", port.port());
+        let record = WorkerRecord {
+            id: id.clone(),
+            model_id: request.model.clone(),
+            worker_type: template.name.clone(),
+            device,
+            pid: process.pid(),
+            port: port.port(),
+            status: WorkerStatus::Starting,
+            started_at: Utc::now(),
+            url: url.clone(),
+            ready_at: None,
+            last_heartbeat: None,
+            health: None,
+            exit: None,
+            command,
+            log_path,
+        };
+        let (control, commands) = mpsc::unbounded_channel();
+        let slot = Arc::new(WorkerSlot::new(
+            number,
+            record,
+            control,
+            ProcessView::running(),
+        ));
+        inner.registry.insert(slot.clone());
+        tokio::spawn(
+            Supervisor {
+                slot: slot.clone(),
+                process,
+                port,
+                registry: inner.registry.clone(),
+                commands,
+                default_grace: inner.config.stop_grace,
+                ready_timeout: template.ready_timeout,
+            }
+            .run(),
+        );
+        tokio::spawn(readiness::await_healthy(
+            slot.clone(),
+            inner.http.clone(),
+            format!("{url}{}", template.health_path),
+            template.ready_timeout,
+            inner.config.stop_grace,
+        ));
+        Ok(Spawning {
+            slot,
+            grace: inner.config.stop_grace,
+            ready_timeout: template.ready_timeout,
+            settled: false,
+        })
+    }
+
+    /// Stops worker `id`'s process tree (SIGTERM, `grace`, SIGKILL) and removes it from the
+    /// registry. The stop goes on even if the returned handle is dropped.
+    pub fn delete(&self, id: &str, grace: Option<Duration>) -> Result<Stopping, LifecycleError> {
+        let slot = self.inner.registry.slot(id)?;
+        let grace = grace.unwrap_or(self.inner.config.stop_grace);
+        let view = slot.watch_process();
+        let already_exited = view.borrow().phase == ProcessPhase::Exited;
+        slot.request_stop(grace, StopReason::Delete, true);
+        // The supervisor may have finished just before the request: then remove here.
+        if view.borrow().phase == ProcessPhase::Exited {
+            self.inner.registry.remove(slot.number);
+        }
+        Ok(Stopping {
+            slot,
+            registry: self.inner.registry.clone(),
+            view,
+            grace,
+            already_exited,
+        })
+    }
+
+    /// Records a heartbeat; `state` moves a worker between `Ready` and `Busy`.
+    pub fn heartbeat(
+        &self,
+        id: &str,
+        health: WorkerHealth,
+        state: Option<HeartbeatState>,
+    ) -> Result<WorkerRecord, LifecycleError> {
+        let slot = self.inner.registry.slot(id)?;
+        slot.update(|record| {
+            record.last_heartbeat = Some(Utc::now());
+            record.health = Some(health);
+        });
+        let current = slot.record().status;
+        match (state, current) {
+            (Some(HeartbeatState::Busy), WorkerStatus::Ready) => {
+                slot.set_status(WorkerStatus::Busy);
+            }
+            (Some(HeartbeatState::Ready), WorkerStatus::Busy) => {
+                slot.set_status(WorkerStatus::Ready);
+            }
+            _ => {}
+        }
+        Ok(slot.record())
+    }
+
+    /// Stops every worker in parallel, as a delete would, and waits until all are gone;
+    /// returns how many were stopped.
+    pub async fn stop_all(&self) -> usize {
+        let grace = self.inner.config.stop_grace;
+        let mut stopping = Vec::new();
+        for slot in self.inner.registry.slots() {
+            let view = slot.watch_process();
+            if view.borrow().phase == ProcessPhase::Exited {
+                continue;
+            }
+            slot.request_stop(grace, StopReason::Shutdown, true);
+            stopping.push(Stopping {
+                slot,
+                registry: self.inner.registry.clone(),
+                view,
+                grace,
+                already_exited: false,
+            });
+        }
+        let count = stopping.len();
+        futures::future::join_all(
+            stopping
+                .into_iter()
+                .map(|mut s| async move { s.finished().await }),
+        )
+        .await;
+        count
+    }
+}
+
+/// A worker that was started and is not known to be ready yet. Dropping it before
+/// [`ready`](Self::ready) returns (a cancelled spawn job) stops and removes the worker.
+pub struct Spawning {
+    slot: Arc<WorkerSlot>,
+    grace: Duration,
+    /// The worker type's ready timeout.
+    pub ready_timeout: Duration,
+    settled: bool,
+}
+
+impl Spawning {
+    /// The worker's record now.
+    pub fn record(&self) -> WorkerRecord {
+        self.slot.record()
+    }
+
+    /// Waits until the worker is ready (its record) or has failed to start (why, with the
+    /// end of its output). When this returns an error the worker's processes are gone.
+    /// Cancel-safe: it can be raced against a timer and called again.
+    pub async fn ready(&mut self) -> Result<WorkerRecord, LifecycleError> {
+        let mut records = self.slot.watch_record();
+        loop {
+            let record = records.borrow_and_update().clone();
+            match record.status {
+                WorkerStatus::Ready | WorkerStatus::Busy => {
+                    self.settled = true;
+                    return Ok(record);
+                }
+                WorkerStatus::Stopped | WorkerStatus::Failed { .. } => {
+                    self.settled = true;
+                    return Err(self.failure(&record));
+                }
+                WorkerStatus::Starting => {}
+            }
+            if records.changed().await.is_err() {
+                self.settled = true;
+                return Err(LifecycleError::NotFound(record.id));
+            }
+        }
+    }
+
+    fn failure(&self, record: &WorkerRecord) -> LifecycleError {
+        let view = self.slot.process.borrow().clone();
+        let output = process::log_tail(&record.log_path, OUTPUT_TAIL_LINES);
+        let exit = record.exit.clone().unwrap_or(WorkerExit {
+            code: None,
+            signal: None,
+            at: Utc::now(),
+        });
+        let id = record.id.clone();
+        match view.stop_reason {
+            Some(StopReason::ReadyTimeout) => LifecycleError::ReadyTimeout {
+                id,
+                timeout: self.ready_timeout,
+                output,
+            },
+            Some(StopReason::Delete) => LifecycleError::StoppedWhileStarting {
+                id,
+                why: "it was deleted",
+            },
+            Some(StopReason::Shutdown) => LifecycleError::StoppedWhileStarting {
+                id,
+                why: "the hive is shutting down",
+            },
+            Some(StopReason::SpawnCancelled) => LifecycleError::StoppedWhileStarting {
+                id,
+                why: "the spawn was cancelled",
+            },
+            None if looks_like_bind_failure(&output) => LifecycleError::PortBindFailed {
+                id,
+                port: record.port,
+                exit,
+                output,
+            },
+            None => LifecycleError::ExitedBeforeReady { id, exit, output },
+        }
+    }
+}
+
+impl Drop for Spawning {
+    fn drop(&mut self) {
+        if !self.settled {
+            tracing::info!(worker = %self.slot.id(), "spawn abandoned before the worker was ready; stopping it");
+            self.slot
+                .request_stop(self.grace, StopReason::SpawnCancelled, true);
+        }
+    }
+}
+
+fn looks_like_bind_failure(output: &str) -> bool {
+    let lower = output.to_ascii_lowercase();
+    [
+        "address already in use",
+        "addrinuse",
+        "couldn't bind",
+        "could not bind",
+        "failed to bind",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
+}
+
+/// A worker being stopped by a delete. The stop goes on if this is dropped.
+pub struct Stopping {
+    slot: Arc<WorkerSlot>,
+    registry: Registry,
+    view: watch::Receiver<ProcessView>,
+    /// The grace that was asked for.
+    pub grace: Duration,
+    /// Whether the process had already exited when the delete came.
+    pub already_exited: bool,
+}
+
+impl Stopping {
+    /// The worker's record as it was when the stop began.
+    pub fn record(&self) -> WorkerRecord {
+        self.slot.record()
+    }
+
+    /// The process's progress now.
+    pub fn view(&self) -> ProcessView {
+        self.view.borrow().clone()
+    }
+
+    /// Waits for the next change of progress. Cancel-safe.
+    pub async fn changed(&mut self) {
+        if self.view.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Waits until the whole process group is gone and the worker is out of the registry.
+    pub async fn finished(&mut self) -> Result<ExitOutcome, LifecycleError> {
+        let outcome = loop {
+            if let Some(outcome) = self.view.borrow_and_update().outcome.clone() {
+                break outcome;
+            }
+            self.changed().await;
+        };
+        self.registry.remove(self.slot.number);
+        if outcome.leftover.is_empty() {
+            Ok(outcome)
+        } else {
+            Err(LifecycleError::ProcessesLeft {
+                id: self.slot.id(),
+                pids: outcome.leftover,
+            })
+        }
+    }
+}

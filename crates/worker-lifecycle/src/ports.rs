@@ -1,0 +1,190 @@
+//! Worker ports: taken from a configured range, checked free by binding, and held by the
+//! hive until the worker's process is gone.
+//!
+//! A [`PortLease`] is the hold; dropping it gives the port back. Concurrent spawns never get
+//! the same port because the choice and the reservation happen under one lock. Ports are
+//! handed out round-robin, so a port just given back is not the next one taken.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, TcpListener};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+
+use crate::error::LifecycleError;
+
+/// The ports of one hive.
+#[derive(Clone)]
+pub struct PortAllocator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    range: RangeInclusive<u16>,
+    // std Mutex: held while choosing and reserving, never across an await.
+    state: Mutex<State>,
+}
+
+struct State {
+    held: BTreeSet<u16>,
+    next: u16,
+}
+
+/// A port held for one worker; given back on drop.
+#[derive(Debug)]
+pub struct PortLease {
+    port: u16,
+    owner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PortAllocator({:?})", self.range)
+    }
+}
+
+impl PortLease {
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for PortLease {
+    fn drop(&mut self) {
+        self.owner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held
+            .remove(&self.port);
+    }
+}
+
+impl PortAllocator {
+    /// An allocator over `range` (inclusive).
+    pub fn new(range: RangeInclusive<u16>) -> Self {
+        let next = *range.start();
+        Self {
+            inner: Arc::new(Inner {
+                range,
+                state: Mutex::new(State {
+                    held: BTreeSet::new(),
+                    next,
+                }),
+            }),
+        }
+    }
+
+    /// The configured range.
+    pub fn range(&self) -> RangeInclusive<u16> {
+        self.inner.range.clone()
+    }
+
+    /// Takes a free port: not held by this hive, and bindable on 127.0.0.1 and 0.0.0.0.
+    pub fn lease(&self) -> Result<PortLease, LifecycleError> {
+        let (first, last) = (*self.inner.range.start(), *self.inner.range.end());
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let count = u32::from(last) - u32::from(first) + 1;
+        let start = state.next.clamp(first, last);
+        for offset in 0..count {
+            let port = (u32::from(start) - u32::from(first) + offset) % count + u32::from(first);
+            let port = u16::try_from(port).unwrap_or(last);
+            if state.held.contains(&port) || !bindable(port) {
+                continue;
+            }
+            state.held.insert(port);
+            state.next = if port == last { first } else { port + 1 };
+            return Ok(PortLease {
+                port,
+                owner: self.inner.clone(),
+            });
+        }
+        Err(LifecycleError::NoFreePort {
+            first,
+            last,
+            held: state.held.len(),
+        })
+    }
+
+    /// Holds a specific port (a worker adopted after a restart keeps its port).
+    pub fn lease_exact(&self, port: u16) -> Option<PortLease> {
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.held.insert(port).then(|| PortLease {
+            port,
+            owner: self.inner.clone(),
+        })
+    }
+
+    /// How many ports are held.
+    pub fn held(&self) -> usize {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held
+            .len()
+    }
+}
+
+fn bindable(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+        && TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn free_range(len: u16) -> RangeInclusive<u16> {
+        // Find `len` consecutive bindable ports high in the ephemeral range.
+        let mut start = 42_000u16;
+        'outer: loop {
+            for port in start..start + len {
+                if !bindable(port) {
+                    start = port + 1;
+                    continue 'outer;
+                }
+            }
+            return start..=start + len - 1;
+        }
+    }
+
+    #[test]
+    fn leases_are_distinct_and_given_back_on_drop() {
+        let ports = PortAllocator::new(free_range(3));
+        let a = ports.lease().unwrap();
+        let b = ports.lease().unwrap();
+        let c = ports.lease().unwrap();
+        assert_eq!(BTreeSet::from([a.port(), b.port(), c.port()]).len(), 3);
+        assert!(matches!(
+            ports.lease(),
+            Err(LifecycleError::NoFreePort { held: 3, .. })
+        ));
+        let freed = b.port();
+        drop(b);
+        assert_eq!(ports.lease().unwrap().port(), freed);
+    }
+
+    #[test]
+    fn skips_ports_in_use_by_others() {
+        let range = free_range(2);
+        let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, *range.start())).unwrap();
+        let ports = PortAllocator::new(range.clone());
+        assert_eq!(ports.lease().unwrap().port(), *range.end());
+        drop(squatter);
+    }
+
+    #[test]
+    fn concurrent_leases_never_collide() {
+        let ports = PortAllocator::new(free_range(16));
+        let leases: Vec<PortLease> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..16)
+                .map(|_| s.spawn(|| ports.lease().unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let distinct: BTreeSet<u16> = leases.iter().map(PortLease::port).collect();
+        assert_eq!(distinct.len(), 16);
+        assert_eq!(ports.held(), 16);
+    }
+}

@@ -1,0 +1,331 @@
+//! Worker processes: spawning into their own process group, signalling, waiting, reaping.
+//!
+//! Each worker is started as the leader of a new process group (`setpgid(0, 0)`), so that
+//! its whole tree can be signalled at once. Its exit is awaited through a pidfd (readable
+//! when the process ends), never by polling. The leader is reaped only after the rest of
+//! its group is gone: until then it is an unreaped child (a zombie at worst), so its pid
+//! and process group id cannot be reused and `killpg` can only reach the worker's own
+//! processes. No pid of 0, 1, the hive itself or its group is ever signalled.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::Utc;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::time::Instant;
+
+use crate::record::WorkerExit;
+
+/// What to start: a resolved program, its arguments and environment changes.
+#[derive(Debug)]
+pub struct LaunchSpec<'a> {
+    /// The program (resolved path).
+    pub program: &'a Path,
+    /// Its arguments.
+    pub args: &'a [String],
+    /// Variables to set.
+    pub env: &'a [(String, String)],
+    /// Variables to remove (`PREFIX*` removes a prefix).
+    pub env_remove: &'a [String],
+    /// Where stdout and stderr go.
+    pub log: File,
+}
+
+/// A started worker process, owned by its supervisor.
+pub struct WorkerProcess {
+    pid: u32,
+    child: Option<Child>,
+    exited: AsyncFd<OwnedFd>,
+}
+
+impl std::fmt::Debug for WorkerProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerProcess")
+            .field("pid", &self.pid)
+            .field("reaped", &self.child.is_none())
+            .finish()
+    }
+}
+
+/// Starts a process as the leader of its own process group.
+pub fn launch(spec: LaunchSpec<'_>) -> std::io::Result<WorkerProcess> {
+    let stderr = spec.log.try_clone()?;
+    let mut command = Command::new(spec.program);
+    command
+        .args(spec.args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(spec.log)
+        .stderr(stderr);
+    for pattern in spec.env_remove {
+        match pattern.strip_suffix('*') {
+            Some(prefix) => {
+                for (key, _) in std::env::vars_os() {
+                    if key.to_string_lossy().starts_with(prefix) {
+                        command.env_remove(key);
+                    }
+                }
+            }
+            None => {
+                command.env_remove(pattern);
+            }
+        }
+    }
+    command.envs(spec.env.iter().map(|(k, v)| (k, v)));
+    let mut child = command.spawn()?;
+    let pid = child.id();
+    let exited = rustix::process::Pid::from_raw(pid as i32)
+        .ok_or_else(|| std::io::Error::other("the kernel returned pid 0"))
+        .and_then(|raw| {
+            rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+                .map_err(Into::into)
+        })
+        .and_then(watch_pidfd);
+    match exited {
+        Ok(exited) => Ok(WorkerProcess {
+            pid,
+            child: Some(child),
+            exited,
+        }),
+        Err(error) => {
+            // Without a pidfd the hive could not wait for this process safely: undo the start.
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(std::io::Error::other(format!(
+                "cannot watch the new process (pidfd_open: {error})"
+            )))
+        }
+    }
+}
+
+impl WorkerProcess {
+    /// The leader's pid, which is also the process group id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Resolves once the leader has exited (it stays unreaped until [`reap`](Self::reap)).
+    pub async fn exited(&self) {
+        // A pidfd becomes readable when its process ends and stays readable.
+        let _ = self.exited.readable().await;
+    }
+
+    /// Sends `signal` to the whole process group. Only while the leader is unreaped, so the
+    /// group id is still the worker's; returns whether it was sent.
+    pub fn signal_group(&self, signal: Signal) -> bool {
+        if self.child.is_none() {
+            return false;
+        }
+        let Some(pgid) = signallable(self.pid) else {
+            return false;
+        };
+        match killpg(pgid, signal) {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::debug!(pid = self.pid, "killpg {signal}: {error}");
+                false
+            }
+        }
+    }
+
+    /// Reaps the leader and returns how it ended. Call only after [`exited`](Self::exited).
+    pub fn reap(&mut self) -> WorkerExit {
+        let status = self.child.take().and_then(|mut child| child.wait().ok());
+        WorkerExit {
+            code: status.and_then(|s| s.code()),
+            signal: status.and_then(|s| s.signal()),
+            at: Utc::now(),
+        }
+    }
+}
+
+/// Registers a pidfd with the Tokio reactor, to await its process's exit.
+#[allow(unsafe_code)]
+fn watch_pidfd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, so it stays open and names the same
+    // pidfd for the `AsyncFd`'s whole life, and `OwnedFd::as_raw_fd` always returns it.
+    Ok(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?)
+}
+
+/// A pid that may be signalled: positive, above 1, within `i32`, and neither the hive itself
+/// nor its process group.
+pub fn signallable(pid: u32) -> Option<Pid> {
+    let raw = i32::try_from(pid).ok().filter(|raw| *raw > 1)?;
+    let own = std::process::id() as i32;
+    let own_group = nix::unistd::getpgrp().as_raw();
+    (raw != own && raw != own_group).then(|| Pid::from_raw(raw))
+}
+
+/// Live (non-zombie) processes whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat_fields(*pid).is_some_and(|f| f.pgid == pgid && !f.zombie))
+        .collect()
+}
+
+/// The fields of `/proc/<pid>/stat` the hive uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatFields {
+    /// Process group id.
+    pub pgid: u32,
+    /// Start time in clock ticks since boot (identifies the process with its pid).
+    pub start_ticks: u64,
+    /// Whether it is a zombie (or dead).
+    pub zombie: bool,
+}
+
+/// Reads `/proc/<pid>/stat`; `None` if the process does not exist.
+pub fn stat_fields(pid: u32) -> Option<StatFields> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces; fields follow the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest[0] is field 3 (state); pgrp is field 5, starttime field 22.
+    Some(StatFields {
+        zombie: matches!(fields.first().copied(), Some("Z" | "X")),
+        pgid: fields.get(2)?.parse().ok()?,
+        start_ticks: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Waits until every pid in `pids` has exited or `deadline` passes; returns those still
+/// running. Each process is awaited through its own pidfd; one that cannot be opened is
+/// already gone.
+pub async fn wait_all_gone(pids: &[u32], pgid: u32, deadline: Instant) -> Vec<u32> {
+    let watched: Vec<(u32, AsyncFd<OwnedFd>)> = pids
+        .iter()
+        .filter_map(|pid| {
+            let raw = rustix::process::Pid::from_raw(i32::try_from(*pid).ok()?)?;
+            let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+            // The pid might have been reused between the scan and the open: keep only
+            // processes that are still members of the worker's group.
+            stat_fields(*pid).filter(|f| f.pgid == pgid && !f.zombie)?;
+            Some((*pid, watch_pidfd(fd).ok()?))
+        })
+        .collect();
+    let all_gone = futures::future::join_all(watched.iter().map(|(_, fd)| async move {
+        let _ = fd.readable().await;
+    }));
+    if tokio::time::timeout_at(deadline, all_gone).await.is_ok() {
+        return Vec::new();
+    }
+    watched
+        .iter()
+        .map(|(pid, _)| *pid)
+        .filter(|pid| stat_fields(*pid).is_some_and(|f| !f.zombie))
+        .collect()
+}
+
+/// The last `max_lines` lines of a log file (at most 4 KiB), for failure messages.
+pub fn log_tail(path: &Path, max_lines: usize) -> String {
+    const MAX_BYTES: u64 = 4096;
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(MAX_BYTES);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<&str> = text.lines().collect();
+    let skip_partial = usize::from(start > 0 && !lines.is_empty());
+    let lines = &lines[skip_partial..];
+    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+}
+
+/// How long to wait for processes after SIGKILL before calling them stuck.
+pub const SIGKILL_WAIT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_signals_special_pids() {
+        assert!(signallable(0).is_none());
+        assert!(signallable(1).is_none());
+        assert!(signallable(u32::MAX).is_none());
+        assert!(signallable(i32::MAX as u32 + 1).is_none());
+        assert!(signallable(std::process::id()).is_none());
+        assert!(signallable(nix::unistd::getpgrp().as_raw() as u32).is_none());
+        assert!(signallable(12345).is_some());
+    }
+
+    #[test]
+    fn reads_own_stat() {
+        let own = stat_fields(std::process::id()).unwrap();
+        assert_eq!(own.pgid, nix::unistd::getpgrp().as_raw() as u32);
+        assert!(!own.zombie);
+        assert!(stat_fields(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn tail_keeps_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        assert_eq!(log_tail(&path, 2), "line 98\nline 99");
+        assert_eq!(log_tail(&dir.path().join("missing"), 2), "");
+    }
+
+    #[tokio::test]
+    async fn launches_in_own_group_and_waits_by_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = File::create(dir.path().join("log")).unwrap();
+        let sh = Path::new("/bin/sh");
+        let args = vec![
+            "-c".to_string(),
+            "echo hello; sleep 30 & exec sleep 30".to_string(),
+        ];
+        let mut process = launch(LaunchSpec {
+            program: sh,
+            args: &args,
+            env: &[],
+            env_remove: &[],
+            log,
+        })
+        .unwrap();
+        let pid = process.pid();
+        // The group holds the leader and its background child.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group_members(pid).len() < 2 && Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(stat_fields(pid).unwrap().pgid, pid);
+        let members = group_members(pid);
+        assert_eq!(members.len(), 2, "{members:?}");
+        assert!(process.signal_group(Signal::SIGTERM));
+        tokio::time::timeout(Duration::from_secs(5), process.exited())
+            .await
+            .unwrap();
+        let others: Vec<u32> = members.into_iter().filter(|p| *p != pid).collect();
+        assert!(
+            wait_all_gone(&others, pid, Instant::now() + Duration::from_secs(5))
+                .await
+                .is_empty()
+        );
+        let exit = process.reap();
+        assert_eq!(exit.signal, Some(15));
+        assert!(
+            !process.signal_group(Signal::SIGKILL),
+            "never signals after reaping"
+        );
+        assert!(group_members(pid).is_empty());
+    }
+}
