@@ -10,7 +10,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 /// The programs the end-to-end tests run.
-pub const PROGRAMS: &[(&str, &str)] = &[("rbee-hive", "rbee-hive")];
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("rbee-hive", "rbee-hive"),
+    ("rbee-demo-worker", "rbee-demo-worker"),
+];
 
 /// The directory holding the built programs (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {

@@ -94,7 +94,12 @@ impl TestHive {
             dir.path().file_name().unwrap().to_string_lossy()
         );
         let config_path = dir.path().join("hive.toml");
-        std::fs::write(&config_path, options.config.join("\n")).expect("write config");
+        // Each test hive gets its own block of worker ports, so parallel tests do not race
+        // for the same ones (the hive would cope, but a test could see a bind failure).
+        let block = worker_port_block(&tag);
+        let mut config = format!("worker_ports = \"{}-{}\"\n", block.0, block.1);
+        config.push_str(&options.config.join("\n"));
+        std::fs::write(&config_path, config).expect("write config");
         let mut command = Command::new(&program);
         command
             .args(["--port", "0", "--config"])
@@ -243,6 +248,88 @@ impl TestHive {
         self.stream_lines(&job_id).await
     }
 
+    /// Reads a job's whole `?format=json` stream.
+    pub async fn stream_json(&self, job_id: &str) -> Vec<sse::Event> {
+        let url = self.url(&format!("/v1/jobs/{job_id}/stream?format=json"));
+        let response = self.client.get(url).send().await.expect("GET stream");
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = tokio::time::timeout(STREAM_TIMEOUT, response.text())
+            .await
+            .unwrap_or_else(|_| panic!("stream of {job_id} did not end within {STREAM_TIMEOUT:?}"))
+            .expect("stream body");
+        sse::events(&body)
+    }
+
+    /// Runs an operation and returns its result object (`event: result`), if it had one.
+    pub async fn job_result(&self, body: Value) -> Option<Value> {
+        let job_id = self.submit(body).await;
+        self.stream_json(&job_id)
+            .await
+            .into_iter()
+            .find(|e| e.event.as_deref() == Some("result"))
+            .map(|e| serde_json::from_str(&e.data).expect("result JSON"))
+    }
+
+    /// The registered workers (the result of `worker_list`).
+    pub async fn workers(&self) -> Vec<Value> {
+        let result = self
+            .job_result(serde_json::json!({"operation": "worker_list", "hive_id": "localhost"}))
+            .await;
+        result.expect("worker_list result")["workers"]
+            .as_array()
+            .expect("workers")
+            .clone()
+    }
+
+    /// One worker's record, if it is registered.
+    pub async fn worker(&self, id: &str) -> Option<Value> {
+        self.job_result(
+            serde_json::json!({"operation": "worker_get", "hive_id": "localhost", "id": id}),
+        )
+        .await
+    }
+
+    /// Waits until worker `id`'s record satisfies `check` (or fails after `timeout`).
+    pub async fn wait_for_worker(
+        &self,
+        id: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let record = self.worker(id).await.unwrap_or(Value::Null);
+            if check(&record) {
+                return record;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {id} never reached the expected state: {record}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Spawns a worker of `worker_type` that must become ready; returns its record.
+    pub async fn spawn_ready(&self, worker_type: &str) -> Value {
+        let lines = self.run_job(spawn_body(worker_type)).await;
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("[DONE]"),
+            "{lines:#?}"
+        );
+        let ready = lines
+            .iter()
+            .find(|l| l.contains("worker_spawn_ready"))
+            .unwrap_or_else(|| panic!("{lines:#?}"));
+        let id = ready
+            .split("Worker ready: ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .expect("worker id");
+        self.worker(id).await.expect("spawned worker is registered")
+    }
+
     /// `GET /v1/jobs/{id}` as JSON.
     pub async fn job_status(&self, job_id: &str) -> (StatusCode, Value) {
         let response = self
@@ -297,6 +384,50 @@ impl TestHive {
             .filter(|pid| Some(*pid) != hive)
             .collect()
     }
+}
+
+/// The `worker_spawn` body for a worker type (model `test-model`, device 0).
+pub fn spawn_body(worker_type: &str) -> Value {
+    serde_json::json!({
+        "operation": "worker_spawn",
+        "hive_id": "localhost",
+        "model": "test-model",
+        "worker": worker_type,
+        "device": 0,
+    })
+}
+
+/// A config section for a worker type that runs the demo worker with extra flags.
+pub fn demo_worker_type(name: &str, extra: &[&str], ready_timeout_s: f64) -> String {
+    let mut command: Vec<String> = [
+        "rbee-demo-worker",
+        "--worker-id",
+        "{worker_id}",
+        "--model",
+        "{model}",
+        "--port",
+        "{port}",
+        "--hive-url",
+        "{hive_url}",
+    ]
+    .iter()
+    .map(|s| format!("{s:?}"))
+    .collect();
+    command.extend(extra.iter().map(|s| format!("{s:?}")));
+    format!(
+        "[workers.{name}]\ncommand = [{}]\nready_timeout_s = {ready_timeout_s}\n",
+        command.join(", ")
+    )
+}
+
+/// A 20-port block in 10000–29999 chosen from `tag`.
+fn worker_port_block(tag: &str) -> (u16, u16) {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    tag.hash(&mut hasher);
+    let block = (hasher.finish() % 1000) as u16;
+    let first = 10_000 + block * 20;
+    (first, first + 19)
 }
 
 impl Drop for TestHive {

@@ -18,4 +18,4 @@ pub mod hive;
 pub mod os;
 pub mod sse;
 
-pub use hive::{HiveBuilder, TestHive};
+pub use hive::{HiveBuilder, TestHive, demo_worker_type, spawn_body};

@@ -5,12 +5,15 @@
 //! the defaults fill the rest. Unknown keys in the file are an error, so a typo is never
 //! silently ignored.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 use serde::{Deserialize, Serialize};
+use worker_lifecycle::WorkerTypeConfig;
 
 /// Default TCP port, as in rbee.
 pub const DEFAULT_PORT: u16 = 7835;
@@ -67,6 +70,22 @@ struct FileConfig {
     job_event_buffer: Option<usize>,
     shutdown_drain_s: Option<u64>,
     nvidia_smi: Option<String>,
+    worker_ports: Option<String>,
+    stop_grace_ms: Option<u64>,
+    on_shutdown: Option<ShutdownPolicy>,
+    #[serde(default)]
+    workers: BTreeMap<String, WorkerTypeConfig>,
+}
+
+/// What happens to running workers when the hive shuts down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ShutdownPolicy {
+    /// Stop every worker as a delete would (the default).
+    #[default]
+    Stop,
+    /// Leave them running.
+    Keep,
 }
 
 /// Why the configuration could not be loaded.
@@ -148,6 +167,14 @@ pub struct Config {
     pub shutdown_drain_s: u64,
     /// The `nvidia-smi` program used for GPU detection.
     pub nvidia_smi: String,
+    /// Worker ports, `first-last`.
+    pub worker_ports: String,
+    /// Time between SIGTERM and SIGKILL when a delete does not say.
+    pub stop_grace_ms: u64,
+    /// What happens to workers at shutdown.
+    pub on_shutdown: ShutdownPolicy,
+    /// Configured worker types (`[workers.<name>]`), added to or replacing the built-in ones.
+    pub workers: BTreeMap<String, WorkerTypeConfig>,
 }
 
 impl Default for Config {
@@ -167,6 +194,10 @@ impl Default for Config {
             job_event_buffer: 10_000,
             shutdown_drain_s: 10,
             nvidia_smi: "nvidia-smi".to_owned(),
+            worker_ports: "9100-9199".to_owned(),
+            stop_grace_ms: 10_000,
+            on_shutdown: ShutdownPolicy::Stop,
+            workers: BTreeMap::new(),
         }
     }
 }
@@ -209,6 +240,10 @@ impl Config {
             job_event_buffer: file.job_event_buffer.unwrap_or(defaults.job_event_buffer),
             shutdown_drain_s: file.shutdown_drain_s.unwrap_or(defaults.shutdown_drain_s),
             nvidia_smi: file.nvidia_smi.unwrap_or(defaults.nvidia_smi),
+            worker_ports: file.worker_ports.unwrap_or(defaults.worker_ports),
+            stop_grace_ms: file.stop_grace_ms.unwrap_or(defaults.stop_grace_ms),
+            on_shutdown: file.on_shutdown.unwrap_or(defaults.on_shutdown),
+            workers: file.workers,
         };
         config.validate()?;
         Ok(config)
@@ -227,6 +262,13 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "body_limit_bytes",
                 reason: "must be at least 256".into(),
+            });
+        }
+        self.worker_port_range()?;
+        if self.stop_grace_ms > 3_600_000 {
+            return Err(ConfigError::Invalid {
+                key: "stop_grace_ms",
+                reason: "must be at most one hour".into(),
             });
         }
         if self.job_event_buffer == 0 {
@@ -249,6 +291,29 @@ impl Config {
     /// The hive id used in narration: the configured one, or `localhost`.
     pub fn effective_hive_id(&self) -> &str {
         self.hive_id.as_deref().unwrap_or(DEFAULT_HIVE_ID)
+    }
+
+    /// The worker port range parsed from `worker_ports` (`"9100-9199"`).
+    pub fn worker_port_range(&self) -> Result<RangeInclusive<u16>, ConfigError> {
+        let invalid = || ConfigError::Invalid {
+            key: "worker_ports",
+            reason: format!(
+                "must be \"first-last\" with 1 <= first <= last <= 65535, got {:?}",
+                self.worker_ports
+            ),
+        };
+        let (first, last) = self.worker_ports.split_once('-').ok_or_else(invalid)?;
+        let first: u16 = first.trim().parse().map_err(|_| invalid())?;
+        let last: u16 = last.trim().parse().map_err(|_| invalid())?;
+        if first == 0 || first > last {
+            return Err(invalid());
+        }
+        Ok(first..=last)
+    }
+
+    /// The default stop grace.
+    pub fn stop_grace(&self) -> Duration {
+        Duration::from_millis(self.stop_grace_ms)
     }
 
     /// How long finished jobs are kept.
@@ -332,6 +397,34 @@ mod tests {
         assert_eq!(config.hive_id.as_deref(), Some("from-file"));
         assert_eq!(config.job_retention_s, 5);
         assert_eq!(config.max_finished_jobs, 10_000);
+    }
+
+    #[test]
+    fn worker_settings_from_file() {
+        let dir = temp_dir("workers");
+        let file = write(
+            &dir,
+            "hive.toml",
+            "worker_ports = \"9500-9509\"\nstop_grace_ms = 250\non_shutdown = \"keep\"\n\
+             [workers.slow]\ncommand = [\"rbee-demo-worker\", \"--port\", \"{port}\"]\nready_timeout_s = 3\n",
+        );
+        let config = Config::load(Cli {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.worker_port_range().unwrap(), 9500..=9509);
+        assert_eq!(config.stop_grace(), Duration::from_millis(250));
+        assert_eq!(config.on_shutdown, ShutdownPolicy::Keep);
+        assert_eq!(config.workers["slow"].ready_timeout_s, Some(3.0));
+        assert!(config.to_toml().contains("[workers.slow]"));
+        let bad = write(&dir, "bad.toml", "worker_ports = \"9600-9500\"\n");
+        let error = Config::load(Cli {
+            config: Some(bad),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(error.to_string().contains("worker_ports"), "{error}");
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //!
 //! [`run`] serves a bound listener until the shutdown future resolves, then shuts down in a
 //! fixed order: stop accepting; end every running job (its stream gets its terminal lines);
-//! wait for open connections to finish (bounded); exit.
+//! wait for open connections to finish (bounded); apply the worker shutdown policy (stop
+//! every worker, or keep them); exit.
 //!
 //! # Layout
 //! - [`config`]: flags, environment and config file, merged.
@@ -25,9 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use job_server::{JobStore, JobStoreConfig};
-use worker_lifecycle::Registry;
+use worker_lifecycle::{LifecycleConfig, LifecycleError, WorkerManager};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError, ShutdownPolicy};
 use crate::jobs::router::OperationServices;
 
 pub use http::app;
@@ -44,30 +45,43 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// A fresh hive state; must be called within a Tokio runtime.
-    pub fn new(config: Config) -> Self {
+    /// A fresh hive state; `hive_url` is how workers reach the hive. Must be called within a
+    /// Tokio runtime.
+    pub fn new(config: Config, hive_url: String) -> Result<Self, HiveError> {
         let jobs = JobStore::new(JobStoreConfig {
             retention: config.job_retention(),
             max_finished: config.max_finished_jobs,
             event_buffer: config.job_event_buffer,
         });
-        let services = OperationServices {
-            workers: Registry::new(),
-        };
-        Self {
+        let workers = WorkerManager::new(LifecycleConfig {
+            state_dir: config.state_dir.clone(),
+            ports: config.worker_port_range()?,
+            stop_grace: config.stop_grace(),
+            hive_url,
+            queen_url: config.queen_url.clone(),
+            worker_types: config.workers.clone(),
+        })?;
+        let services = OperationServices { workers };
+        Ok(Self {
             config: Arc::new(config),
             jobs,
             services,
-        }
+        })
     }
 }
 
-/// Why the hive stopped with an error.
+/// Why the hive could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum HiveError {
     /// The HTTP server failed.
     #[error("HTTP server failed: {0}")]
     Serve(#[from] std::io::Error),
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The worker lifecycle could not start (state dir, worker types).
+    #[error(transparent)]
+    Lifecycle(#[from] LifecycleError),
 }
 
 /// Serves `listener` until `shutdown` resolves, then shuts down in order.
@@ -76,11 +90,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HiveError> {
-    let state = AppState::new(config);
+    let port = listener.local_addr()?.port();
+    let state = AppState::new(config, format!("http://127.0.0.1:{port}"))?;
+    let workers = state.services.workers.clone();
+    let policy = state.config.on_shutdown;
     let drain = Duration::from_secs(state.config.shutdown_drain_s);
     let jobs = state.jobs.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
         shutdown.await;
         let cancelled = jobs.begin_shutdown();
         tracing::info!("shutting down: stopped accepting, cancelled {cancelled} running job(s)");
@@ -98,6 +115,19 @@ pub async fn run(
             tracing::warn!("connections still open {drain:?} after shutdown began; closing them");
         }
     }
+    match policy {
+        ShutdownPolicy::Stop => {
+            let stopped = workers.stop_all().await;
+            tracing::info!("stopped {stopped} worker(s)");
+        }
+        ShutdownPolicy::Keep => {
+            tracing::info!(
+                "leaving {} worker(s) running (on_shutdown = \"keep\")",
+                workers.registry().len()
+            );
+        }
+    }
+    drop(state);
     tracing::info!("rbee-hive stopped");
     Ok(())
 }

@@ -15,6 +15,10 @@ fn config() -> Config {
     }
 }
 
+fn new_state(config: Config) -> AppState {
+    AppState::new(config, "http://127.0.0.1:1".into()).unwrap()
+}
+
 async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, String) {
     let response = app(state.clone()).oneshot(request).await.unwrap();
     let status = response.status();
@@ -31,14 +35,14 @@ fn post_job(body: &str) -> Request<Body> {
 
 #[tokio::test]
 async fn health_is_plain_ok() {
-    let state = AppState::new(config());
+    let state = new_state(config());
     let (status, body) = send(&state, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
 }
 
 #[tokio::test]
 async fn unknown_route_and_wrong_method_are_json_errors() {
-    let state = AppState::new(config());
+    let state = new_state(config());
     let (status, body) = send(
         &state,
         Request::get("/v2/nothing").body(Body::empty()).unwrap(),
@@ -63,7 +67,7 @@ async fn unknown_route_and_wrong_method_are_json_errors() {
 
 #[tokio::test]
 async fn submit_then_stream_through_the_router() {
-    let state = AppState::new(config());
+    let state = new_state(config());
     let (status, body) = send(
         &state,
         post_job(r#"{"operation":"worker_list","hive_id":"localhost"}"#),
@@ -88,7 +92,7 @@ async fn submit_then_stream_through_the_router() {
 
 #[tokio::test]
 async fn validation_happens_before_a_job_exists() {
-    let state = AppState::new(config());
+    let state = new_state(config());
     let (status, body) = send(
         &state,
         post_job(r#"{"operation":"worker_delete","hive_id":"h","id":5}"#),
@@ -104,7 +108,7 @@ async fn validation_happens_before_a_job_exists() {
 
 #[tokio::test]
 async fn shutting_down_refuses_new_jobs_with_503() {
-    let state = AppState::new(config());
+    let state = new_state(config());
     state.jobs.begin_shutdown();
     let (status, body) = send(
         &state,
@@ -117,7 +121,7 @@ async fn shutting_down_refuses_new_jobs_with_503() {
 
 #[tokio::test]
 async fn token_check_spares_health_only() {
-    let state = AppState::new(Config {
+    let state = new_state(Config {
         token: Some("t0ken".into()),
         ..config()
     });

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::LifecycleError;
 
@@ -28,7 +28,7 @@ pub const PLACEHOLDERS: &[&str] = &[
 ];
 
 /// Which kind of device a worker type runs on; names the device `GPU-<n>`, `CPU-<n>`, `METAL-<n>`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceKind {
     /// `CPU-<n>`.
@@ -51,22 +51,25 @@ impl DeviceKind {
 }
 
 /// One worker type as written in the config file (`[workers.<name>]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerTypeConfig {
     /// Program and arguments, with placeholders.
     pub command: Vec<String>,
     /// Environment additions, with placeholders.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Environment variables removed from the worker's environment (a trailing `*` matches a prefix).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_remove: Vec<String>,
     /// Path of the health check (default `/health`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub health_path: Option<String>,
     /// How long the worker may take to become ready, in seconds (default 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_timeout_s: Option<f64>,
     /// The device kind (default from the type name: `cuda` → gpu, `metal` → metal, else cpu).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceKind>,
 }
 
@@ -131,12 +134,12 @@ pub fn fill(template: &str, values: &TemplateValues<'_>) -> Result<String, Strin
     while let Some(pos) = rest.find(['{', '}']) {
         out.push_str(&rest[..pos]);
         let tail = &rest[pos..];
-        if tail.starts_with("{{") {
+        if let Some(after) = tail.strip_prefix("{{") {
             out.push('{');
-            rest = &tail[2..];
-        } else if tail.starts_with("}}") {
+            rest = after;
+        } else if let Some(after) = tail.strip_prefix("}}") {
             out.push('}');
-            rest = &tail[2..];
+            rest = after;
         } else if tail.starts_with('}') {
             return Err(format!("unmatched '}}' in {template:?}"));
         } else {

@@ -136,16 +136,13 @@ mod tests {
     use super::*;
 
     fn free_range(len: u16) -> RangeInclusive<u16> {
-        // Find `len` consecutive bindable ports high in the ephemeral range.
-        let mut start = 42_000u16;
-        'outer: loop {
-            for port in start..start + len {
-                if !bindable(port) {
-                    start = port + 1;
-                    continue 'outer;
-                }
+        // `len` consecutive bindable ports, searched from a spot that differs per test.
+        let mut start = 42_000 + (std::process::id() % 500) as u16 * 20 + len * 3;
+        loop {
+            match (start..start + len).find(|port| !bindable(*port)) {
+                Some(busy) => start = busy + 1,
+                None => return start..=start + len - 1,
             }
-            return start..=start + len - 1;
         }
     }
 

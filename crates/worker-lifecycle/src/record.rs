@@ -50,11 +50,13 @@ impl WorkerStatus {
     /// Whether the state machine allows going from `self` to `next`.
     pub fn can_become(&self, next: &WorkerStatus) -> bool {
         use WorkerStatus::*;
-        match (self, next) {
-            (Starting, Ready) | (Ready, Busy) | (Busy, Ready) => true,
-            (Starting | Ready | Busy, Stopped | Failed { .. }) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (Starting, Ready)
+                | (Ready, Busy)
+                | (Busy, Ready)
+                | (Starting | Ready | Busy, Stopped | Failed { .. })
+        )
     }
 }
 

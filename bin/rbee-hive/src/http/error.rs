@@ -62,6 +62,11 @@ pub enum ApiError {
         /// How it ended.
         state: &'static str,
     },
+    /// A heartbeat body that does not parse.
+    #[error(
+        "invalid heartbeat: {0}; expected {{\"worker_id\", \"timestamp\", \"health_status\": \"healthy\"|\"degraded\", \"state\"?: \"ready\"|\"busy\"}}"
+    )]
+    BadHeartbeat(String),
     /// No worker with this id.
     #[error("worker '{0}' not found")]
     WorkerNotFound(String),
@@ -106,6 +111,7 @@ impl ApiError {
             Self::InvalidHeader { .. } => (StatusCode::BAD_REQUEST, "invalid_header"),
             Self::JobNotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),
             Self::JobFinished { .. } => (StatusCode::CONFLICT, "job_finished"),
+            Self::BadHeartbeat(_) => (StatusCode::BAD_REQUEST, "invalid_heartbeat"),
             Self::WorkerNotFound(_) => (StatusCode::NOT_FOUND, "worker_not_found"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),

@@ -3,11 +3,13 @@
 //! # Layout
 //! - [`error`]: `ApiError`, the one error-to-HTTP mapping.
 //! - [`auth`]: the optional bearer token.
+//! - [`heartbeat`]: worker heartbeats.
 //! - [`jobs`]: submit, status and cancel of jobs.
 //! - [`stream`]: a job's narration stream in its three encodings.
 
 pub mod auth;
 pub mod error;
+pub mod heartbeat;
 pub mod jobs;
 pub mod stream;
 
@@ -31,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{job_id}", get(jobs::status).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/stream", get(stream::stream))
+        .route("/v1/heartbeat", post(heartbeat::heartbeat))
         .fallback(no_route)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -2,7 +2,7 @@
 //! wildcard arm, so a new operation does not compile until it is routed here.
 
 use job_server::JobContext;
-use worker_lifecycle::{LifecycleError, Registry};
+use worker_lifecycle::{LifecycleError, WorkerManager};
 
 use crate::jobs::Operation;
 use crate::jobs::ops;
@@ -11,7 +11,7 @@ use crate::jobs::ops;
 #[derive(Clone)]
 pub struct OperationServices {
     /// The hive's workers.
-    pub workers: Registry,
+    pub workers: WorkerManager,
 }
 
 /// Why an operation failed; its text is the job's failure reason.

@@ -1,8 +1,17 @@
 //! `worker_delete`: stops a worker's whole process tree and removes it.
+//!
+//! The stop itself belongs to the worker's supervisor, so it completes even if this job is
+//! cancelled: the worker ends fully stopped, never half. This file narrates what happens:
+//! SIGTERM, progress once a second during the grace, SIGKILL only if it was really needed.
+
+use std::time::Duration;
 
 use job_server::JobContext;
+use serde_json::json;
+use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::jobs::NARRATE;
+use crate::jobs::ops::worker_spawn::PROGRESS_EVERY;
 use crate::jobs::router::{OperationFailure, OperationServices};
 
 /// Deletes worker `id`.
@@ -11,7 +20,7 @@ pub async fn run(
     services: &OperationServices,
     hive_id: &str,
     id: &str,
-    _grace_ms: Option<u64>,
+    grace_ms: Option<u64>,
 ) -> Result<(), OperationFailure> {
     let job_id = job.job_id();
     NARRATE
@@ -21,16 +30,121 @@ pub async fn run(
         .context(hive_id)
         .human("🗑️  Deleting worker '{}' on hive '{}'")
         .emit();
-    if let Err(error) = services.workers.get(id) {
+    let started = Instant::now();
+    let mut stopping = match services
+        .workers
+        .delete(id, grace_ms.map(Duration::from_millis))
+    {
+        Ok(stopping) => stopping,
+        Err(error) => return Err(delete_error(job_id, id, error.into())),
+    };
+    let record = stopping.record();
+    if stopping.already_exited {
+        let exit = record
+            .exit
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "unknown exit".into());
         NARRATE
-            .action("worker_delete_error")
+            .action("worker_delete_exited")
             .job_id(job_id)
-            .context(id)
-            .context(&error)
-            .human("❌ Delete failed for '{}': {}")
-            .error()
+            .context(record.pid)
+            .context(exit)
+            .human("Process PID {} had already exited ({}); removing the record")
             .emit();
-        return Err(error.into());
+    } else {
+        NARRATE
+            .action("worker_delete_kill")
+            .job_id(job_id)
+            .context(record.pid)
+            .human("Killing process PID {}")
+            .emit();
+        narrate_stop(job_id, &mut stopping, record.pid, started).await;
     }
+    let outcome = match stopping.finished().await {
+        Ok(outcome) => outcome,
+        Err(error) => return Err(delete_error(job_id, id, error.into())),
+    };
+    NARRATE
+        .action("worker_delete_complete")
+        .job_id(job_id)
+        .context(id)
+        .field("elapsed_ms", started.elapsed().as_millis())
+        .human("✅ Worker deleted: {}")
+        .emit();
+    let view = stopping.view();
+    job.publish_result(json!({
+        "deleted": id,
+        "pid": record.pid,
+        "port": record.port,
+        "exit": outcome.exit,
+        "sigkill": view.sigkill_sent,
+        "elapsed_ms": started.elapsed().as_millis(),
+    }));
     Ok(())
+}
+
+/// Narrates the stop as the supervisor reports it, until the process group is gone.
+async fn narrate_stop(
+    job_id: &str,
+    stopping: &mut worker_lifecycle::Stopping,
+    pid: u32,
+    started: Instant,
+) {
+    let mut told_sigterm = false;
+    let mut told_sigkill = false;
+    let mut progress = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+    progress.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    loop {
+        let view = stopping.view();
+        if view.sigterm_sent && !told_sigterm {
+            told_sigterm = true;
+            NARRATE
+                .action("worker_delete_sigterm")
+                .job_id(job_id)
+                .human("Sent SIGTERM to worker process")
+                .emit();
+        }
+        if view.sigkill_sent && !told_sigkill {
+            told_sigkill = true;
+            NARRATE
+                .action("worker_delete_sigkill")
+                .job_id(job_id)
+                .context(format!(
+                    "{:.1}",
+                    view.grace.unwrap_or_default().as_secs_f64()
+                ))
+                .human("Sent SIGKILL to worker process (still running after {}s of grace)")
+                .warn()
+                .emit();
+        }
+        if view.outcome.is_some() {
+            return;
+        }
+        tokio::select! {
+            _ = stopping.changed() => {}
+            _ = progress.tick() => {
+                NARRATE
+                    .action("worker_delete_waiting")
+                    .job_id(job_id)
+                    .context(pid)
+                    .context(format!("{:.1}", started.elapsed().as_secs_f64()))
+                    .context(format!("{:.1}", stopping.grace.as_secs_f64()))
+                    .human("⏳ Waiting for PID {} to exit: {}s of {}s grace")
+                    .emit();
+            }
+        }
+    }
+}
+
+fn delete_error(job_id: &str, id: &str, error: OperationFailure) -> OperationFailure {
+    NARRATE
+        .action("worker_delete_error")
+        .job_id(job_id)
+        .context(id)
+        .context(&error)
+        .human("❌ Delete failed for '{}': {}")
+        .error()
+        .emit();
+    error
 }

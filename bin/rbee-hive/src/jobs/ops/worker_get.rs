@@ -44,8 +44,9 @@ pub async fn run(
         .context(worker.port)
         .human("✅ Worker: {} | Model: {} | Device: {} | Port: {}")
         .emit();
+    // Pretty-printed from the record itself, so the fields keep the protocol's order.
+    let pretty = serde_json::to_string_pretty(&worker).unwrap_or_default();
     let value = serde_json::to_value(&worker).unwrap_or_default();
-    let pretty = serde_json::to_string_pretty(&value).unwrap_or_default();
     NARRATE
         .action("worker_get_details")
         .job_id(job_id)

@@ -1,28 +1,117 @@
 //! `worker_spawn`: starts a worker process and waits until it is ready.
+//!
+//! The job ends only when the worker answers its health check (or fails to). While it
+//! waits it narrates progress once a second. If the job is cancelled before the worker is
+//! ready, the worker is stopped and removed (the lifecycle's `Spawning` handle does that
+//! when dropped).
+
+use std::time::Duration;
 
 use job_server::JobContext;
-use worker_lifecycle::LifecycleError;
+use tokio::time::{Instant, MissedTickBehavior};
+use worker_lifecycle::SpawnRequest;
 
 use crate::jobs::NARRATE;
 use crate::jobs::router::{OperationFailure, OperationServices};
 
+/// How often a long wait narrates its progress.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// Spawns a `worker` worker for `model` on device `device`.
 pub async fn run(
     job: &JobContext,
-    _services: &OperationServices,
+    services: &OperationServices,
     hive_id: &str,
     model: &str,
     worker: &str,
     device: u32,
 ) -> Result<(), OperationFailure> {
+    let job_id = job.job_id();
     NARRATE
         .action("worker_spawn_start")
-        .job_id(job.job_id())
+        .job_id(job_id)
         .context(worker)
         .context(model)
         .context(device)
         .context(hive_id)
         .human("🚀 Spawning {} worker for model '{}' on device {} on hive '{}'")
         .emit();
-    Err(LifecycleError::SpawnUnavailable(worker.to_owned()).into())
+    let request = SpawnRequest {
+        model: model.to_owned(),
+        worker_type: worker.to_owned(),
+        device_ordinal: device,
+    };
+    let started = Instant::now();
+    let mut spawning = match services.workers.spawn(&request) {
+        Ok(spawning) => spawning,
+        Err(error) => return Err(spawn_error(job_id, error.into())),
+    };
+    let record = spawning.record();
+    NARRATE
+        .action("worker_spawn_process")
+        .job_id(job_id)
+        .context(&record.id)
+        .context(record.pid)
+        .context(record.port)
+        .context(&record.device)
+        .field("worker_id", &record.id)
+        .field("pid", record.pid)
+        .field("port", record.port)
+        .human("Started {}: PID {} on port {}, device {}")
+        .emit();
+    NARRATE
+        .action("worker_spawn_command")
+        .job_id(job_id)
+        .context(record.command.join(" "))
+        .context(record.log_path.display())
+        .human("Command: {} (output: {})")
+        .emit();
+
+    let mut progress = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
+    progress.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let outcome = loop {
+        tokio::select! {
+            outcome = spawning.ready() => break outcome,
+            _ = progress.tick() => {
+                NARRATE
+                    .action("worker_spawn_waiting")
+                    .job_id(job_id)
+                    .context(&record.id)
+                    .context(format!("{:.1}", started.elapsed().as_secs_f64()))
+                    .context(format!("{:.0}", spawning.ready_timeout.as_secs_f64()))
+                    .human("⏳ Waiting for {} to become ready: {}s of {}s")
+                    .emit();
+            }
+        }
+    };
+    match outcome {
+        Ok(ready) => {
+            let elapsed_ms = started.elapsed().as_millis();
+            NARRATE
+                .action("worker_spawn_ready")
+                .job_id(job_id)
+                .context(&ready.id)
+                .context(ready.pid)
+                .context(ready.port)
+                .context(elapsed_ms)
+                .field("worker_id", &ready.id)
+                .field("ready_ms", elapsed_ms)
+                .human("✅ Worker ready: {} | PID {} | port {} ({} ms)")
+                .emit();
+            job.publish_result(serde_json::to_value(&ready).unwrap_or_default());
+            Ok(())
+        }
+        Err(error) => Err(spawn_error(job_id, error.into())),
+    }
+}
+
+fn spawn_error(job_id: &str, error: OperationFailure) -> OperationFailure {
+    NARRATE
+        .action("worker_spawn_error")
+        .job_id(job_id)
+        .context(&error)
+        .human("❌ Spawn failed: {}")
+        .error()
+        .emit();
+    error
 }

@@ -1,0 +1,733 @@
+//! The worker lifecycle end to end (issue 3): real hive, real worker processes, and checks
+//! against the operating system after each step. One behaviour per test.
+
+use std::time::{Duration, Instant};
+
+use rbee_hive_e2e::os::{group_members, pid_alive, port_free};
+use rbee_hive_e2e::{TestHive, demo_worker_type, spawn_body};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn delete_body(id: &str, grace_ms: Option<u64>) -> Value {
+    let mut body = json!({"operation": "worker_delete", "hive_id": "localhost", "id": id});
+    if let Some(ms) = grace_ms {
+        body["grace_ms"] = json!(ms);
+    }
+    body
+}
+
+fn pid_of(record: &Value) -> u32 {
+    record["pid"].as_u64().expect("pid") as u32
+}
+
+fn port_of(record: &Value) -> u16 {
+    record["port"].as_u64().expect("port") as u16
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn spawn_becomes_ready_and_list_and_get_show_a_true_pid_and_port() {
+    let hive = TestHive::start().await;
+    let lines = hive.run_job(spawn_body("demo")).await;
+    assert_eq!(
+        lines[0],
+        "[hv-router ] worker_spawn_start: 🚀 Spawning demo worker for model 'test-model' on device 0 on hive 'localhost'"
+    );
+    assert!(
+        lines.iter().any(
+            |l| l.contains("worker_spawn_command: Command: ") && l.contains("rbee-demo-worker")
+        )
+    );
+    assert!(
+        lines[lines.len() - 2]
+            .starts_with("[hv-router ] worker_spawn_ready: ✅ Worker ready: worker-1 | PID ")
+    );
+    assert_eq!(lines.last().unwrap(), "[DONE]");
+
+    let record = hive.worker("worker-1").await.expect("registered");
+    let (pid, port) = (pid_of(&record), port_of(&record));
+    assert!(pid_alive(pid));
+    assert!(
+        cmdline(pid).contains("rbee-demo-worker --worker-id worker-1"),
+        "{}",
+        cmdline(pid)
+    );
+    assert_eq!(
+        group_members(pid),
+        vec![pid],
+        "the worker leads its own process group"
+    );
+    assert!(!port_free(port), "the worker listens on its port");
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/health"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(record["status"], "Ready");
+    assert_eq!(record["device"], "CPU-0");
+    assert_eq!(record["worker_type"], "demo");
+    assert_eq!(record["model_id"], "test-model");
+    assert_eq!(record["url"], format!("http://127.0.0.1:{port}"));
+
+    let list = hive
+        .run_job(json!({"operation": "worker_list", "hive_id": "localhost"}))
+        .await;
+    assert_eq!(
+        list,
+        vec![
+            "[hv-router ] worker_list_start: 📋 Listing workers on hive 'localhost'".to_string(),
+            "[hv-router ] worker_list_result: Found 1 worker(s)".into(),
+            format!(
+                "[hv-router ] worker_list_entry:   worker-1 | test-model | CPU-0 | port {port} | ready"
+            ),
+            "[DONE]".into(),
+        ]
+    );
+
+    let get = hive
+        .run_job(json!({"operation": "worker_get", "hive_id": "localhost", "id": "worker-1"}))
+        .await;
+    assert_eq!(
+        get[0],
+        "[hv-router ] worker_get_start: 🔍 Getting worker 'worker-1' on hive 'localhost'"
+    );
+    assert_eq!(
+        get[1],
+        format!(
+            "[hv-router ] worker_get_found: ✅ Worker: worker-1 | Model: test-model | Device: CPU-0 | Port: {port}"
+        )
+    );
+    let details = get[2]
+        .strip_prefix("[hv-router ] worker_get_details: ")
+        .expect("details line");
+    assert!(
+        details.starts_with("{\n  \"id\": \"worker-1\",\n  \"model_id\": \"test-model\","),
+        "{details}"
+    );
+    let parsed: Value = serde_json::from_str(details).expect("pretty JSON");
+    assert_eq!(parsed["pid"], pid);
+    assert_eq!(parsed["port"], port);
+    assert_eq!(get[3], "[DONE]");
+}
+
+#[tokio::test]
+async fn graceful_delete_has_no_sigkill_and_ends_promptly() {
+    let hive = TestHive::builder()
+        .config("stop_grace_ms = 8000")
+        .start()
+        .await;
+    let record = hive.spawn_ready("demo").await;
+    let (pid, port) = (pid_of(&record), port_of(&record));
+    let started = Instant::now();
+    let lines = hive.run_job(delete_body("worker-1", None)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        lines,
+        vec![
+            "[hv-router ] worker_delete_start: 🗑️  Deleting worker 'worker-1' on hive 'localhost'"
+                .to_string(),
+            format!("[hv-router ] worker_delete_kill: Killing process PID {pid}"),
+            "[hv-router ] worker_delete_sigterm: Sent SIGTERM to worker process".into(),
+            "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1".into(),
+            "[DONE]".into(),
+        ]
+    );
+    // The demo worker exits within milliseconds of SIGTERM; the delete must not wait for
+    // the 8 s grace nor sleep a fixed time (the original slept 2 s).
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "delete took {elapsed:?}"
+    );
+    assert!(!pid_alive(pid));
+    assert!(port_free(port));
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn ignores_sigterm_gets_sigkill_after_the_grace() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
+        .start()
+        .await;
+    let record = hive.spawn_ready("stubborn").await;
+    let pid = pid_of(&record);
+    let started = Instant::now();
+    let lines = hive.run_job(delete_body("worker-1", Some(1500))).await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "SIGKILL came before the grace: {elapsed:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("worker_delete_sigterm")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l == "[hv-router ] worker_delete_sigkill: Sent SIGKILL to worker process (still running after 1.5s of grace)"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("worker_delete_waiting: ⏳ Waiting for PID")),
+        "progress once a second: {lines:#?}"
+    );
+    assert_eq!(
+        lines[lines.len() - 2],
+        "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1"
+    );
+    assert!(!pid_alive(pid));
+}
+
+#[tokio::test]
+async fn grandchildren_are_gone_after_delete() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type("parent", &["--children", "2"], 10.0))
+        .config(&demo_worker_type(
+            "parent-stubborn-kids",
+            &["--children", "2", "--children-ignore-sigterm"],
+            10.0,
+        ))
+        .start()
+        .await;
+    for (worker_type, id) in [("parent", "worker-1"), ("parent-stubborn-kids", "worker-2")] {
+        let record = hive.spawn_ready(worker_type).await;
+        let pid = pid_of(&record);
+        let members = group_members(pid);
+        assert_eq!(members.len(), 3, "leader and two children: {members:?}");
+        let lines = hive.run_job(delete_body(id, Some(500))).await;
+        assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+        for member in &members {
+            assert!(
+                !pid_alive(*member),
+                "{worker_type}: process {member} survived the delete"
+            );
+        }
+        assert!(group_members(pid).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn port_can_be_bound_again_after_delete() {
+    let hive = TestHive::start().await;
+    let record = hive.spawn_ready("demo").await;
+    let port = port_of(&record);
+    hive.run_job(delete_body("worker-1", None)).await;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("port is free again");
+    drop(listener);
+}
+
+#[tokio::test]
+async fn a_crash_is_reported_failed_with_its_exit_code() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "crashy",
+            &["--exit-after-ms", "400", "--exit-code", "3"],
+            10.0,
+        ))
+        .start()
+        .await;
+    let record = hive.spawn_ready("crashy").await;
+    let port = port_of(&record);
+    let failed = hive
+        .wait_for_worker("worker-1", Duration::from_secs(10), |r| {
+            r["status"].get("Failed").is_some()
+        })
+        .await;
+    assert_eq!(
+        failed["status"],
+        json!({"Failed": {"reason": "exited with code 3"}})
+    );
+    assert_eq!(failed["exit"]["code"], 3);
+    assert!(
+        port_free(port),
+        "the port is released when the worker exits"
+    );
+    let list = hive
+        .run_job(json!({"operation": "worker_list", "hive_id": "localhost"}))
+        .await;
+    assert!(
+        list[2].ends_with(&format!("| port {port} | failed")),
+        "{list:#?}"
+    );
+    // Deleting a worker that already exited signals nothing and removes the record.
+    let lines = hive.run_job(delete_body("worker-1", None)).await;
+    assert!(
+        lines.iter().any(|l| l.contains("worker_delete_exited")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("SIGTERM") || l.contains("SIGKILL")),
+        "{lines:#?}"
+    );
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn exit_before_ready_fails_the_spawn_with_the_code_and_output() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "dies-early",
+            &[
+                "--start-delay-ms",
+                "5000",
+                "--exit-after-ms",
+                "100",
+                "--exit-code",
+                "7",
+            ],
+            10.0,
+        ))
+        .start()
+        .await;
+    let lines = hive.run_job(spawn_body("dies-early")).await;
+    let error = lines
+        .iter()
+        .position(|l| l.starts_with("[ERROR] "))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        lines[error].contains("worker-1 exited before it was ready (exit code 7)"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[error].contains("exiting with code 7 after 100 ms, as asked"),
+        "the worker's own output: {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("[job-exec  ] failed         : ")),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.last().unwrap(), "[DONE]");
+    let record = hive.worker("worker-1").await.expect("kept as failed");
+    assert_eq!(record["exit"]["code"], 7);
+}
+
+#[tokio::test]
+async fn the_ready_timeout_stops_the_worker() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "never-ready",
+            &["--start-delay-ms", "60000"],
+            0.5,
+        ))
+        .start()
+        .await;
+    let lines = hive.run_job(spawn_body("never-ready")).await;
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("[ERROR] "))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        error.contains("worker-1 was not ready within 500ms and was stopped"),
+        "{error}"
+    );
+    let record = hive.worker("worker-1").await.expect("kept as failed");
+    assert!(!pid_alive(pid_of(&record)));
+    assert!(
+        record["status"]["Failed"]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not ready within 500ms")
+    );
+    assert!(port_free(port_of(&record)));
+}
+
+#[tokio::test]
+async fn port_bind_failure_is_reported_as_such() {
+    // The worker is told to listen on a port that someone else holds.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let hive = TestHive::builder()
+        .config(&format!(
+            "[workers.fixed-port]\ncommand = [\"rbee-demo-worker\", \"--worker-id\", \"{{worker_id}}\", \"--port\", \"{taken}\"]\n"
+        ))
+        .start()
+        .await;
+    let lines = hive.run_job(spawn_body("fixed-port")).await;
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("[ERROR] "))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        error.contains("worker-1 could not bind its port"),
+        "{error}"
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("Address already in use")),
+        "{lines:#?}"
+    );
+    drop(squatter);
+}
+
+#[tokio::test]
+async fn eight_concurrent_spawns_get_eight_distinct_ports() {
+    let hive = TestHive::start().await;
+    let spawns = (0..8).map(|_| hive.run_job(spawn_body("demo")));
+    let results = futures::future::join_all(spawns).await;
+    for lines in &results {
+        assert!(
+            lines.iter().any(|l| l.contains("worker_spawn_ready")),
+            "{lines:#?}"
+        );
+    }
+    let workers = hive.workers().await;
+    assert_eq!(workers.len(), 8);
+    let ports: std::collections::BTreeSet<u64> = workers
+        .iter()
+        .map(|w| w["port"].as_u64().unwrap())
+        .collect();
+    let ids: std::collections::BTreeSet<&str> =
+        workers.iter().map(|w| w["id"].as_str().unwrap()).collect();
+    assert_eq!(ports.len(), 8, "{ports:?}");
+    assert_eq!(ids.len(), 8, "{ids:?}");
+    for worker in &workers {
+        assert!(
+            !port_free(port_of(worker)),
+            "each worker really listens on its own port"
+        );
+    }
+}
+
+#[tokio::test]
+async fn two_concurrent_deletes_both_end_cleanly() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "slow-stop",
+            &["--stop-delay-ms", "300"],
+            10.0,
+        ))
+        .start()
+        .await;
+    let record = hive.spawn_ready("slow-stop").await;
+    let pid = pid_of(&record);
+    let (a, b) = tokio::join!(
+        hive.run_job(delete_body("worker-1", None)),
+        hive.run_job(delete_body("worker-1", None))
+    );
+    for lines in [&a, &b] {
+        assert_eq!(
+            lines[lines.len() - 2],
+            "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1",
+            "{lines:#?}"
+        );
+        assert_eq!(lines.last().unwrap(), "[DONE]");
+    }
+    assert!(!pid_alive(pid));
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn delete_during_starting_cancels_the_start() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "slow-start",
+            &["--start-delay-ms", "30000"],
+            60.0,
+        ))
+        .start()
+        .await;
+    let spawn_job = hive.submit(spawn_body("slow-start")).await;
+    let starting = hive
+        .wait_for_worker("worker-1", Duration::from_secs(10), |r| {
+            r["status"] == "Starting"
+        })
+        .await;
+    let pid = pid_of(&starting);
+    let delete = hive.run_job(delete_body("worker-1", None)).await;
+    assert_eq!(delete.last().unwrap(), "[DONE]", "{delete:#?}");
+    assert!(
+        delete.iter().any(|l| l.contains("worker_delete_complete")),
+        "{delete:#?}"
+    );
+    let spawn = hive.stream_lines(&spawn_job).await;
+    let error = spawn
+        .iter()
+        .find(|l| l.starts_with("[ERROR] "))
+        .unwrap_or_else(|| panic!("{spawn:#?}"));
+    assert_eq!(
+        error,
+        "[ERROR] worker-1 was stopped while it was starting (it was deleted)"
+    );
+    assert!(!pid_alive(pid));
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn an_exit_during_a_delete_ends_cleanly() {
+    // The worker takes 300 ms to stop and also exits on its own at about the same time.
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "racy",
+            &[
+                "--stop-delay-ms",
+                "300",
+                "--exit-after-ms",
+                "1200",
+                "--exit-code",
+                "4",
+            ],
+            10.0,
+        ))
+        .start()
+        .await;
+    let record = hive.spawn_ready("racy").await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let lines = hive.run_job(delete_body("worker-1", None)).await;
+    assert_eq!(
+        lines[lines.len() - 2],
+        "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1",
+        "{lines:#?}"
+    );
+    assert!(!pid_alive(pid_of(&record)));
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_pid_that_is_not_a_worker_is_never_signalled() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "crashy",
+            &["--exit-after-ms", "200", "--exit-code", "1"],
+            10.0,
+        ))
+        .start()
+        .await;
+    let record = hive.spawn_ready("crashy").await;
+    hive.wait_for_worker("worker-1", Duration::from_secs(10), |r| {
+        r["status"].get("Failed").is_some()
+    })
+    .await;
+    // The recorded pid now belongs to nobody the hive owns; an unrelated process runs beside.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let lines = hive.run_job(delete_body("worker-1", None)).await;
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("SIGTERM") || l.contains("SIGKILL")),
+        "{lines:#?}"
+    );
+    assert!(
+        pid_alive(bystander.id()),
+        "an unrelated process was signalled"
+    );
+    assert!(!pid_alive(pid_of(&record)));
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+    // Ids that are not workers are refused without touching anything.
+    for id in ["worker-0", "worker-99", "1", "worker-1/../2", "0"] {
+        let lines = hive.run_job(delete_body(id, None)).await;
+        let error = lines.iter().find(|l| l.starts_with("[ERROR] ")).unwrap();
+        assert_eq!(error, &format!("[ERROR] worker '{id}' not found"));
+    }
+}
+
+#[tokio::test]
+async fn spawn_narrates_progress_at_least_once_a_second() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "slowish",
+            &["--start-delay-ms", "2300"],
+            30.0,
+        ))
+        .start()
+        .await;
+    let lines = hive.run_job(spawn_body("slowish")).await;
+    let waiting = lines
+        .iter()
+        .filter(|l| l.contains("worker_spawn_waiting: ⏳ Waiting for worker-1 to become ready"))
+        .count();
+    assert!(waiting >= 2, "{lines:#?}");
+    assert!(lines.iter().any(|l| l.contains("worker_spawn_ready")));
+}
+
+#[tokio::test]
+async fn unknown_worker_type_and_missing_program_fail_clearly_and_start_nothing() {
+    let hive = TestHive::builder()
+        .config("[workers.ghost]\ncommand = [\"/nonexistent/worker-binary\"]\n")
+        .start()
+        .await;
+    let lines = hive.run_job(spawn_body("tpu")).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "[ERROR] unknown worker type 'tpu'; known types: cpu, cuda, demo, ghost, llama, metal"
+        )),
+        "{lines:#?}"
+    );
+    let lines = hive.run_job(spawn_body("ghost")).await;
+    assert!(lines.iter().any(|l| l.starts_with("[ERROR] worker program '/nonexistent/worker-binary' not found")), "{lines:#?}");
+    assert!(hive.workers().await.is_empty());
+    // No id was used by the failures.
+    hive.spawn_ready("demo").await;
+    assert!(hive.worker("worker-1").await.is_some());
+}
+
+#[tokio::test]
+async fn heartbeats_are_recorded_and_move_ready_and_busy() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type("quiet", &["--heartbeat-ms", "0"], 10.0))
+        .start()
+        .await;
+    hive.spawn_ready("quiet").await;
+    let beat = |body: Value| {
+        let client = hive.client.clone();
+        let url = hive.url("/v1/heartbeat");
+        async move {
+            let response = client.post(url).json(&body).send().await.unwrap();
+            let status = response.status();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, answer) = beat(json!({"worker_id": "worker-1", "timestamp": "2026-01-01T00:00:00Z", "health_status": "healthy", "state": "busy"})).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["status"], "ok");
+    let record = hive.worker("worker-1").await.unwrap();
+    assert_eq!(record["status"], "Busy");
+    assert_eq!(record["health"], "healthy");
+    assert!(record["last_heartbeat"].is_string());
+    beat(json!({"worker_id": "worker-1", "timestamp": "2026-01-01T00:00:01Z", "health_status": "degraded", "state": "ready"})).await;
+    let record = hive.worker("worker-1").await.unwrap();
+    assert_eq!(
+        (record["status"].clone(), record["health"].clone()),
+        (json!("Ready"), json!("degraded"))
+    );
+    let (status, answer) = beat(json!({"worker_id": "worker-9", "timestamp": "2026-01-01T00:00:00Z", "health_status": "healthy"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(answer["code"], "worker_not_found");
+    let (status, _) = beat(json!({"worker_id": "worker-1", "health_status": "sick"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn the_demo_worker_heartbeats_on_its_own() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "chatty",
+            &["--heartbeat-ms", "100"],
+            10.0,
+        ))
+        .start()
+        .await;
+    hive.spawn_ready("chatty").await;
+    let record = hive
+        .wait_for_worker("worker-1", Duration::from_secs(10), |r| {
+            r["last_heartbeat"].is_string()
+        })
+        .await;
+    assert_eq!(record["health"], "healthy");
+    let port = port_of(&record);
+    let reply: Value = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/v1/inference"))
+        .json(&json!({"prompt": "hello there"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["demo"], true);
+    assert_eq!(reply["text"], "[demo worker, no real model] there hello");
+}
+
+#[tokio::test]
+async fn cancelling_a_running_spawn_ends_its_stream_and_stops_the_worker() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "slow-start",
+            &["--start-delay-ms", "30000"],
+            60.0,
+        ))
+        .start()
+        .await;
+    let job_id = hive.submit(spawn_body("slow-start")).await;
+    let starting = hive
+        .wait_for_worker("worker-1", Duration::from_secs(10), |r| {
+            r["status"] == "Starting"
+        })
+        .await;
+    let response = hive
+        .client
+        .delete(hive.url(&format!("/v1/jobs/{job_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"job_id": job_id, "status": "cancelled"})
+    );
+    let lines = hive.stream_lines(&job_id).await;
+    assert_eq!(
+        &lines[lines.len() - 2..],
+        ["[CANCELLED]", "[DONE]"],
+        "{lines:#?}"
+    );
+    let (_, job) = hive.job_status(&job_id).await;
+    assert_eq!(job["state"], "cancelled");
+    let again = hive
+        .client
+        .delete(hive.url(&format!("/v1/jobs/{job_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CONFLICT);
+    // The cancelled spawn leaves nothing behind.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(pid_of(&starting)) || !hive.workers().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled spawn's worker is still there"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigterm_ends_open_streams_with_terminal_lines_and_stops_workers() {
+    let mut hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "slow-start",
+            &["--start-delay-ms", "30000"],
+            60.0,
+        ))
+        .start()
+        .await;
+    let ready = hive.spawn_ready("demo").await;
+    let job_id = hive.submit(spawn_body("slow-start")).await;
+    hive.wait_for_worker("worker-2", Duration::from_secs(10), |r| {
+        r["status"] == "Starting"
+    })
+    .await;
+    let stream = hive
+        .client
+        .get(hive.url(&format!("/v1/jobs/{job_id}/stream")))
+        .send()
+        .await
+        .unwrap();
+    hive.signal(nix::sys::signal::Signal::SIGTERM);
+    let body = tokio::time::timeout(Duration::from_secs(15), stream.text())
+        .await
+        .expect("stream ended")
+        .unwrap();
+    assert!(
+        body.ends_with("data: [CANCELLED]\n\ndata: [DONE]\n\n"),
+        "{body}"
+    );
+    let status = hive.wait_exit(Duration::from_secs(15)).expect("hive exits");
+    assert_eq!(status.code(), Some(0), "{}", hive.log());
+    assert!(
+        !pid_alive(pid_of(&ready)),
+        "on_shutdown = stop stops every worker"
+    );
+    assert!(hive.tagged_processes().is_empty());
+}
