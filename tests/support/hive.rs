@@ -69,6 +69,7 @@ pub struct TestHive {
     /// A client that sends the token, if any.
     pub client: reqwest::Client,
     token: Option<String>,
+    options: HiveBuilder,
 }
 
 impl TestHive {
@@ -83,7 +84,6 @@ impl TestHive {
     }
 
     fn start_with(options: HiveBuilder) -> Self {
-        let program = binaries::program("rbee-hive");
         let dir = tempfile::Builder::new()
             .prefix("rbee-hive-test-")
             .tempdir()
@@ -93,68 +93,17 @@ impl TestHive {
             std::process::id(),
             dir.path().file_name().unwrap().to_string_lossy()
         );
-        let config_path = dir.path().join("hive.toml");
         // Each test hive gets its own block of worker ports, so parallel tests do not race
         // for the same ones (the hive would cope, but a test could see a bind failure).
         let block = worker_port_block(&tag);
         let mut config = format!("worker_ports = \"{}-{}\"\n", block.0, block.1);
         config.push_str(&options.config.join("\n"));
-        std::fs::write(&config_path, config).expect("write config");
-        let mut command = Command::new(&program);
-        command
-            .args(["--port", "0", "--config"])
-            .arg(&config_path)
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .args(&options.args)
-            .env("RBEE_TEST_TAG", &tag)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.path().join("hive.stderr")).expect("stderr file"));
-        for key in [
-            "RBEE_HIVE_PORT",
-            "RBEE_HIVE_BIND",
-            "RBEE_HIVE_HIVE_ID",
-            "RBEE_HIVE_TOKEN_FILE",
-            "RBEE_HIVE_CONFIG",
-        ] {
-            command.env_remove(key);
-        }
+        std::fs::write(dir.path().join("hive.toml"), config).expect("write config");
         if let Some(token) = &options.token {
-            let token_path = dir.path().join("token");
-            std::fs::write(&token_path, token).expect("write token");
-            command.arg("--token-file").arg(token_path);
+            std::fs::write(dir.path().join("token"), token).expect("write token");
         }
-        for (key, value) in &options.env {
-            command.env(key, value);
-        }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) if !line.is_empty() => line,
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log =
-                    std::fs::read_to_string(dir.path().join("hive.stderr")).unwrap_or_default();
-                panic!("rbee-hive did not start:\n{log}");
-            }
-        };
-        let addr: SocketAddr = line
-            .trim()
-            .rsplit("http://")
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+        let (child, addr) = launch(&options, dir.path(), &tag)
+            .unwrap_or_else(|log| panic!("rbee-hive did not start:\n{log}"));
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(token) = &options.token {
             headers.insert(
@@ -172,7 +121,42 @@ impl TestHive {
             dir,
             tag,
             client,
-            token: options.token,
+            token: options.token.clone(),
+            options,
+        }
+    }
+
+    /// Starts another hive process on this one's state dir and config (after this one was
+    /// stopped or killed); it listens on a new port.
+    pub fn restart(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop or kill the hive before restarting it"
+        );
+        let (child, addr) = launch(&self.options, self.dir.path(), &self.tag)
+            .unwrap_or_else(|log| panic!("rbee-hive did not restart:\n{log}"));
+        self.child = Some(child);
+        self.addr = addr;
+    }
+
+    /// Tries to start a second hive on this one's state dir; returns its exit status and log
+    /// if it did not start, or kills it and panics if it did.
+    pub fn start_second_on_same_state_dir(&self) -> String {
+        match launch(&self.options, self.dir.path(), &self.tag) {
+            Ok((mut child, addr)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a second hive started on the same state dir ({addr})");
+            }
+            Err(log) => log,
+        }
+    }
+
+    /// SIGKILLs the hive (a crash): its workers keep running, in their own process groups.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -384,6 +368,74 @@ impl TestHive {
             .filter(|pid| Some(*pid) != hive)
             .collect()
     }
+}
+
+/// Starts `rbee-hive` on `dir`'s config and state dir and waits for its address line;
+/// `Err(log)` if it exits or stays silent.
+fn launch(
+    options: &HiveBuilder,
+    dir: &std::path::Path,
+    tag: &str,
+) -> Result<(Child, SocketAddr), String> {
+    let program = binaries::program("rbee-hive");
+    let stderr_path = dir.join("hive.stderr");
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stderr_path)
+        .expect("stderr file");
+    let mut command = Command::new(&program);
+    command
+        .args(["--port", "0", "--config"])
+        .arg(dir.join("hive.toml"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(&options.args)
+        .env("RBEE_TEST_TAG", tag)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
+    for key in [
+        "RBEE_HIVE_PORT",
+        "RBEE_HIVE_BIND",
+        "RBEE_HIVE_HIVE_ID",
+        "RBEE_HIVE_TOKEN_FILE",
+        "RBEE_HIVE_CONFIG",
+    ] {
+        command.env_remove(key);
+    }
+    if options.token.is_some() {
+        command.arg("--token-file").arg(dir.join("token"));
+    }
+    for (key, value) in &options.env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) if !line.is_empty() => line,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(std::fs::read_to_string(&stderr_path).unwrap_or_default());
+        }
+    };
+    let addr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    Ok((child, addr))
 }
 
 /// The `worker_spawn` body for a worker type (model `test-model`, device 0).

@@ -84,14 +84,54 @@ pub enum HiveError {
     Lifecycle(#[from] LifecycleError),
 }
 
-/// Serves `listener` until `shutdown` resolves, then shuts down in order.
+/// A hive ready to serve: its listener bound, its state dir locked, its workers adopted.
+pub struct Hive {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+}
+
+impl Hive {
+    /// Prepares a hive on a bound listener: locks the state dir, reads the state file back
+    /// and adopts the recorded workers. Nothing is served yet.
+    pub fn start(listener: tokio::net::TcpListener, config: Config) -> Result<Self, HiveError> {
+        let port = listener.local_addr()?.port();
+        let state = AppState::new(config, format!("http://127.0.0.1:{port}"))?;
+        Ok(Self { listener, state })
+    }
+
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order; if `force` resolves
+    /// during the shutdown, workers still stopping are killed without more grace.
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        force: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), HiveError> {
+        let Self { listener, state } = self;
+        serve(listener, state, shutdown, force).await
+    }
+}
+
+/// [`Hive::start`] then [`Hive::serve`].
 pub async fn run(
     listener: tokio::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    force: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HiveError> {
-    let port = listener.local_addr()?.port();
-    let state = AppState::new(config, format!("http://127.0.0.1:{port}"))?;
+    Hive::start(listener, config)?.serve(shutdown, force).await
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    force: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), HiveError> {
     let workers = state.services.workers.clone();
     let policy = state.config.on_shutdown;
     let drain = Duration::from_secs(state.config.shutdown_drain_s);
@@ -117,16 +157,26 @@ pub async fn run(
     }
     match policy {
         ShutdownPolicy::Stop => {
-            let stopped = workers.stop_all().await;
+            let stopping = workers.stop_all();
+            tokio::pin!(stopping);
+            let stopped = tokio::select! {
+                stopped = &mut stopping => stopped,
+                _ = force => {
+                    tracing::warn!("second signal: killing the remaining workers without waiting for their grace");
+                    workers.kill_all_now();
+                    stopping.await
+                }
+            };
             tracing::info!("stopped {stopped} worker(s)");
         }
         ShutdownPolicy::Keep => {
             tracing::info!(
-                "leaving {} worker(s) running (on_shutdown = \"keep\")",
+                "leaving {} worker(s) running for the next hive to adopt (on_shutdown = \"keep\")",
                 workers.registry().len()
             );
         }
     }
+    workers.flush();
     drop(state);
     tracing::info!("rbee-hive stopped");
     Ok(())

@@ -22,12 +22,16 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     config.check_exposure()?;
+    let signals =
+        rbee_hive::shutdown::Signals::install().context("cannot listen for SIGTERM/SIGINT")?;
     let listener = tokio::net::TcpListener::bind((config.bind, config.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
-    let address = listener.local_addr()?;
-    // The one line on stdout: scripts and tests read the bound port from it.
-    println!("rbee-hive listening on http://{address}");
-    rbee_hive::run(listener, config, rbee_hive::shutdown::signal()).await?;
+    let hive = rbee_hive::Hive::start(listener, config)?;
+    // The one line on stdout, printed once the hive is ready: scripts and tests read the
+    // bound port from it.
+    println!("rbee-hive listening on http://{}", hive.local_addr()?);
+    hive.serve(signals.clone().first(), signals.second())
+        .await?;
     Ok(())
 }

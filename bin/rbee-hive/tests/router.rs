@@ -8,15 +8,23 @@ use rbee_hive::{AppState, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-fn config() -> Config {
-    Config {
-        state_dir: std::env::temp_dir().join("rbee-hive-router-tests"),
-        ..Config::default()
-    }
+/// A config with its own state dir (a state dir is locked by the hive that uses it).
+fn config() -> (Config, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (
+        Config {
+            state_dir: dir.path().to_owned(),
+            ..Config::default()
+        },
+        dir,
+    )
 }
 
-fn new_state(config: Config) -> AppState {
-    AppState::new(config, "http://127.0.0.1:1".into()).unwrap()
+fn new_state((config, dir): (Config, tempfile::TempDir)) -> (AppState, tempfile::TempDir) {
+    (
+        AppState::new(config, "http://127.0.0.1:1".into()).unwrap(),
+        dir,
+    )
 }
 
 async fn send(state: &AppState, request: Request<Body>) -> (StatusCode, String) {
@@ -35,14 +43,14 @@ fn post_job(body: &str) -> Request<Body> {
 
 #[tokio::test]
 async fn health_is_plain_ok() {
-    let state = new_state(config());
+    let (state, _dir) = new_state(config());
     let (status, body) = send(&state, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
 }
 
 #[tokio::test]
 async fn unknown_route_and_wrong_method_are_json_errors() {
-    let state = new_state(config());
+    let (state, _dir) = new_state(config());
     let (status, body) = send(
         &state,
         Request::get("/v2/nothing").body(Body::empty()).unwrap(),
@@ -67,7 +75,7 @@ async fn unknown_route_and_wrong_method_are_json_errors() {
 
 #[tokio::test]
 async fn submit_then_stream_through_the_router() {
-    let state = new_state(config());
+    let (state, _dir) = new_state(config());
     let (status, body) = send(
         &state,
         post_job(r#"{"operation":"worker_list","hive_id":"localhost"}"#),
@@ -92,7 +100,7 @@ async fn submit_then_stream_through_the_router() {
 
 #[tokio::test]
 async fn validation_happens_before_a_job_exists() {
-    let state = new_state(config());
+    let (state, _dir) = new_state(config());
     let (status, body) = send(
         &state,
         post_job(r#"{"operation":"worker_delete","hive_id":"h","id":5}"#),
@@ -108,7 +116,7 @@ async fn validation_happens_before_a_job_exists() {
 
 #[tokio::test]
 async fn shutting_down_refuses_new_jobs_with_503() {
-    let state = new_state(config());
+    let (state, _dir) = new_state(config());
     state.jobs.begin_shutdown();
     let (status, body) = send(
         &state,
@@ -121,10 +129,14 @@ async fn shutting_down_refuses_new_jobs_with_503() {
 
 #[tokio::test]
 async fn token_check_spares_health_only() {
-    let state = new_state(Config {
-        token: Some("t0ken".into()),
-        ..config()
-    });
+    let (base, dir) = config();
+    let (state, _dir) = new_state((
+        Config {
+            token: Some("t0ken".into()),
+            ..base
+        },
+        dir,
+    ));
     let (status, _) = send(&state, Request::get("/health").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     let (status, _) = send(

@@ -73,6 +73,14 @@ pub enum LifecycleError {
         /// The cause.
         source: std::io::Error,
     },
+    /// Another hive uses this state dir.
+    #[error("state dir {path} is in use by another rbee-hive{}; two hives cannot share one state dir", holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    StateDirLocked {
+        /// The state dir.
+        path: PathBuf,
+        /// The pid written in the lock file, if readable.
+        holder: Option<u32>,
+    },
     /// The process could not be started.
     #[error("cannot start {program}: {source}")]
     Spawn {

@@ -15,6 +15,7 @@
 //! - [`process`]: process groups, pidfds, signals, `/proc` checks.
 //! - [`supervisor`]: the per-worker task from spawn to reaping.
 //! - [`readiness`]: health probing until `Ready`.
+//! - [`state_file`]: the registry on disk (atomic writes, lock, corrupt files moved aside).
 //! - [`manager`]: [`WorkerManager`]: spawn, delete, heartbeat, stop all.
 //! - [`error`]: [`LifecycleError`], what can go wrong.
 
@@ -26,6 +27,7 @@ pub mod process;
 pub mod readiness;
 pub mod record;
 pub mod registry;
+pub mod state_file;
 pub mod supervisor;
 
 pub use catalog::{Catalog, DeviceKind, WorkerTypeConfig};

@@ -16,7 +16,8 @@ use crate::ports::PortAllocator;
 use crate::process::{self, LaunchSpec};
 use crate::readiness;
 use crate::record::{WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
-use crate::registry::{Registry, WorkerSlot, format_id};
+use crate::registry::{Registry, WorkerSlot, format_id, parse_id};
+use crate::state_file::{PersistedState, StateDir};
 use crate::supervisor::{ExitOutcome, ProcessPhase, ProcessView, StopReason, Supervisor};
 
 /// How many lines of a worker's output go into a failure message.
@@ -66,6 +67,7 @@ pub struct WorkerManager {
 }
 
 struct Inner {
+    state_dir: Arc<StateDir>,
     registry: Registry,
     ports: PortAllocator,
     catalog: Catalog,
@@ -75,9 +77,14 @@ struct Inner {
 }
 
 impl WorkerManager {
-    /// A manager with no workers; checks the catalog and creates the log directory.
+    /// A manager for the workers recorded in the state dir: locks the state dir (a second
+    /// hive on it is refused), checks the catalog, reads the state file back and adopts
+    /// every recorded worker that is provably still running; the others are kept as
+    /// `Failed` with reason `lost`, and nothing is signalled. From then on every change is
+    /// saved. Must be called within a Tokio runtime.
     pub fn new(config: LifecycleConfig) -> Result<Self, LifecycleError> {
         let catalog = Catalog::new(&config.worker_types)?;
+        let state_dir = Arc::new(StateDir::lock(&config.state_dir)?);
         let logs_dir = config.state_dir.join("workers");
         std::fs::create_dir_all(&logs_dir).map_err(|source| LifecycleError::StateDir {
             path: logs_dir.clone(),
@@ -90,8 +97,9 @@ impl WorkerManager {
                 path: logs_dir.clone(),
                 source: std::io::Error::other(e),
             })?;
-        Ok(Self {
+        let manager = Self {
             inner: Arc::new(Inner {
+                state_dir,
                 registry: Registry::new(),
                 ports: PortAllocator::new(config.ports.clone()),
                 catalog,
@@ -99,7 +107,152 @@ impl WorkerManager {
                 logs_dir,
                 http,
             }),
-        })
+        };
+        if let Some(saved) = manager.inner.state_dir.load() {
+            manager.restore(saved);
+        }
+        manager.flush();
+        tokio::spawn(persist(
+            manager.inner.registry.clone(),
+            manager.inner.state_dir.clone(),
+        ));
+        Ok(manager)
+    }
+
+    fn restore(&self, saved: PersistedState) {
+        let inner = &self.inner;
+        inner.registry.raise_last_id(saved.last_id);
+        for mut record in saved.workers {
+            let Some(number) = parse_id(&record.id) else {
+                tracing::warn!("state file: skipping a record with id {:?}", record.id);
+                continue;
+            };
+            inner.registry.raise_last_id(number);
+            if record.status.is_terminal() {
+                self.insert_ended(number, record);
+                continue;
+            }
+            let pgid = if record.pgid == 0 {
+                record.pid
+            } else {
+                record.pgid
+            };
+            let Some(process) = process::adopt(record.pid, pgid, record.start_ticks) else {
+                tracing::warn!(
+                    "{} (pid {}) is not running any more, or its pid now belongs to another process: \
+                     reported lost, nothing signalled",
+                    record.id,
+                    record.pid
+                );
+                record.status = WorkerStatus::Failed {
+                    reason: "lost".to_owned(),
+                };
+                self.insert_ended(number, record);
+                continue;
+            };
+            let Some(port) = inner.ports.lease_exact(record.port) else {
+                tracing::error!(
+                    "{}: port {} is recorded twice; not adopting it",
+                    record.id,
+                    record.port
+                );
+                record.status = WorkerStatus::Failed {
+                    reason: "lost".to_owned(),
+                };
+                self.insert_ended(number, record);
+                continue;
+            };
+            let template = inner.catalog.get(&record.worker_type).ok();
+            let ready_timeout = template
+                .map(|t| t.ready_timeout)
+                .unwrap_or(Duration::from_secs(60));
+            let health_url = format!(
+                "{}{}",
+                record.url,
+                template
+                    .map(|t| t.health_path.as_str())
+                    .unwrap_or("/health")
+            );
+            tracing::info!(
+                "adopted {} (pid {}, port {}, {})",
+                record.id,
+                record.pid,
+                record.port,
+                record.status.label()
+            );
+            let starting = record.status == WorkerStatus::Starting;
+            let (control, commands) = mpsc::unbounded_channel();
+            let slot = Arc::new(WorkerSlot::new(
+                &inner.registry,
+                number,
+                record,
+                control,
+                ProcessView::running(),
+            ));
+            inner.registry.insert(slot.clone());
+            tokio::spawn(
+                Supervisor {
+                    slot: slot.clone(),
+                    process,
+                    port,
+                    registry: inner.registry.clone(),
+                    commands,
+                    default_grace: inner.config.stop_grace,
+                    ready_timeout,
+                }
+                .run(),
+            );
+            if starting {
+                tokio::spawn(readiness::await_healthy(
+                    slot,
+                    inner.http.clone(),
+                    health_url,
+                    ready_timeout,
+                    inner.config.stop_grace,
+                ));
+            } else {
+                tokio::spawn(readiness::check_adopted(
+                    slot,
+                    inner.http.clone(),
+                    health_url,
+                ));
+            }
+        }
+    }
+
+    /// Registers a worker whose process is gone (no supervisor; a delete just removes it).
+    fn insert_ended(&self, number: u64, record: WorkerRecord) {
+        let exit = record.exit.clone().unwrap_or(WorkerExit {
+            code: None,
+            signal: None,
+            at: Utc::now(),
+        });
+        let view = ProcessView {
+            phase: ProcessPhase::Exited,
+            outcome: Some(ExitOutcome {
+                exit,
+                leftover: Vec::new(),
+            }),
+            ..ProcessView::running()
+        };
+        let (control, _) = mpsc::unbounded_channel();
+        self.inner.registry.insert(Arc::new(WorkerSlot::new(
+            &self.inner.registry,
+            number,
+            record,
+            control,
+            view,
+        )));
+    }
+
+    /// Writes the state file now (it is also written after every change).
+    pub fn flush(&self) {
+        if let Err(error) = self.inner.state_dir.save(&self.inner.registry.snapshot()) {
+            tracing::error!(
+                "cannot write the state file {}: {error}",
+                self.inner.state_dir.state_file().display()
+            );
+        }
     }
 
     /// The registry.
@@ -202,6 +355,8 @@ impl WorkerManager {
             device,
             pid: process.pid(),
             port: port.port(),
+            pgid: process.pid(),
+            start_ticks: process::stat_fields(process.pid()).map(|f| f.start_ticks),
             status: WorkerStatus::Starting,
             started_at: Utc::now(),
             url: url.clone(),
@@ -214,6 +369,7 @@ impl WorkerManager {
         };
         let (control, commands) = mpsc::unbounded_channel();
         let slot = Arc::new(WorkerSlot::new(
+            &inner.registry,
             number,
             record,
             control,
@@ -291,6 +447,16 @@ impl WorkerManager {
             _ => {}
         }
         Ok(slot.record())
+    }
+
+    /// Cuts every stop short: SIGKILL now, without waiting for the rest of the grace (a
+    /// second SIGTERM during shutdown).
+    pub fn kill_all_now(&self) {
+        for slot in self.inner.registry.slots() {
+            if slot.watch_process().borrow().phase != ProcessPhase::Exited {
+                slot.request_stop(Duration::ZERO, StopReason::Shutdown, true);
+            }
+        }
     }
 
     /// Stops every worker in parallel, as a delete would, and waits until all are gone;
@@ -470,6 +636,26 @@ impl Stopping {
                 id: self.slot.id(),
                 pids: outcome.leftover,
             })
+        }
+    }
+}
+
+/// Saves the state file after every change, coalescing bursts: while one save runs, further
+/// changes wait and are written together by the next.
+async fn persist(registry: Registry, state_dir: Arc<StateDir>) {
+    let mut changes = registry.watch_changes();
+    while changes.changed().await.is_ok() {
+        let snapshot = registry.snapshot();
+        let dir = state_dir.clone();
+        match tokio::task::spawn_blocking(move || dir.save(&snapshot)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(
+                    "cannot write the state file {}: {error}",
+                    state_dir.state_file().display()
+                )
+            }
+            Err(error) => tracing::error!("state file writer failed: {error}"),
         }
     }
 }

@@ -39,18 +39,34 @@ pub struct LaunchSpec<'a> {
     pub log: File,
 }
 
-/// A started worker process, owned by its supervisor.
+/// A worker process, owned by its supervisor.
 pub struct WorkerProcess {
     pid: u32,
-    child: Option<Child>,
+    ownership: Ownership,
     exited: AsyncFd<OwnedFd>,
+}
+
+/// How the hive holds the process.
+enum Ownership {
+    /// The hive's own, unreaped child: its pid and group cannot be reused.
+    Child(Child),
+    /// Found again after a restart (proven by pid and start time when its pidfd was opened);
+    /// not the hive's child, so every signal goes through a pidfd.
+    Adopted,
+    /// Reaped (or, when adopted, seen to exit): never signalled again.
+    Gone,
 }
 
 impl std::fmt::Debug for WorkerProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ownership = match self.ownership {
+            Ownership::Child(_) => "child",
+            Ownership::Adopted => "adopted",
+            Ownership::Gone => "gone",
+        };
         f.debug_struct("WorkerProcess")
             .field("pid", &self.pid)
-            .field("reaped", &self.child.is_none())
+            .field("ownership", &ownership)
             .finish()
     }
 }
@@ -92,7 +108,7 @@ pub fn launch(spec: LaunchSpec<'_>) -> std::io::Result<WorkerProcess> {
     match exited {
         Ok(exited) => Ok(WorkerProcess {
             pid,
-            child: Some(child),
+            ownership: Ownership::Child(child),
             exited,
         }),
         Err(error) => {
@@ -104,6 +120,32 @@ pub fn launch(spec: LaunchSpec<'_>) -> std::io::Result<WorkerProcess> {
             )))
         }
     }
+}
+
+/// Finds a recorded worker again after a restart: only if `pid` runs, is not a zombie, has
+/// the recorded start time, and leads process group `pgid`, checked again after its pidfd is
+/// open (from then on the pidfd names that very process, whatever happens to the pid).
+/// `None` means it cannot be proven to be the worker; it must then never be signalled.
+pub fn adopt(pid: u32, pgid: u32, start_ticks: Option<u64>) -> Option<WorkerProcess> {
+    let expected = start_ticks?;
+    signallable(pid)?;
+    let matches = || {
+        stat_fields(pid).is_some_and(|f| !f.zombie && f.start_ticks == expected && f.pgid == pgid)
+    };
+    if !matches() {
+        return None;
+    }
+    let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+    if !matches() {
+        return None;
+    }
+    let exited = watch_pidfd(fd).ok()?;
+    Some(WorkerProcess {
+        pid,
+        ownership: Ownership::Adopted,
+        exited,
+    })
 }
 
 impl WorkerProcess {
@@ -118,33 +160,73 @@ impl WorkerProcess {
         let _ = self.exited.readable().await;
     }
 
-    /// Sends `signal` to the whole process group. Only while the leader is unreaped, so the
-    /// group id is still the worker's; returns whether it was sent.
+    /// Whether the hive adopted this process after a restart (it is not the hive's child).
+    pub fn is_adopted(&self) -> bool {
+        matches!(self.ownership, Ownership::Adopted)
+    }
+
+    /// Sends `signal` to the whole process group; returns whether it reached anyone.
+    ///
+    /// For the hive's own child this is `killpg`, safe because the unreaped leader keeps the
+    /// group id. For an adopted worker each member is signalled through its own pidfd,
+    /// after checking that it is still in the worker's group.
     pub fn signal_group(&self, signal: Signal) -> bool {
-        if self.child.is_none() {
-            return false;
-        }
-        let Some(pgid) = signallable(self.pid) else {
-            return false;
-        };
-        match killpg(pgid, signal) {
-            Ok(()) => true,
-            Err(error) => {
-                tracing::debug!(pid = self.pid, "killpg {signal}: {error}");
-                false
+        match self.ownership {
+            Ownership::Child(_) => {
+                let Some(pgid) = signallable(self.pid) else {
+                    return false;
+                };
+                match killpg(pgid, signal) {
+                    Ok(()) => true,
+                    Err(error) => {
+                        tracing::debug!(pid = self.pid, "killpg {signal}: {error}");
+                        false
+                    }
+                }
             }
+            Ownership::Adopted => signal_members(self.pid, signal) > 0,
+            Ownership::Gone => false,
         }
     }
 
-    /// Reaps the leader and returns how it ended. Call only after [`exited`](Self::exited).
+    /// Reaps the leader (the hive's own child) and returns how it ended. Call only after
+    /// [`exited`](Self::exited). An adopted process was reaped by init: its status is unknown.
     pub fn reap(&mut self) -> WorkerExit {
-        let status = self.child.take().and_then(|mut child| child.wait().ok());
+        let status = match std::mem::replace(&mut self.ownership, Ownership::Gone) {
+            Ownership::Child(mut child) => child.wait().ok(),
+            Ownership::Adopted | Ownership::Gone => None,
+        };
         WorkerExit {
             code: status.and_then(|s| s.code()),
             signal: status.and_then(|s| s.signal()),
             at: Utc::now(),
         }
     }
+}
+
+/// Signals every live member of group `pgid` through its own pidfd; returns how many.
+fn signal_members(pgid: u32, signal: Signal) -> usize {
+    let rustix_signal = match signal {
+        Signal::SIGKILL => rustix::process::Signal::KILL,
+        _ => rustix::process::Signal::TERM,
+    };
+    group_members(pgid)
+        .into_iter()
+        .filter(|pid| {
+            let Some(raw) =
+                signallable(*pid).and_then(|p| rustix::process::Pid::from_raw(p.as_raw()))
+            else {
+                return false;
+            };
+            let Ok(fd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
+            else {
+                return false;
+            };
+            // The pidfd pins the process; make sure it is still a member before signalling.
+            stat_fields(*pid).is_some_and(|f| f.pgid == pgid && !f.zombie)
+                && rustix::process::pidfd_send_signal(&fd, rustix_signal).is_ok()
+        })
+        .count()
 }
 
 /// Registers a pidfd with the Tokio reactor, to await its process's exit.

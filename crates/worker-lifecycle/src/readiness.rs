@@ -66,3 +66,22 @@ pub(crate) async fn await_healthy(
         delay = (delay * 3 / 2).min(MAX_DELAY);
     }
 }
+
+/// After a restart: asks an adopted `Ready`/`Busy` worker for its health once and records
+/// what it says (a worker that does not answer is marked degraded, not stopped).
+pub(crate) async fn check_adopted(slot: Arc<WorkerSlot>, http: reqwest::Client, url: String) {
+    let healthy = matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, http.get(&url).send()).await,
+        Ok(Ok(response)) if response.status().is_success()
+    );
+    if !healthy {
+        tracing::warn!(worker = %slot.id(), "adopted worker does not answer {url}; marked degraded");
+    }
+    slot.update(|record| {
+        record.health = Some(if healthy {
+            crate::record::WorkerHealth::Healthy
+        } else {
+            crate::record::WorkerHealth::Degraded
+        });
+    });
+}

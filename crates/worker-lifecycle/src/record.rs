@@ -120,6 +120,13 @@ pub struct WorkerRecord {
     pub pid: u32,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Its process group id (equal to `pid`: it leads its own group).
+    #[serde(default)]
+    pub pgid: u32,
+    /// Its start time in clock ticks since boot (`/proc/<pid>/stat`): with `pid`, it proves
+    /// after a restart that a process is still this worker.
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
     /// Its status.
     pub status: WorkerStatus,
     /// When it was started.

@@ -16,10 +16,21 @@ use crate::record::{WorkerRecord, WorkerStatus};
 use crate::supervisor::{Control, ProcessView};
 
 /// The workers of one hive.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Registry {
     // std Mutex: held only to read or update the map, never across an await.
     inner: Arc<Mutex<Inner>>,
+    /// Bumped on every change of the map or of any record (the state file follows it).
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            changes: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -35,10 +46,12 @@ pub struct WorkerSlot {
     pub(crate) record: watch::Sender<WorkerRecord>,
     pub(crate) control: mpsc::UnboundedSender<Control>,
     pub(crate) process: watch::Sender<ProcessView>,
+    changes: Arc<watch::Sender<u64>>,
 }
 
 impl WorkerSlot {
     pub(crate) fn new(
+        registry: &Registry,
         number: u64,
         record: WorkerRecord,
         control: mpsc::UnboundedSender<Control>,
@@ -49,6 +62,7 @@ impl WorkerSlot {
             record: watch::channel(record).0,
             control,
             process: watch::channel(process).0,
+            changes: registry.changes.clone(),
         }
     }
 
@@ -65,7 +79,7 @@ impl WorkerSlot {
     /// The one place a worker's status changes: applies `next` if the state machine allows
     /// it, wakes waiters, and returns whether it changed.
     pub fn set_status(&self, next: WorkerStatus) -> bool {
-        self.record.send_if_modified(|record| {
+        let changed = self.record.send_if_modified(|record| {
             if record.status.can_become(&next) {
                 if next == WorkerStatus::Ready && record.ready_at.is_none() {
                     record.ready_at = Some(chrono::Utc::now());
@@ -75,7 +89,11 @@ impl WorkerSlot {
             } else {
                 false
             }
-        })
+        });
+        if changed {
+            bump(&self.changes);
+        }
+        changed
     }
 
     /// Changes fields other than the status.
@@ -89,6 +107,7 @@ impl WorkerSlot {
             );
             record.status = status;
         });
+        bump(&self.changes);
     }
 
     /// Subscribes to the record.
@@ -139,14 +158,39 @@ impl Registry {
     }
 
     pub(crate) fn insert(&self, slot: Arc<WorkerSlot>) {
-        let mut inner = self.lock();
-        inner.last_id = inner.last_id.max(slot.number);
-        inner.slots.insert(slot.number, slot);
+        {
+            let mut inner = self.lock();
+            inner.last_id = inner.last_id.max(slot.number);
+            inner.slots.insert(slot.number, slot);
+        }
+        bump(&self.changes);
     }
 
     /// Removes a worker's slot; returns whether it was there.
     pub(crate) fn remove(&self, number: u64) -> bool {
-        self.lock().slots.remove(&number).is_some()
+        let removed = self.lock().slots.remove(&number).is_some();
+        if removed {
+            bump(&self.changes);
+        }
+        removed
+    }
+
+    /// Raises the id counter to at least `last_id` (ids survive restarts).
+    pub(crate) fn raise_last_id(&self, last_id: u64) {
+        let mut inner = self.lock();
+        inner.last_id = inner.last_id.max(last_id);
+    }
+
+    /// Subscribes to changes (a counter bumped on each).
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Everything the state file holds, taken under one lock.
+    pub fn snapshot(&self) -> crate::state_file::PersistedState {
+        let inner = self.lock();
+        let workers = inner.slots.values().map(|slot| slot.record()).collect();
+        crate::state_file::PersistedState::new(inner.last_id, workers)
     }
 
     /// The slot of worker `id`.
@@ -180,6 +224,10 @@ impl Registry {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+fn bump(changes: &watch::Sender<u64>) {
+    changes.send_modify(|generation| *generation = generation.wrapping_add(1));
 }
 
 /// `worker-<n>` → `n` (canonical decimal, no sign, no leading zeros).

@@ -265,7 +265,10 @@ fn final_status(
                 (None, Some(signal)) => {
                     format!("killed by signal {signal} ({})", signal_name(signal))
                 }
-                (None, None) => "exited with an unknown status".to_owned(),
+                (None, None) => {
+                    "exited (status unknown: adopted after a hive restart, so not the hive's child)"
+                        .to_owned()
+                }
             },
         },
     }

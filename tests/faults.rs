@@ -1,0 +1,358 @@
+//! Durability and faults (issue 4): restarts, crashes, dead workers, reused pids, clients
+//! that go away or never read, cancellations in the middle of a stop.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use rbee_hive_e2e::os::{pid_alive, port_free};
+use rbee_hive_e2e::{TestHive, demo_worker_type, spawn_body};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn delete_body(id: &str) -> Value {
+    json!({"operation": "worker_delete", "hive_id": "localhost", "id": id})
+}
+
+fn pid_of(record: &Value) -> u32 {
+    record["pid"].as_u64().expect("pid") as u32
+}
+
+fn port_of(record: &Value) -> u16 {
+    record["port"].as_u64().expect("port") as u16
+}
+
+fn state_file(hive: &TestHive) -> Value {
+    let text = std::fs::read_to_string(hive.state_dir().join("workers.json")).expect("state file");
+    serde_json::from_str(&text).expect("state file is JSON")
+}
+
+#[tokio::test]
+async fn the_state_file_follows_every_change() {
+    let hive = TestHive::start().await;
+    hive.spawn_ready("demo").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = state_file(&hive);
+        if state["workers"][0]["status"] == "Ready" {
+            assert_eq!(state["last_id"], 1);
+            assert!(state["workers"][0]["start_ticks"].is_u64());
+            assert_eq!(state["workers"][0]["pgid"], state["workers"][0]["pid"]);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "state file never showed the ready worker: {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    hive.run_job(delete_body("worker-1")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !state_file(&hive)["workers"].as_array().unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "state file still lists the deleted worker"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_sigkilled_hive_is_restarted_and_adopts_its_workers() {
+    let mut hive = TestHive::start().await;
+    let first = hive.spawn_ready("demo").await;
+    let second = hive.spawn_ready("demo").await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // let the state file catch up
+    hive.kill_hard();
+    assert!(
+        pid_alive(pid_of(&first)) && pid_alive(pid_of(&second)),
+        "workers outlive a hive crash"
+    );
+
+    hive.restart();
+    let workers = hive.workers().await;
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for (before, after) in [(&first, &workers[0]), (&second, &workers[1])] {
+        assert_eq!(after["id"], before["id"]);
+        assert_eq!(after["pid"], before["pid"]);
+        assert_eq!(after["port"], before["port"]);
+        assert_eq!(after["status"], "Ready");
+    }
+    // Ids are never reused: the next worker is worker-3.
+    let third = hive.spawn_ready("demo").await;
+    assert_eq!(third["id"], "worker-3");
+    assert_ne!(third["port"], first["port"]);
+    assert_ne!(third["port"], second["port"]);
+    // Adopted workers delete like any other: SIGTERM through pidfds, waited on without
+    // being their parent.
+    let lines = hive.run_job(delete_body("worker-1")).await;
+    assert!(
+        lines.iter().any(|l| l.contains("worker_delete_sigterm")),
+        "{lines:#?}"
+    );
+    assert_eq!(
+        lines[lines.len() - 2],
+        "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1"
+    );
+    assert!(!pid_alive(pid_of(&first)));
+    assert!(port_free(port_of(&first)));
+    // The rest are stopped by the hive's own shutdown when the test ends (checked by Drop).
+}
+
+#[tokio::test]
+async fn keep_policy_leaves_workers_for_the_next_hive() {
+    let mut hive = TestHive::builder()
+        .config("on_shutdown = \"keep\"")
+        .start()
+        .await;
+    let worker = hive.spawn_ready("demo").await;
+    hive.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(
+        hive.wait_exit(Duration::from_secs(10))
+            .and_then(|s| s.code()),
+        Some(0)
+    );
+    assert!(
+        pid_alive(pid_of(&worker)),
+        "on_shutdown = keep leaves the worker running"
+    );
+    hive.restart();
+    let adopted = hive.worker("worker-1").await.expect("adopted");
+    assert_eq!(adopted["pid"], worker["pid"]);
+    hive.run_job(delete_body("worker-1")).await;
+    assert!(!pid_alive(pid_of(&worker)));
+}
+
+#[tokio::test]
+async fn a_worker_that_died_while_the_hive_was_down_is_reported_lost() {
+    let mut hive = TestHive::start().await;
+    let worker = hive.spawn_ready("demo").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    hive.kill_hard();
+    rbee_hive_e2e::os::signal_pid(pid_of(&worker), nix::sys::signal::Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid_of(&worker)) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    hive.restart();
+    let record = hive.worker("worker-1").await.expect("still listed");
+    assert_eq!(record["status"], json!({"Failed": {"reason": "lost"}}));
+    let list = hive
+        .run_job(json!({"operation": "worker_list", "hive_id": "localhost"}))
+        .await;
+    assert!(list[2].ends_with("| failed"), "{list:#?}");
+    let lines = hive.run_job(delete_body("worker-1")).await;
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("SIGTERM") || l.contains("SIGKILL")),
+        "{lines:#?}"
+    );
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
+    let mut hive = TestHive::start().await;
+    let worker = hive.spawn_ready("demo").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    hive.kill_hard();
+    rbee_hive_e2e::os::signal_pid(pid_of(&worker), nix::sys::signal::Signal::SIGKILL);
+    // Pretend the pid was reused: point the record at an unrelated process of ours.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let path = hive.state_dir().join("workers.json");
+    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["workers"][0]["pid"] = json!(bystander.id());
+    state["workers"][0]["pgid"] = json!(bystander.id());
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    hive.restart();
+    let record = hive.worker("worker-1").await.expect("still listed");
+    assert_eq!(
+        record["status"],
+        json!({"Failed": {"reason": "lost"}}),
+        "start time differs: not the worker"
+    );
+    hive.run_job(delete_body("worker-1")).await;
+    assert!(
+        pid_alive(bystander.id()),
+        "the hive signalled a process that is not its worker"
+    );
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_moved_aside_and_the_hive_starts_empty() {
+    let mut hive = TestHive::start().await;
+    hive.signal(nix::sys::signal::Signal::SIGTERM);
+    hive.wait_exit(Duration::from_secs(10)).expect("stopped");
+    std::fs::write(
+        hive.state_dir().join("workers.json"),
+        b"{\"version\":1,\"workers\":[tru",
+    )
+    .unwrap();
+    hive.restart();
+    assert!(hive.workers().await.is_empty());
+    let aside: Vec<String> = std::fs::read_dir(hive.state_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("workers.json.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(
+        hive.log().contains("is unusable"),
+        "a clear log line: {}",
+        hive.log()
+    );
+}
+
+#[tokio::test]
+async fn two_hives_on_one_state_dir_are_refused() {
+    let hive = TestHive::start().await;
+    let log = hive.start_second_on_same_state_dir();
+    assert!(log.contains("is in use by another rbee-hive"), "{log}");
+    assert!(log.contains(&format!("(pid {})", hive.pid())), "{log}");
+}
+
+#[tokio::test]
+async fn a_second_signal_during_shutdown_skips_the_grace() {
+    let mut hive = TestHive::builder()
+        .config("stop_grace_ms = 60000")
+        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
+        .start()
+        .await;
+    let worker = hive.spawn_ready("stubborn").await;
+    hive.signal(nix::sys::signal::Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        pid_alive(pid_of(&worker)),
+        "the worker ignores SIGTERM and has 60 s of grace"
+    );
+    let started = Instant::now();
+    hive.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = hive
+        .wait_exit(Duration::from_secs(10))
+        .expect("the hive exits after the second signal");
+    assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!pid_alive(pid_of(&worker)));
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_does_not_stop_the_job() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type(
+            "slowish",
+            &["--start-delay-ms", "800"],
+            10.0,
+        ))
+        .start()
+        .await;
+    let job_id = hive.submit(spawn_body("slowish")).await;
+    {
+        let mut stream = TcpStream::connect(hive.addr).unwrap();
+        write!(
+            stream,
+            "GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .unwrap();
+        let mut first = [0u8; 64];
+        let read = stream.read(&mut first).unwrap();
+        assert!(read > 0);
+    } // the client goes away here, mid-stream
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, job) = hive.job_status(&job_id).await;
+        if job["state"] == "succeeded" {
+            break;
+        }
+        assert_eq!(job["state"], "running", "{job}");
+        assert!(Instant::now() < deadline, "the job never finished");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hive.worker("worker-1").await.unwrap()["status"], "Ready");
+    let lines = hive.stream_lines(&job_id).await;
+    assert_eq!(
+        lines.last().unwrap(),
+        "[DONE]",
+        "a later reader still gets everything"
+    );
+}
+
+#[tokio::test]
+async fn readers_that_never_read_do_not_slow_jobs_or_the_hive() {
+    let hive = TestHive::start().await;
+    hive.spawn_ready("demo").await;
+    // 64 clients open the stream of a job and never read a byte.
+    let job_id = hive
+        .submit(json!({"operation": "worker_get", "hive_id": "localhost", "id": "worker-1"}))
+        .await;
+    let stalled: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut stream = TcpStream::connect(hive.addr).unwrap();
+            write!(
+                stream,
+                "GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    let (_, job) = hive.job_status(&job_id).await;
+    assert_eq!(job["state"], "succeeded");
+    let started = Instant::now();
+    for _ in 0..50 {
+        let lines = hive
+            .run_job(json!({"operation": "worker_list", "hive_id": "localhost"}))
+            .await;
+        assert_eq!(lines.last().unwrap(), "[DONE]");
+    }
+    // 50 jobs in a debug build take well under a second when nothing waits on the stalled
+    // readers; a hive that waited on them would hang here.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn a_job_cancelled_mid_delete_still_leaves_the_worker_fully_stopped() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
+        .start()
+        .await;
+    let worker = hive.spawn_ready("stubborn").await;
+    let job_id = hive.submit(json!({"operation": "worker_delete", "hive_id": "localhost", "id": "worker-1", "grace_ms": 1000})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancel = hive
+        .client
+        .delete(hive.url(&format!("/v1/jobs/{job_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), StatusCode::OK);
+    let lines = hive.stream_lines(&job_id).await;
+    assert_eq!(
+        &lines[lines.len() - 2..],
+        ["[CANCELLED]", "[DONE]"],
+        "{lines:#?}"
+    );
+    // The stop goes on without the job: SIGKILL after the grace, then the record goes.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pid_alive(pid_of(&worker)) || !hive.workers().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the worker was left half-stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(port_free(port_of(&worker)));
+}
