@@ -485,3 +485,44 @@ mod tests {
         );
     }
 }
+
+/// Property tests (a fuzz target run on every `cargo test`) for the template filler.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn fill_never_panics(template in ".{0,40}", model in ".{0,20}") {
+            let values = TemplateValues {
+                worker_id: "worker-1",
+                model: &model,
+                port: 9100,
+                device: "CPU-0",
+                device_ordinal: 0,
+                hive_url: "http://127.0.0.1:7835",
+                queen_url: "",
+            };
+            let _ = fill(&template, &values);
+        }
+
+        #[test]
+        fn values_are_inserted_verbatim(model in ".{0,30}", before in "[a-z -]{0,10}", after in "[a-z -]{0,10}") {
+            let values = TemplateValues {
+                worker_id: "worker-1",
+                model: &model,
+                port: 9100,
+                device: "CPU-0",
+                device_ordinal: 0,
+                hive_url: "http://127.0.0.1:7835",
+                queen_url: "",
+            };
+            let filled = fill(&format!("{before}{{model}}{after}"), &values).unwrap();
+            prop_assert_eq!(filled, format!("{before}{model}{after}"));
+        }
+    }
+}

@@ -41,6 +41,14 @@ pub enum ApiError {
     /// No or wrong bearer token.
     #[error("missing or wrong API token: send `Authorization: Bearer <token>`")]
     Unauthorized,
+    /// A query parameter has a value the hive cannot use.
+    #[error("query parameter `{name}` {reason}")]
+    InvalidQuery {
+        /// The parameter.
+        name: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A header has a value the hive cannot use.
     #[error("header {name} {reason}")]
     InvalidHeader {
@@ -109,6 +117,7 @@ impl ApiError {
             }
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::InvalidHeader { .. } => (StatusCode::BAD_REQUEST, "invalid_header"),
+            Self::InvalidQuery { .. } => (StatusCode::BAD_REQUEST, "invalid_query"),
             Self::JobNotFound(_) => (StatusCode::NOT_FOUND, "job_not_found"),
             Self::JobFinished { .. } => (StatusCode::CONFLICT, "job_finished"),
             Self::BadHeartbeat(_) => (StatusCode::BAD_REQUEST, "invalid_heartbeat"),

@@ -89,7 +89,7 @@ fn choose_format(format: Option<&str>, headers: &HeaderMap) -> Result<StreamForm
         Some("ndjson") => return Ok(StreamFormat::Ndjson),
         Some("text") => return Ok(StreamFormat::Text),
         Some(_) => {
-            return Err(ApiError::InvalidHeader {
+            return Err(ApiError::InvalidQuery {
                 name: "format",
                 reason: "must be text, json or ndjson",
             });

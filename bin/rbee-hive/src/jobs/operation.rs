@@ -64,6 +64,9 @@ pub enum OperationError {
     /// Not JSON at all.
     #[error("the request body is not valid JSON: {0}")]
     MalformedJson(String),
+    /// The same key twice (JSON parsers disagree on which one wins, so neither does).
+    #[error("duplicate key `{0}` in the request body; each field may appear once")]
+    DuplicateKey(String),
     /// JSON, but not an object.
     #[error("the request body must be a JSON object with an \"operation\" field, got {0}")]
     NotAnObject(&'static str),
@@ -111,6 +114,7 @@ impl OperationError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::MalformedJson(_) => "malformed_json",
+            Self::DuplicateKey(_) => "duplicate_key",
             Self::NotAnObject(_) => "invalid_request",
             Self::MissingOperation | Self::MissingField { .. } => "missing_field",
             Self::UnknownOperation { .. } => "unknown_operation",
@@ -142,12 +146,17 @@ impl Operation {
 
     /// Parses and validates a request body.
     pub fn parse(body: &[u8]) -> Result<Self, OperationError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| OperationError::MalformedJson(e.to_string()))?;
-        let Value::Object(fields) = value else {
-            return Err(OperationError::NotAnObject(type_name(&value)));
-        };
-        Self::from_fields(&fields)
+        match serde_json::from_slice::<TopLevel>(body) {
+            Ok(TopLevel::Object(fields)) => Self::from_fields(&fields),
+            Ok(TopLevel::Other(kind)) => Err(OperationError::NotAnObject(kind)),
+            Err(error) => match error.to_string().strip_prefix(DUPLICATE_KEY) {
+                Some(rest) => {
+                    let key = rest.split('`').next().unwrap_or_default();
+                    Err(OperationError::DuplicateKey(key.to_owned()))
+                }
+                None => Err(OperationError::MalformedJson(error.to_string())),
+            },
+        }
     }
 
     fn from_fields(fields: &Map<String, Value>) -> Result<Self, OperationError> {
@@ -204,6 +213,71 @@ impl Operation {
     }
 }
 
+const DUPLICATE_KEY: &str = "duplicate key `";
+
+/// The top level of a request body, read in one pass that refuses duplicated keys.
+enum TopLevel {
+    Object(Map<String, Value>),
+    Other(&'static str),
+}
+
+impl<'de> serde::Deserialize<'de> for TopLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> serde::de::Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<TopLevel, A::Error> {
+        let mut fields = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if fields.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("{DUPLICATE_KEY}{key}`")));
+            }
+            let value: Value = map.next_value()?;
+            fields.insert(key, value);
+        }
+        Ok(TopLevel::Object(fields))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<TopLevel, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::Other("an array"))
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a boolean"))
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("a string"))
+    }
+
+    fn visit_unit<E>(self) -> Result<TopLevel, E> {
+        Ok(TopLevel::Other("null"))
+    }
+}
+
 struct Fields<'a> {
     operation: &'static str,
     map: &'a Map<String, Value>,
@@ -242,7 +316,15 @@ impl Fields<'_> {
     }
 
     fn worker_id(&self) -> Result<String, OperationError> {
-        self.required_string("id", "a worker id string such as \"worker-1\"")
+        let id = self.required_string("id", "a worker id string such as \"worker-1\"")?;
+        // Worker ids are short ASCII; anything else would only be echoed into logs.
+        if id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(OperationError::InvalidValue {
+                field: "id",
+                reason: "must be a worker id: at most 64 printable ASCII characters, such as \"worker-1\"".into(),
+            });
+        }
+        Ok(id)
     }
 
     fn worker_type(&self) -> Result<String, OperationError> {
@@ -493,6 +575,18 @@ mod tests {
     }
 
     #[test]
+    fn duplicated_keys_are_refused() {
+        let err = parse(r#"{"operation":"worker_list","hive_id":"a","hive_id":"b"}"#).unwrap_err();
+        assert_eq!(err, OperationError::DuplicateKey("hive_id".into()));
+        assert_eq!(err.code(), "duplicate_key");
+        let err = parse(r#"{"operation":"worker_list","operation":"worker_delete","hive_id":"a"}"#)
+            .unwrap_err();
+        assert_eq!(err, OperationError::DuplicateKey("operation".into()));
+        // Nested objects are not the operation's fields; only the top level is checked.
+        assert!(parse(r#"{"operation":"worker_list","hive_id":"a","x":{"k":1,"k":2}}"#).is_ok());
+    }
+
+    #[test]
     fn malformed_bodies() {
         assert_eq!(parse("{").unwrap_err().code(), "malformed_json");
         assert_eq!(
@@ -504,5 +598,100 @@ mod tests {
             parse(r#"{"operation":7}"#).unwrap_err().code(),
             "invalid_field"
         );
+    }
+}
+
+/// Property tests (a fuzz target run on every `cargo test`): the parser never panics, and
+/// whatever it accepts is a valid operation that survives a round trip.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<u64>().prop_map(|n| json!(n)),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::String),
+            prop_oneof![
+                Just("worker_spawn"),
+                Just("worker_list"),
+                Just("worker_get"),
+                Just("worker_delete"),
+                Just("worker-1"),
+                Just("-x"),
+                Just("")
+            ]
+            .prop_map(|s| Value::String(s.to_owned())),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn field_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("operation"),
+            Just("hive_id"),
+            Just("id"),
+            Just("model"),
+            Just("worker"),
+            Just("device"),
+            Just("grace_ms"),
+            Just("extra")
+        ]
+        .prop_map(str::to_owned)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Operation::parse(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_objects_parse_or_name_their_problem(
+            fields in prop::collection::btree_map(field_name(), json_value(), 0..7)
+        ) {
+            let body = serde_json::to_vec(&Value::Object(fields.into_iter().collect())).unwrap();
+            match Operation::parse(&body) {
+                Ok(operation) => {
+                    let again = Operation::parse(&serde_json::to_vec(&operation).unwrap()).unwrap();
+                    prop_assert_eq!(&again, &operation);
+                    prop_assert!(!operation.hive_id().is_empty());
+                    if let Operation::WorkerSpawn { model, .. } = &operation {
+                        prop_assert!(!model.starts_with('-'));
+                    }
+                }
+                Err(error) => {
+                    prop_assert!(!error.to_string().is_empty());
+                    prop_assert!(!error.code().is_empty());
+                }
+            }
+        }
+
+        #[test]
+        fn valid_spawns_round_trip(
+            hive_id in "[a-z][a-z0-9-]{0,20}",
+            model in "[a-zA-Z0-9_./][a-zA-Z0-9_./ -]{0,40}",
+            worker in "[a-z][a-z0-9_-]{0,20}",
+            device in any::<u32>(),
+        ) {
+            let op = Operation::WorkerSpawn { hive_id, model, worker, device };
+            prop_assert_eq!(Operation::parse(&serde_json::to_vec(&op).unwrap()).unwrap(), op);
+        }
     }
 }
