@@ -119,8 +119,13 @@ fn cases(job_id: &str) -> Vec<Case> {
         ),
         post(
             "unknown operation",
-            r#"{"operation":"model_download","hive_id":"h"}"#,
+            r#"{"operation":"frobnicate","hive_id":"h"}"#,
             bad("unknown_operation"),
+        ),
+        post(
+            "operation of the orchestrator",
+            r#"{"operation":"model_download","hive_id":"h"}"#,
+            bad("unsupported_operation"),
         ),
         post(
             "operation in capitals",

@@ -160,14 +160,11 @@ async fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled()
     hive.kill_hard();
     rbee_hive_e2e::os::signal_pid(pid_of(&worker), nix::sys::signal::Signal::SIGKILL);
     // Pretend the pid was reused: point the record at an unrelated process of ours.
-    let mut bystander = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
+    let bystander = rbee_hive_e2e::os::Bystander::start();
     let path = hive.state_dir().join("workers.json");
     let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    state["workers"][0]["pid"] = json!(bystander.id());
-    state["workers"][0]["pgid"] = json!(bystander.id());
+    state["workers"][0]["pid"] = json!(bystander.pid());
+    state["workers"][0]["pgid"] = json!(bystander.pid());
     std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
 
     hive.restart();
@@ -179,11 +176,9 @@ async fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled()
     );
     hive.run_job(delete_body("worker-1")).await;
     assert!(
-        pid_alive(bystander.id()),
+        pid_alive(bystander.pid()),
         "the hive signalled a process that is not its worker"
     );
-    bystander.kill().unwrap();
-    bystander.wait().unwrap();
 }
 
 #[tokio::test]

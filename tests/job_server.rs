@@ -146,7 +146,7 @@ async fn bad_inputs_get_their_status_and_json_error_and_create_no_job() {
         (
             "unknown operation",
             "application/json",
-            "{\"operation\":\"model_list\",\"hive_id\":\"localhost\"}".into(),
+            "{\"operation\":\"frobnicate\",\"hive_id\":\"localhost\"}".into(),
             StatusCode::BAD_REQUEST,
             "unknown_operation",
             "worker_spawn, worker_list, worker_get, worker_delete",

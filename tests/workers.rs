@@ -506,10 +506,7 @@ async fn a_pid_that_is_not_a_worker_is_never_signalled() {
     })
     .await;
     // The recorded pid now belongs to nobody the hive owns; an unrelated process runs beside.
-    let mut bystander = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
+    let bystander = rbee_hive_e2e::os::Bystander::start();
     let lines = hive.run_job(delete_body("worker-1", None)).await;
     assert!(
         !lines
@@ -518,12 +515,10 @@ async fn a_pid_that_is_not_a_worker_is_never_signalled() {
         "{lines:#?}"
     );
     assert!(
-        pid_alive(bystander.id()),
+        pid_alive(bystander.pid()),
         "an unrelated process was signalled"
     );
     assert!(!pid_alive(pid_of(&record)));
-    bystander.kill().unwrap();
-    bystander.wait().unwrap();
     // Ids that are not workers are refused without touching anything.
     for id in ["worker-0", "worker-99", "1", "worker-1/../2", "0"] {
         let lines = hive.run_job(delete_body(id, None)).await;

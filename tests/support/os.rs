@@ -73,3 +73,30 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
         .filter(|pid| pid_alive(*pid))
         .collect()
 }
+
+/// An unrelated process (`sleep`) that tests check is never signalled; killed on drop.
+pub struct Bystander(std::process::Child);
+
+impl Bystander {
+    /// Starts `sleep 120`.
+    pub fn start() -> Self {
+        Self(
+            std::process::Command::new("sleep")
+                .arg("120")
+                .spawn()
+                .expect("start sleep"),
+        )
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

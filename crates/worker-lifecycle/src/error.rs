@@ -11,6 +11,11 @@ pub enum LifecycleError {
     /// No worker has this id.
     #[error("worker '{0}' not found")]
     NotFound(String),
+    /// A pid that is not the process of a running worker of this hive.
+    #[error(
+        "PID {0} is not a running worker managed by this hive; only this hive's own worker processes can be shown or stopped (nothing was signalled)"
+    )]
+    NotAManagedPid(u64),
     /// The worker type is not in the catalog.
     #[error("unknown worker type '{name}'; known types: {known}")]
     UnknownWorkerType {

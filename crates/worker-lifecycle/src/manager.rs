@@ -285,6 +285,36 @@ impl WorkerManager {
         self.inner.registry.get(id)
     }
 
+    /// The worker whose process has this pid, if that process is running and still provably
+    /// the worker (same start time). Any other pid — 0, 1, the hive's own, one above
+    /// `i32::MAX`, an exited worker's, a stranger's — is refused.
+    pub fn find_by_pid(
+        &self,
+        pid: u64,
+    ) -> Result<(WorkerRecord, process::ProcessInfo), LifecycleError> {
+        let refused = || LifecycleError::NotAManagedPid(pid);
+        let pid32 = u32::try_from(pid).map_err(|_| refused())?;
+        process::signallable(pid32).ok_or_else(refused)?;
+        let slot = self
+            .inner
+            .registry
+            .slots()
+            .into_iter()
+            .find(|slot| {
+                slot.record.borrow().pid == pid32
+                    && slot.watch_process().borrow().phase != ProcessPhase::Exited
+            })
+            .ok_or_else(refused)?;
+        let record = slot.record();
+        let alive = process::stat_fields(pid32)
+            .is_some_and(|f| !f.zombie && Some(f.start_ticks) == record.start_ticks);
+        if !alive {
+            return Err(refused());
+        }
+        let info = process::process_info(pid32).ok_or_else(refused)?;
+        Ok((record, info))
+    }
+
     /// Starts a worker process and registers it as `Starting`; [`Spawning::ready`] waits
     /// until it is healthy. Nothing is started, and no id is used, when the type, the
     /// program or a port is missing. Must be called within a Tokio runtime.

@@ -330,6 +330,89 @@ pub fn log_tail(path: &Path, max_lines: usize) -> String {
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
 }
 
+/// What `/proc` says about a running process, as `ps` would show it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ProcessInfo {
+    /// The pid.
+    pub pid: u32,
+    /// The command line.
+    pub command: String,
+    /// Resident memory in KiB.
+    pub memory_kb: u64,
+    /// CPU time over the process's lifetime, as a percentage of one core (like `ps`).
+    pub cpu_percent: f64,
+    /// Time since the process started, `[[dd-]hh:]mm:ss` (like `ps -o etime`).
+    pub elapsed: String,
+}
+
+/// Reads [`ProcessInfo`] for a live, non-zombie process.
+pub fn process_info(pid: u32) -> Option<ProcessInfo> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if matches!(fields.first().copied(), Some("Z" | "X")) {
+        return None;
+    }
+    // Fields 14 (utime), 15 (stime) and 22 (starttime), counted from 3 at index 0.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let start_ticks: u64 = fields.get(19)?.parse().ok()?;
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let elapsed_seconds = (uptime - start_ticks as f64 / ticks_per_second).max(0.0);
+    let cpu_seconds = (utime + stime) as f64 / ticks_per_second;
+    let cpu_percent = if elapsed_seconds > 0.0 {
+        (cpu_seconds / elapsed_seconds * 1000.0).round() / 10.0
+    } else {
+        0.0
+    };
+    let memory_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .ok()
+        .map(|bytes| {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(String::from_utf8_lossy)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    Some(ProcessInfo {
+        pid,
+        command,
+        memory_kb,
+        cpu_percent,
+        elapsed: format_elapsed(elapsed_seconds as u64),
+    })
+}
+
+/// `ps -o etime` style: `mm:ss`, `hh:mm:ss`, `dd-hh:mm:ss`.
+pub fn format_elapsed(seconds: u64) -> String {
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let (hours, rest) = (rest / 3600, rest % 3600);
+    let (minutes, secs) = (rest / 60, rest % 60);
+    match (days, hours) {
+        (0, 0) => format!("{minutes:02}:{secs:02}"),
+        (0, _) => format!("{hours:02}:{minutes:02}:{secs:02}"),
+        _ => format!("{days}-{hours:02}:{minutes:02}:{secs:02}"),
+    }
+}
+
 /// How long to wait for processes after SIGKILL before calling them stuck.
 pub const SIGKILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -354,6 +437,17 @@ mod tests {
         assert_eq!(own.pgid, nix::unistd::getpgrp().as_raw() as u32);
         assert!(!own.zombie);
         assert!(stat_fields(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn reads_own_process_info() {
+        let info = process_info(std::process::id()).unwrap();
+        assert!(info.memory_kb > 0);
+        assert!(!info.command.is_empty());
+        assert!(info.cpu_percent >= 0.0);
+        assert_eq!(format_elapsed(5), "00:05");
+        assert_eq!(format_elapsed(3725), "01:02:05");
+        assert_eq!(format_elapsed(90_061), "1-01:01:01");
     }
 
     #[test]

@@ -46,11 +46,51 @@ pub enum Operation {
         /// How long to wait after SIGTERM before SIGKILL, overriding the configured grace.
         grace_ms: Option<u64>,
     },
+    /// List the processes of this hive's workers (the upstream queen's name for a list).
+    WorkerProcessList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one worker process, found by pid.
+    WorkerProcessGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The process id (only this hive's workers are shown).
+        pid: u64,
+    },
+    /// Stop one worker process, found by pid, as `worker_delete` does.
+    WorkerProcessDelete {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The process id (only this hive's workers are stopped).
+        pid: u64,
+    },
 }
 
 /// The operation names this hive accepts, in the order they are listed to clients.
-pub const SUPPORTED_OPERATIONS: &[&str] =
-    &["worker_spawn", "worker_list", "worker_get", "worker_delete"];
+pub const SUPPORTED_OPERATIONS: &[&str] = &[
+    "worker_spawn",
+    "worker_list",
+    "worker_get",
+    "worker_delete",
+    "worker_process_list",
+    "worker_process_get",
+    "worker_process_delete",
+];
+
+/// Operations the upstream orchestrator of that era may forward that belong elsewhere
+/// (worker binaries and models are the orchestrator's business, not this hive's).
+pub const UPSTREAM_ONLY_OPERATIONS: &[&str] = &[
+    "worker_binary_list",
+    "worker_binary_get",
+    "worker_binary_delete",
+    "model_list",
+    "model_get",
+    "model_delete",
+    "model_download",
+    "worker_download",
+    "worker_build",
+];
 
 /// The longest string accepted in any field.
 pub const MAX_FIELD_LEN: usize = 4096;
@@ -73,6 +113,12 @@ pub enum OperationError {
     /// No `operation` key.
     #[error("missing field `operation`; supported operations: {}", SUPPORTED_OPERATIONS.join(", "))]
     MissingOperation,
+    /// An rbee operation that this hive does not perform.
+    #[error("operation '{name}' is not handled by rbee-hive (it manages worker processes only); supported operations: {}", SUPPORTED_OPERATIONS.join(", "))]
+    UnsupportedOperation {
+        /// The name as sent.
+        name: String,
+    },
     /// `operation` names nothing this hive does.
     #[error("unknown operation '{name}'; supported operations: {}", SUPPORTED_OPERATIONS.join(", "))]
     UnknownOperation {
@@ -118,6 +164,7 @@ impl OperationError {
             Self::NotAnObject(_) => "invalid_request",
             Self::MissingOperation | Self::MissingField { .. } => "missing_field",
             Self::UnknownOperation { .. } => "unknown_operation",
+            Self::UnsupportedOperation { .. } => "unsupported_operation",
             Self::WrongType { .. } | Self::InvalidValue { .. } => "invalid_field",
         }
     }
@@ -131,6 +178,9 @@ impl Operation {
             Self::WorkerList { .. } => "worker_list",
             Self::WorkerGet { .. } => "worker_get",
             Self::WorkerDelete { .. } => "worker_delete",
+            Self::WorkerProcessList { .. } => "worker_process_list",
+            Self::WorkerProcessGet { .. } => "worker_process_get",
+            Self::WorkerProcessDelete { .. } => "worker_process_delete",
         }
     }
 
@@ -140,7 +190,10 @@ impl Operation {
             Self::WorkerSpawn { hive_id, .. }
             | Self::WorkerList { hive_id }
             | Self::WorkerGet { hive_id, .. }
-            | Self::WorkerDelete { hive_id, .. } => hive_id,
+            | Self::WorkerDelete { hive_id, .. }
+            | Self::WorkerProcessList { hive_id }
+            | Self::WorkerProcessGet { hive_id, .. }
+            | Self::WorkerProcessDelete { hive_id, .. } => hive_id,
         }
     }
 
@@ -202,6 +255,28 @@ impl Operation {
                     id: f.worker_id()?,
                     grace_ms: f.optional_grace_ms()?,
                 }
+            }
+            "worker_process_list" => Self::WorkerProcessList {
+                hive_id: with("worker_process_list").hive_id()?,
+            },
+            "worker_process_get" => {
+                let f = with("worker_process_get");
+                Self::WorkerProcessGet {
+                    hive_id: f.hive_id()?,
+                    pid: f.required_pid()?,
+                }
+            }
+            "worker_process_delete" => {
+                let f = with("worker_process_delete");
+                Self::WorkerProcessDelete {
+                    hive_id: f.hive_id()?,
+                    pid: f.required_pid()?,
+                }
+            }
+            other if UPSTREAM_ONLY_OPERATIONS.contains(&other) => {
+                return Err(OperationError::UnsupportedOperation {
+                    name: other.to_owned(),
+                });
             }
             other => {
                 return Err(OperationError::UnknownOperation {
@@ -381,6 +456,28 @@ impl Fields<'_> {
         }
     }
 
+    fn required_pid(&self) -> Result<u64, OperationError> {
+        let field = "pid";
+        let expected = "a process id (a non-negative integer)";
+        match self.map.get(field) {
+            None | Some(Value::Null) => Err(OperationError::MissingField {
+                operation: self.operation,
+                field,
+                expected,
+            }),
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| OperationError::WrongType {
+                field,
+                expected,
+                got: format!("the number {n}"),
+            }),
+            Some(other) => Err(OperationError::WrongType {
+                field,
+                expected,
+                got: type_name(other).to_owned(),
+            }),
+        }
+    }
+
     fn optional_grace_ms(&self) -> Result<Option<u64>, OperationError> {
         let field = "grace_ms";
         let expected = "a non-negative integer number of milliseconds";
@@ -549,12 +646,52 @@ mod tests {
 
     #[test]
     fn unknown_operation_lists_supported_ones() {
+        let supported = "worker_spawn, worker_list, worker_get, worker_delete, \
+                         worker_process_list, worker_process_get, worker_process_delete";
+        let err = parse(r#"{"operation":"frobnicate","hive_id":"h"}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("unknown operation 'frobnicate'; supported operations: {supported}")
+        );
+        assert_eq!(err.code(), "unknown_operation");
         let err = parse(r#"{"operation":"model_list","hive_id":"h"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown operation 'model_list'; supported operations: worker_spawn, worker_list, worker_get, worker_delete"
+            format!(
+                "operation 'model_list' is not handled by rbee-hive (it manages worker processes only); \
+                 supported operations: {supported}"
+            )
         );
-        assert_eq!(err.code(), "unknown_operation");
+        assert_eq!(err.code(), "unsupported_operation");
+    }
+
+    #[test]
+    fn process_operations_take_any_non_negative_pid() {
+        assert_eq!(
+            parse(r#"{"hive_id":"tap","operation":"worker_process_get","pid":4294967295}"#),
+            Ok(Operation::WorkerProcessGet {
+                hive_id: "tap".into(),
+                pid: 4_294_967_295
+            })
+        );
+        assert_eq!(
+            parse(r#"{"hive_id":"tap","operation":"worker_process_list"}"#),
+            Ok(Operation::WorkerProcessList {
+                hive_id: "tap".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"hive_id":"t","operation":"worker_process_delete","pid":-1}"#)
+                .unwrap_err()
+                .code(),
+            "invalid_field"
+        );
+        assert_eq!(
+            parse(r#"{"hive_id":"t","operation":"worker_process_delete"}"#)
+                .unwrap_err()
+                .code(),
+            "missing_field"
+        );
     }
 
     #[test]

@@ -44,5 +44,14 @@ pub async fn dispatch(
             id,
             grace_ms,
         } => ops::worker_delete::run(&job, &services, &hive_id, &id, grace_ms).await,
+        Operation::WorkerProcessList { hive_id } => {
+            ops::worker_process_list::run(&job, &services, &hive_id).await
+        }
+        Operation::WorkerProcessGet { hive_id, pid } => {
+            ops::worker_process_get::run(&job, &services, &hive_id, pid).await
+        }
+        Operation::WorkerProcessDelete { hive_id, pid } => {
+            ops::worker_process_delete::run(&job, &services, &hive_id, pid).await
+        }
     }
 }

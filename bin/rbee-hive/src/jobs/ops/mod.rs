@@ -4,4 +4,7 @@
 pub mod worker_delete;
 pub mod worker_get;
 pub mod worker_list;
+pub mod worker_process_delete;
+pub mod worker_process_get;
+pub mod worker_process_list;
 pub mod worker_spawn;

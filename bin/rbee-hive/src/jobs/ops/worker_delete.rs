@@ -3,12 +3,14 @@
 //! The stop itself belongs to the worker's supervisor, so it completes even if this job is
 //! cancelled: the worker ends fully stopped, never half. This file narrates what happens:
 //! SIGTERM, progress once a second during the grace, SIGKILL only if it was really needed.
+//! `worker_process_delete` stops a worker the same way, through [`stop_worker`].
 
 use std::time::Duration;
 
 use job_server::JobContext;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::{Instant, MissedTickBehavior};
+use worker_lifecycle::Stopping;
 
 use crate::jobs::NARRATE;
 use crate::jobs::ops::worker_spawn::PROGRESS_EVERY;
@@ -30,14 +32,43 @@ pub async fn run(
         .context(hive_id)
         .human("🗑️  Deleting worker '{}' on hive '{}'")
         .emit();
-    let started = Instant::now();
-    let mut stopping = match services
-        .workers
-        .delete(id, grace_ms.map(Duration::from_millis))
+    let result = match stop_worker(job_id, services, id, grace_ms.map(Duration::from_millis)).await
     {
-        Ok(stopping) => stopping,
-        Err(error) => return Err(delete_error(job_id, id, error.into())),
+        Ok(result) => result,
+        Err(error) => {
+            NARRATE
+                .action("worker_delete_error")
+                .job_id(job_id)
+                .context(id)
+                .context(&error)
+                .human("❌ Delete failed for '{}': {}")
+                .error()
+                .emit();
+            return Err(error);
+        }
     };
+    NARRATE
+        .action("worker_delete_complete")
+        .job_id(job_id)
+        .context(id)
+        .field("elapsed_ms", &result["elapsed_ms"])
+        .human("✅ Worker deleted: {}")
+        .emit();
+    job.publish_result(result);
+    Ok(())
+}
+
+/// Stops worker `id` as a delete does, narrating each step, and returns a summary
+/// (`deleted`, `pid`, `port`, `exit`, `sigkill`, `elapsed_ms`) once its whole process group
+/// is gone and it is out of the registry.
+pub async fn stop_worker(
+    job_id: &str,
+    services: &OperationServices,
+    id: &str,
+    grace: Option<Duration>,
+) -> Result<Value, OperationFailure> {
+    let started = Instant::now();
+    let mut stopping = services.workers.delete(id, grace)?;
     let record = stopping.record();
     if stopping.already_exited {
         let exit = record
@@ -61,36 +92,19 @@ pub async fn run(
             .emit();
         narrate_stop(job_id, &mut stopping, record.pid, started).await;
     }
-    let outcome = match stopping.finished().await {
-        Ok(outcome) => outcome,
-        Err(error) => return Err(delete_error(job_id, id, error.into())),
-    };
-    NARRATE
-        .action("worker_delete_complete")
-        .job_id(job_id)
-        .context(id)
-        .field("elapsed_ms", started.elapsed().as_millis())
-        .human("✅ Worker deleted: {}")
-        .emit();
-    let view = stopping.view();
-    job.publish_result(json!({
+    let outcome = stopping.finished().await?;
+    Ok(json!({
         "deleted": id,
         "pid": record.pid,
         "port": record.port,
         "exit": outcome.exit,
-        "sigkill": view.sigkill_sent,
+        "sigkill": stopping.view().sigkill_sent,
         "elapsed_ms": started.elapsed().as_millis(),
-    }));
-    Ok(())
+    }))
 }
 
 /// Narrates the stop as the supervisor reports it, until the process group is gone.
-async fn narrate_stop(
-    job_id: &str,
-    stopping: &mut worker_lifecycle::Stopping,
-    pid: u32,
-    started: Instant,
-) {
+async fn narrate_stop(job_id: &str, stopping: &mut Stopping, pid: u32, started: Instant) {
     let mut told_sigterm = false;
     let mut told_sigkill = false;
     let mut progress = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
@@ -135,16 +149,4 @@ async fn narrate_stop(
             }
         }
     }
-}
-
-fn delete_error(job_id: &str, id: &str, error: OperationFailure) -> OperationFailure {
-    NARRATE
-        .action("worker_delete_error")
-        .job_id(job_id)
-        .context(id)
-        .context(&error)
-        .human("❌ Delete failed for '{}': {}")
-        .error()
-        .emit();
-    error
 }

@@ -1,0 +1,62 @@
+//! `worker_process_get`: one worker process, found by pid; only this hive's workers.
+
+use job_server::JobContext;
+use serde_json::json;
+
+use crate::jobs::NARRATE;
+use crate::jobs::router::{OperationFailure, OperationServices};
+
+/// Shows the worker process `pid`.
+pub async fn run(
+    job: &JobContext,
+    services: &OperationServices,
+    hive_id: &str,
+    pid: u64,
+) -> Result<(), OperationFailure> {
+    let job_id = job.job_id();
+    NARRATE
+        .action("worker_proc_get_start")
+        .job_id(job_id)
+        .context(pid)
+        .context(hive_id)
+        .human("🔍 Getting worker process PID {} on hive '{}'")
+        .emit();
+    let (record, info) = match services.workers.find_by_pid(pid) {
+        Ok(found) => found,
+        Err(error) => {
+            NARRATE
+                .action("worker_proc_get_error")
+                .job_id(job_id)
+                .context(&error)
+                .human("❌ {}")
+                .error()
+                .emit();
+            return Err(error.into());
+        }
+    };
+    NARRATE
+        .action("worker_proc_get_found")
+        .job_id(job_id)
+        .context(info.pid)
+        .context(&info.command)
+        .context(format!("{:.1}", info.memory_kb as f64 / 1024.0))
+        .context(info.cpu_percent)
+        .context(&info.elapsed)
+        .human("✅ PID {}: {} | {} MB | {}% CPU | {}")
+        .emit();
+    let details = json!({
+        "pid": info.pid,
+        "worker_id": record.id,
+        "command": info.command,
+        "memory_kb": info.memory_kb,
+        "cpu_percent": info.cpu_percent,
+        "elapsed": info.elapsed,
+    });
+    NARRATE
+        .action("worker_proc_get_details")
+        .job_id(job_id)
+        .human(serde_json::to_string_pretty(&details).unwrap_or_default())
+        .emit();
+    job.publish_result(details);
+    Ok(())
+}

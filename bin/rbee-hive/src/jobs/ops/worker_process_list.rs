@@ -1,0 +1,66 @@
+//! `worker_process_list`: the processes of this hive's running workers, as the upstream
+//! queen asks for them: pid, memory, CPU, elapsed time and command line from `/proc`.
+
+use job_server::JobContext;
+use serde_json::json;
+
+use crate::jobs::NARRATE;
+use crate::jobs::router::{OperationFailure, OperationServices};
+
+/// Lists the running worker processes of this hive.
+pub async fn run(
+    job: &JobContext,
+    services: &OperationServices,
+    hive_id: &str,
+) -> Result<(), OperationFailure> {
+    let job_id = job.job_id();
+    NARRATE
+        .action("worker_proc_list_start")
+        .job_id(job_id)
+        .context(hive_id)
+        .human("📋 Listing worker processes on hive '{}'")
+        .emit();
+    let processes: Vec<_> = services
+        .workers
+        .list()
+        .into_iter()
+        .filter_map(|record| services.workers.find_by_pid(u64::from(record.pid)).ok())
+        .collect();
+    NARRATE
+        .action("worker_proc_list_result")
+        .job_id(job_id)
+        .context(processes.len())
+        .human("Found {} worker process(es)")
+        .emit();
+    if processes.is_empty() {
+        NARRATE
+            .action("worker_proc_list_empty")
+            .job_id(job_id)
+            .human("No worker processes found")
+            .emit();
+    }
+    let mut entries = Vec::new();
+    for (record, info) in &processes {
+        NARRATE
+            .action("worker_proc_list_entry")
+            .job_id(job_id)
+            .context(info.pid)
+            .context(&record.id)
+            .context(&info.command)
+            .context(format!("{:.1}", info.memory_kb as f64 / 1024.0))
+            .context(info.cpu_percent)
+            .context(&info.elapsed)
+            .human("  PID {} | {} | {} | {} MB | {}% CPU | {}")
+            .emit();
+        entries.push(json!({
+            "pid": info.pid,
+            "worker_id": record.id,
+            "command": info.command,
+            "memory_kb": info.memory_kb,
+            "cpu_percent": info.cpu_percent,
+            "elapsed": info.elapsed,
+        }));
+    }
+    job.publish_result(json!({ "processes": entries }));
+    Ok(())
+}
