@@ -137,6 +137,14 @@ async fn serve(
     let drain = Duration::from_secs(state.config.shutdown_drain_s);
     let jobs = state.jobs.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    // Narration is many small writes: without TCP_NODELAY, Nagle's algorithm and the
+    // client's delayed ACK hold lines back for up to 40 ms.
+    let listener =
+        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::debug!("cannot set TCP_NODELAY: {error}");
+            }
+        });
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
         shutdown.await;
         let cancelled = jobs.begin_shutdown();

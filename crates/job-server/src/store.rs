@@ -85,6 +85,23 @@ struct Shared {
     _stop_sweeper: DropGuard,
 }
 
+/// Tables keep their largest size unless asked; after a burst of jobs is freed they are
+/// shrunk, so that memory returns to its idle level (amortised: only when 4× too big).
+fn shrink_capacity(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > 64 && capacity > len * 4).then_some(len * 2)
+}
+
+impl Jobs {
+    fn shrink_after_burst(&mut self) {
+        if let Some(target) = shrink_capacity(self.by_id.len(), self.by_id.capacity()) {
+            self.by_id.shrink_to(target);
+        }
+        if let Some(target) = shrink_capacity(self.finished.len(), self.finished.capacity()) {
+            self.finished.shrink_to(target);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Jobs {
     by_id: HashMap<JobId, Arc<Job>>,
@@ -270,16 +287,19 @@ impl Shared {
     /// Frees jobs past retention; returns when the next one expires, if any is kept.
     fn free_expired(&self, now: Instant) -> Option<Instant> {
         let mut jobs = self.lock();
+        let mut next = None;
         while let Some((finished_at, _)) = jobs.finished.front() {
             let expires = *finished_at + self.config.retention;
             if expires > now {
-                return Some(expires);
+                next = Some(expires);
+                break;
             }
             if let Some((_, id)) = jobs.finished.pop_front() {
                 jobs.by_id.remove(&id);
             }
         }
-        None
+        jobs.shrink_after_burst();
+        next
     }
 }
 

@@ -33,6 +33,12 @@ impl Drop for JobSinkGuard {
     fn drop(&mut self) {
         let mut table = JOB_SINKS.write().unwrap_or_else(|e| e.into_inner());
         table.remove(&self.job_id);
+        // After a burst of jobs the table would keep its largest size; shrink it (only when
+        // it is 4× too big, so this stays amortised O(1)).
+        if table.capacity() > 64 && table.capacity() > table.len() * 4 {
+            let target = table.len() * 2;
+            table.shrink_to(target);
+        }
     }
 }
 

@@ -247,7 +247,11 @@ impl WorkerManager {
 
     /// Writes the state file now (it is also written after every change).
     pub fn flush(&self) {
-        if let Err(error) = self.inner.state_dir.save(&self.inner.registry.snapshot()) {
+        if let Err(error) = self
+            .inner
+            .state_dir
+            .save_latest(|| self.inner.registry.snapshot())
+        {
             tracing::error!(
                 "cannot write the state file {}: {error}",
                 self.inner.state_dir.state_file().display()
@@ -675,9 +679,9 @@ impl Stopping {
 async fn persist(registry: Registry, state_dir: Arc<StateDir>) {
     let mut changes = registry.watch_changes();
     while changes.changed().await.is_ok() {
-        let snapshot = registry.snapshot();
         let dir = state_dir.clone();
-        match tokio::task::spawn_blocking(move || dir.save(&snapshot)).await {
+        let registry = registry.clone();
+        match tokio::task::spawn_blocking(move || dir.save_latest(|| registry.snapshot())).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::error!(

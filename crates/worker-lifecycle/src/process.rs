@@ -204,8 +204,23 @@ impl WorkerProcess {
     }
 }
 
+/// Whether any process is in group `pgid` (a signal-0 probe: nothing is delivered). After
+/// the leader is reaped, `false` means the group is empty.
+pub fn group_has_members(pgid: u32) -> bool {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return false;
+    };
+    if raw <= 1 {
+        return false;
+    }
+    !matches!(
+        killpg(Pid::from_raw(raw), None),
+        Err(nix::errno::Errno::ESRCH)
+    )
+}
+
 /// Signals every live member of group `pgid` through its own pidfd; returns how many.
-fn signal_members(pgid: u32, signal: Signal) -> usize {
+pub fn signal_members(pgid: u32, signal: Signal) -> usize {
     let rustix_signal = match signal {
         Signal::SIGKILL => rustix::process::Signal::KILL,
         _ => rustix::process::Signal::TERM,

@@ -58,6 +58,9 @@ impl PersistedState {
 pub struct StateDir {
     dir: PathBuf,
     _lock: Flock<File>,
+    // std Mutex: held while one save writes, never across an await. Saves from the
+    // background writer and from shutdown must not interleave on the temporary file.
+    writing: std::sync::Mutex<()>,
 }
 
 impl StateDir {
@@ -96,6 +99,7 @@ impl StateDir {
         Ok(Self {
             dir: dir.to_owned(),
             _lock: lock,
+            writing: std::sync::Mutex::new(()),
         })
     }
 
@@ -160,9 +164,17 @@ impl StateDir {
 
     /// Writes the state atomically: temporary file, fsync, rename, fsync of the directory.
     pub fn save(&self, state: &PersistedState) -> std::io::Result<()> {
+        self.save_latest(|| state.clone())
+    }
+
+    /// Takes the state to save while holding the writer's lock, so that of two saves the
+    /// later snapshot is always the one left on disk.
+    pub fn save_latest(&self, snapshot: impl FnOnce() -> PersistedState) -> std::io::Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let state = snapshot();
         let path = self.state_file();
         let temporary = self.dir.join(format!(".{STATE_FILE}.tmp"));
-        let bytes = serde_json::to_vec_pretty(state).map_err(std::io::Error::other)?;
+        let bytes = serde_json::to_vec_pretty(&state).map_err(std::io::Error::other)?;
         {
             let mut file = File::create(&temporary)?;
             file.write_all(&bytes)?;

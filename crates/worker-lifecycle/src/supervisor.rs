@@ -124,10 +124,10 @@ impl Supervisor {
                 _ = sleep_until_some(deadline), if kill_armed => self.kill_group(),
             }
         }
-        self.finish_group(deadline).await;
+        // Reap first: then an empty group answers ESRCH at once, without scanning /proc.
         let exit = self.process.reap();
         let pid = self.process.pid();
-        let leftover = process::group_members(pid);
+        let leftover = self.finish_group(deadline).await;
         if !leftover.is_empty() {
             tracing::error!(worker = %self.slot.id(), "processes of group {pid} survived SIGKILL: {leftover:?}");
         }
@@ -193,15 +193,20 @@ impl Supervisor {
         }
     }
 
-    /// After the leader exited: ends the rest of its group (SIGTERM, grace, SIGKILL).
-    async fn finish_group(&mut self, deadline: Option<Instant>) {
+    /// After the leader exited and was reaped: ends the rest of its group (SIGTERM, the
+    /// remaining grace, SIGKILL) and returns the processes that are still there after it.
+    ///
+    /// Members that outlive their leader keep the group id in use, so it cannot name a new
+    /// group while they live; each is still signalled through its own pidfd after checking
+    /// that it is a member.
+    async fn finish_group(&mut self, deadline: Option<Instant>) -> Vec<u32> {
         let pgid = self.process.pid();
-        let others: Vec<u32> = process::group_members(pgid)
-            .into_iter()
-            .filter(|pid| *pid != pgid)
-            .collect();
+        if !process::group_has_members(pgid) {
+            return Vec::new();
+        }
+        let others = process::group_members(pgid);
         if others.is_empty() {
-            return;
+            return Vec::new();
         }
         let (sigterm_sent, sigkill_sent) = {
             let view = self.slot.process.borrow();
@@ -211,7 +216,7 @@ impl Supervisor {
             others
         } else {
             if !sigterm_sent {
-                let sent = self.process.signal_group(Signal::SIGTERM);
+                let sent = process::signal_members(pgid, Signal::SIGTERM) > 0;
                 self.slot
                     .process
                     .send_modify(|view| view.sigterm_sent |= sent);
@@ -220,13 +225,17 @@ impl Supervisor {
             process::wait_all_gone(&others, pgid, deadline).await
         };
         if remaining.is_empty() {
-            return;
+            return Vec::new();
         }
-        self.kill_group();
+        let sent = process::signal_members(pgid, Signal::SIGKILL) > 0;
+        self.slot
+            .process
+            .send_modify(|view| view.sigkill_sent |= sent);
         let stuck = process::wait_all_gone(&remaining, pgid, Instant::now() + SIGKILL_WAIT).await;
         if !stuck.is_empty() {
             tracing::error!(worker = %self.slot.id(), "not gone {SIGKILL_WAIT:?} after SIGKILL: {stuck:?}");
         }
+        stuck
     }
 }
 

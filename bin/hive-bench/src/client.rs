@@ -1,0 +1,115 @@
+//! A minimal HTTP/1.1 client for the benchmarks: one keep-alive connection, a `POST
+//! /v1/jobs` and the job's stream read to its end. Hand-written so that the client costs
+//! as little as possible and the numbers are the hive's.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One keep-alive connection to the hive.
+pub struct Connection {
+    stream: BufReader<TcpStream>,
+    host: String,
+    line: String,
+}
+
+impl Connection {
+    /// Connects (with `TCP_NODELAY`).
+    pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream: BufReader::new(stream),
+            host: addr.to_string(),
+            line: String::new(),
+        })
+    }
+
+    async fn head(&mut self) -> anyhow::Result<(u16, Option<usize>)> {
+        self.line.clear();
+        self.stream.read_line(&mut self.line).await?;
+        let status = self
+            .line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("status line")?;
+        let mut length = None;
+        loop {
+            self.line.clear();
+            if self.stream.read_line(&mut self.line).await? == 0 {
+                bail!("connection closed in the headers");
+            }
+            let line = self.line.trim_end();
+            if line.is_empty() {
+                return Ok((status, length));
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().ok();
+            }
+        }
+    }
+
+    /// Submits `body`; returns the job id.
+    pub async fn submit(&mut self, body: &str) -> anyhow::Result<String> {
+        let request = format!(
+            "POST /v1/jobs HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let (status, length) = self.head().await?;
+        let mut answer = vec![0; length.context("content-length")?];
+        self.stream.read_exact(&mut answer).await?;
+        if status != 200 {
+            bail!(
+                "POST answered {status}: {}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+        let value: serde_json::Value = serde_json::from_slice(&answer)?;
+        Ok(value["job_id"].as_str().context("job_id")?.to_owned())
+    }
+
+    /// Reads a job's stream to its end; returns the body.
+    pub async fn stream(&mut self, job_id: &str) -> anyhow::Result<String> {
+        let request = format!(
+            "GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nhost: {}\r\n\r\n",
+            self.host
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let (status, _) = self.head().await?;
+        if status != 200 {
+            bail!("stream answered {status}");
+        }
+        let mut body = Vec::new();
+        loop {
+            self.line.clear();
+            self.stream.read_line(&mut self.line).await?;
+            let size = usize::from_str_radix(self.line.trim(), 16).context("chunk size")?;
+            let start = body.len();
+            body.resize(start + size + 2, 0);
+            self.stream.read_exact(&mut body[start..]).await?;
+            body.truncate(start + size);
+            if size == 0 {
+                return Ok(String::from_utf8(body)?);
+            }
+        }
+    }
+
+    /// Submits and reads the stream; fails unless it ends with `[DONE]` after a success.
+    pub async fn run(&mut self, body: &str) -> anyhow::Result<String> {
+        let job_id = self.submit(body).await?;
+        let text = self.stream(&job_id).await?;
+        if !text.ends_with("data: [DONE]\n\n") || text.contains("data: [ERROR]") {
+            bail!("job {job_id} did not succeed:\n{text}");
+        }
+        Ok(text)
+    }
+}

@@ -1,0 +1,149 @@
+//! Starting and stopping a real `rbee-hive` process for a benchmark, and measuring it.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running hive.
+pub struct BenchHive {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl BenchHive {
+    /// Starts `rbee-hive` from `bin_dir` with `config` (TOML) and waits for its address line.
+    pub fn start(bin_dir: &Path, config: &str) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("hive.toml"), config)?;
+        let mut child = Command::new(bin_dir.join("rbee-hive"))
+            .args(["--port", "0", "--config"])
+            .arg(dir.path().join("hive.toml"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("start rbee-hive")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .rsplit("http://")
+            .next()
+            .and_then(|a| a.parse().ok())
+            .context("address line")?;
+        Ok(Self {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// The hive's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The hive's resident memory in KiB.
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        rss_kib(self.pid())
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("rbee-hive exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for BenchHive {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")
+}
+
+/// Time from exec of `rbee-hive` to its first `/health` answer.
+pub fn startup_to_health(bin_dir: &Path) -> anyhow::Result<Duration> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let started = Instant::now();
+    let mut child = Command::new(bin_dir.join("rbee-hive"))
+        .args(["--port", &port.to_string(), "--state-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let elapsed = loop {
+        if health_answers(port) {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("no /health answer within 10 s");
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    child.wait()?;
+    Ok(elapsed)
+}
+
+fn health_answers(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).is_ok()
+        && answer.starts_with("HTTP/1.1 200")
+        && answer.ends_with("ok")
+}
+
+/// The directory of the workspace's release binaries (where this benchmark runs from).
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe.parent().context("executable dir")?.to_path_buf())
+}

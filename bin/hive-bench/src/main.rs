@@ -1,0 +1,463 @@
+//! `hive-bench`: measures a real rbee-hive with real demo workers and prints a table
+//! (median, p99, min, max over the runs), also written as JSON.
+//!
+//! ```text
+//! cargo build --release && cargo run --release -p hive-bench -- --out bench.json
+//! ```
+//!
+//! Scenarios: job round trip; throughput at 1, 16 and 64 clients; `worker_list` with 10, 50
+//! and 200 workers; delete of a worker that exits at once on SIGTERM (against its own exit
+//! time) and of one that ignores SIGTERM (against its grace); spawn-to-ready (against the
+//! worker's own exec-to-listening time); the hive's memory (idle, after 100 000 jobs, after
+//! retention) and its start-up time to the first `/health` answer.
+//!
+//! # Layout
+//! - `client`: a minimal keep-alive HTTP/1.1 client.
+//! - `hive`: starting, stopping and measuring a hive process.
+//! - `worker`: the demo worker's own times, without the hive.
+//! - `stats`: median, p99, min, max.
+
+mod client;
+mod hive;
+mod stats;
+mod worker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use client::Connection;
+use hive::BenchHive;
+use stats::{Row, median, millis, summary};
+
+const LIST: &str = r#"{"operation":"worker_list","hive_id":"localhost"}"#;
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hive-bench",
+    about = "Benchmarks rbee-hive with real demo workers"
+)]
+struct Args {
+    /// Sequential round trips to time.
+    #[arg(long, default_value_t = 5000)]
+    round_trips: usize,
+    /// Jobs for the memory scenario.
+    #[arg(long, default_value_t = 100_000)]
+    memory_jobs: usize,
+    /// The largest worker count for the worker_list scenario.
+    #[arg(long, default_value_t = 200)]
+    workers: usize,
+    /// Spawn/delete repetitions.
+    #[arg(long, default_value_t = 20)]
+    repeats: usize,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "bench.json")]
+    out: std::path::PathBuf,
+}
+
+fn spawn_body(worker: &str) -> String {
+    format!(
+        r#"{{"operation":"worker_spawn","hive_id":"localhost","model":"bench","worker":"{worker}","device":0}}"#
+    )
+}
+
+fn delete_body(id: &str, grace_ms: Option<u64>) -> String {
+    match grace_ms {
+        Some(ms) => format!(
+            r#"{{"operation":"worker_delete","hive_id":"localhost","id":"{id}","grace_ms":{ms}}}"#
+        ),
+        None => format!(r#"{{"operation":"worker_delete","hive_id":"localhost","id":"{id}"}}"#),
+    }
+}
+
+fn ready_id(stream: &str) -> anyhow::Result<String> {
+    let line = stream
+        .lines()
+        .find(|l| l.contains("worker_spawn_ready"))
+        .context("no ready line")?;
+    let id = line
+        .split("Worker ready: ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .context("worker id")?;
+    Ok(id.to_owned())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bin_dir = hive::bin_dir()?;
+    for program in ["rbee-hive", "rbee-demo-worker"] {
+        if !bin_dir.join(program).exists() {
+            bail!(
+                "{program} not found in {}: run `cargo build --release` first",
+                bin_dir.display()
+            );
+        }
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    let config = format!(
+        "worker_ports = \"20000-{}\"\n{}",
+        20000 + args.workers + 50,
+        "[workers.stubborn]\ncommand = [\"rbee-demo-worker\", \"--worker-id\", \"{worker_id}\", \"--model\", \"{model}\", \
+         \"--port\", \"{port}\", \"--hive-url\", \"{hive_url}\", \"--ignore-sigterm\"]\n"
+    );
+    let hive = BenchHive::start(&bin_dir, &config)?;
+
+    eprintln!("1/6 job round trip ({} jobs)", args.round_trips);
+    let mut connection = Connection::open(hive.addr).await?;
+    for _ in 0..500 {
+        connection.run(LIST).await?;
+    }
+    let mut samples = Vec::with_capacity(args.round_trips);
+    for _ in 0..args.round_trips {
+        let started = Instant::now();
+        connection.run(LIST).await?;
+        samples.push(started.elapsed());
+    }
+    let row = millis(
+        "job round trip (POST worker_list + stream to [DONE])",
+        &samples,
+    );
+    let met = row.median <= 1.0 && row.p99 <= 5.0;
+    rows.push(row.target("median ≤ 1 ms, p99 ≤ 5 ms", met));
+
+    eprintln!("2/6 throughput");
+    for clients in [1usize, 16, 64] {
+        let jobs_per_run = 1000 * clients.min(8);
+        let mut rates = Vec::new();
+        for _ in 0..5 {
+            rates.push(throughput(hive.addr, clients, jobs_per_run).await?);
+        }
+        let row = summary(&format!("throughput, {clients} client(s)"), "jobs/s", rates);
+        rows.push(if clients == 64 {
+            let met = row.median >= 5000.0;
+            row.target("≥ 5000 jobs/s", met)
+        } else {
+            row
+        });
+    }
+
+    eprintln!("3/6 worker_list with 10, 50, {} workers", args.workers);
+    let mut list_medians = Vec::new();
+    let mut spawned = 0usize;
+    for count in [10, 50, args.workers] {
+        spawn_many(hive.addr, count - spawned).await?;
+        spawned = count;
+        let mut connection = Connection::open(hive.addr).await?;
+        let mut samples = Vec::new();
+        for _ in 0..200 {
+            let started = Instant::now();
+            let text = connection.run(LIST).await?;
+            samples.push(started.elapsed());
+            let entries = text.matches("worker_list_entry").count();
+            if entries != count {
+                bail!("worker_list showed {entries} workers, expected {count}");
+            }
+        }
+        let row = millis(&format!("worker_list with {count} workers"), &samples);
+        list_medians.push((count, row.median));
+        rows.push(if count == args.workers {
+            let met = row.median <= 5.0;
+            row.target("median ≤ 5 ms (200 workers)", met)
+        } else {
+            row
+        });
+    }
+    if let (Some((small, t_small)), Some((large, t_large))) =
+        (list_medians.first(), list_medians.last())
+    {
+        notes.push(format!(
+            "worker_list cost per worker: {:.1} µs ((median at {large} − median at {small}) / {})",
+            (t_large - t_small) * 1000.0 / (large - small) as f64,
+            large - small
+        ));
+    }
+    delete_all(hive.addr, spawned).await?;
+
+    eprintln!(
+        "4/6 spawn-to-ready and graceful delete ({} each), the worker's own times",
+        args.repeats
+    );
+    let mut own_listen = Vec::new();
+    let mut own_exit = Vec::new();
+    for _ in 0..args.repeats {
+        let (listen, exit) = worker::own_times(&bin_dir)?;
+        own_listen.push(listen);
+        own_exit.push(exit);
+    }
+    let mut spawn_times = Vec::new();
+    let mut delete_times = Vec::new();
+    let mut connection = Connection::open(hive.addr).await?;
+    for _ in 0..args.repeats {
+        let started = Instant::now();
+        let text = connection.run(&spawn_body("demo")).await?;
+        spawn_times.push(started.elapsed());
+        let id = ready_id(&text)?;
+        let started = Instant::now();
+        let text = connection.run(&delete_body(&id, None)).await?;
+        delete_times.push(started.elapsed());
+        if text.contains("worker_delete_sigkill") {
+            bail!("a graceful delete needed SIGKILL");
+        }
+    }
+    rows.push(millis("demo worker's own exec → listening", &own_listen));
+    let row = millis(
+        "spawn-to-ready through the hive (POST → ready line)",
+        &spawn_times,
+    );
+    let over = row.median - median(&own_listen).as_secs_f64() * 1000.0;
+    rows.push(row.target(
+        &format!("≤ own + 20 ms (is own + {over:.1} ms)"),
+        over <= 20.0,
+    ));
+    rows.push(millis("demo worker's own SIGTERM → exit", &own_exit));
+    let row = millis(
+        "graceful delete through the hive (POST → [DONE])",
+        &delete_times,
+    );
+    let over = row.median - median(&own_exit).as_secs_f64() * 1000.0;
+    rows.push(row.target(
+        &format!("≤ own + 5 ms (is own + {over:.1} ms)"),
+        over <= 5.0,
+    ));
+
+    eprintln!("5/6 delete of a SIGTERM-ignoring worker (grace 200 ms)");
+    let grace_ms = 200;
+    let mut stubborn = Vec::new();
+    for _ in 0..args.repeats.min(10) {
+        let text = connection.run(&spawn_body("stubborn")).await?;
+        let id = ready_id(&text)?;
+        let started = Instant::now();
+        let text = connection.run(&delete_body(&id, Some(grace_ms))).await?;
+        stubborn.push(started.elapsed());
+        if !text.contains("worker_delete_sigkill") {
+            bail!("a SIGTERM-ignoring worker was not SIGKILLed");
+        }
+    }
+    let row = millis("delete, worker ignores SIGTERM (grace 200 ms)", &stubborn);
+    let over = row.median - grace_ms as f64;
+    rows.push(row.target(
+        &format!("≤ grace + 20 ms (is grace + {over:.1} ms)"),
+        over <= 20.0,
+    ));
+    hive.stop()?;
+
+    eprintln!("6/6 memory ({} jobs) and start-up", args.memory_jobs);
+    let retention_s = 5;
+    let hive = BenchHive::start(&bin_dir, &format!("job_retention_s = {retention_s}\n"))?;
+    let mut connection = Connection::open(hive.addr).await?;
+    connection.run(LIST).await?;
+    let idle = hive.rss_kib()?;
+    // Warm-up: the first jobs grow the allocator's and the runtime's fixed structures once.
+    throughput(hive.addr, 64, 2_000).await?;
+    wait_for_retention(hive.addr, retention_s).await?;
+    let warm = hive.rss_kib()?;
+    let started = Instant::now();
+    let per_client = args.memory_jobs.div_ceil(64);
+    throughput(hive.addr, 64, per_client * 64).await?;
+    let after_jobs = hive.rss_kib()?;
+    let jobs_elapsed = started.elapsed();
+    wait_for_retention(hive.addr, retention_s).await?;
+    let after_retention = hive.rss_kib()?;
+    hive.stop()?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    rows.push(
+        summary("hive memory, idle (just started)", "MiB", vec![mib(idle)])
+            .target("≤ 15 MiB", mib(idle) <= 15.0),
+    );
+    rows.push(summary(
+        "hive memory, idle after a 2 000-job warm-up and retention",
+        "MiB",
+        vec![mib(warm)],
+    ));
+    rows.push(summary(
+        &format!("hive memory right after {} more jobs", args.memory_jobs),
+        "MiB",
+        vec![mib(after_jobs)],
+    ));
+    let within = mib(after_retention) <= mib(warm) * 1.10;
+    rows.push(
+        summary(
+            "hive memory after their retention passed",
+            "MiB",
+            vec![mib(after_retention)],
+        )
+        .target(
+            &format!(
+                "within 10 % of idle after warm-up ({:+.1} %)",
+                (mib(after_retention) / mib(warm) - 1.0) * 100.0
+            ),
+            within,
+        ),
+    );
+    notes.push(format!(
+        "memory scenario: {} jobs at 64 clients in {:.1} s, retention {retention_s} s; memory measured 2 s after the \
+         last finished job was freed (the allocator returns freed pages after 1 s)",
+        args.memory_jobs,
+        jobs_elapsed.as_secs_f64()
+    ));
+    let mut startups = Vec::new();
+    for _ in 0..10 {
+        startups.push(hive::startup_to_health(&bin_dir)?);
+    }
+    let row = millis("start-up: exec → first /health answer", &startups);
+    let met = row.median <= 50.0;
+    rows.push(row.target("≤ 50 ms", met));
+
+    print_table(&rows, &notes);
+    let json = serde_json::json!({
+        "command": std::env::args().collect::<Vec<_>>().join(" "),
+        "machine": machine(),
+        "rows": rows,
+        "notes": notes,
+    });
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&json)?)?;
+    eprintln!("results written to {}", args.out.display());
+    Ok(())
+}
+
+/// Jobs per second with `clients` connections sharing `jobs` round trips.
+async fn throughput(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    jobs: usize,
+) -> anyhow::Result<f64> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut connections = Vec::new();
+    for _ in 0..clients {
+        connections.push(Connection::open(addr).await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < jobs {
+                    connection.run(LIST).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(jobs as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn spawn_many(addr: std::net::SocketAddr, count: usize) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut connection = Connection::open(addr).await?;
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    connection.run(&spawn_body("demo")).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+async fn delete_all(addr: std::net::SocketAddr, count: usize) -> anyhow::Result<()> {
+    let next = Arc::new(AtomicUsize::new(1));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut connection = Connection::open(addr).await?;
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n > count {
+                        return anyhow::Ok(());
+                    }
+                    connection
+                        .run(&delete_body(&format!("worker-{n}"), None))
+                        .await?;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Waits until the hive keeps no finished job, then 2 s more for the allocator to purge.
+async fn wait_for_retention(addr: std::net::SocketAddr, retention_s: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(retention_s + 60);
+    loop {
+        if job_list(addr).await?.contains("\"jobs\":[]") {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("finished jobs were not freed after retention");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn job_list(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(b"GET /v1/jobs HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await?;
+    Ok(text)
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("model name"))
+            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+    });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serde_json::json!({ "cpu": cpu, "cores": cores, "kernel": kernel.trim() })
+}
+
+fn print_table(rows: &[Row], notes: &[String]) {
+    println!("| scenario | unit | n | median | p99 | min | max | target | met |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            row.name,
+            row.unit,
+            row.samples,
+            row.median,
+            row.p99,
+            row.min,
+            row.max,
+            row.target.as_deref().unwrap_or(""),
+            match row.met {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            }
+        );
+    }
+    for note in notes {
+        println!("\n{note}");
+    }
+}
