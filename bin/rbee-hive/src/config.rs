@@ -71,6 +71,7 @@ struct FileConfig {
     shutdown_drain_s: Option<u64>,
     nvidia_smi: Option<String>,
     worker_ports: Option<String>,
+    llama_server: Option<PathBuf>,
     stop_grace_ms: Option<u64>,
     on_shutdown: Option<ShutdownPolicy>,
     #[serde(default)]
@@ -169,6 +170,9 @@ pub struct Config {
     pub nvidia_smi: String,
     /// Worker ports, `first-last`.
     pub worker_ports: String,
+    /// The `llama-server` program of the built-in `llama` worker type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llama_server: Option<PathBuf>,
     /// Time between SIGTERM and SIGKILL when a delete does not say.
     pub stop_grace_ms: u64,
     /// What happens to workers at shutdown.
@@ -195,6 +199,7 @@ impl Default for Config {
             shutdown_drain_s: 10,
             nvidia_smi: "nvidia-smi".to_owned(),
             worker_ports: "9100-9199".to_owned(),
+            llama_server: None,
             stop_grace_ms: 10_000,
             on_shutdown: ShutdownPolicy::Stop,
             workers: BTreeMap::new(),
@@ -241,6 +246,7 @@ impl Config {
             shutdown_drain_s: file.shutdown_drain_s.unwrap_or(defaults.shutdown_drain_s),
             nvidia_smi: file.nvidia_smi.unwrap_or(defaults.nvidia_smi),
             worker_ports: file.worker_ports.unwrap_or(defaults.worker_ports),
+            llama_server: file.llama_server,
             stop_grace_ms: file.stop_grace_ms.unwrap_or(defaults.stop_grace_ms),
             on_shutdown: file.on_shutdown.unwrap_or(defaults.on_shutdown),
             workers: file.workers,

@@ -60,6 +60,7 @@ impl AppState {
             hive_url,
             queen_url: config.queen_url.clone(),
             worker_types: config.workers.clone(),
+            llama_server: config.llama_server.clone(),
         })?;
         let services = OperationServices { workers };
         Ok(Self {

@@ -71,6 +71,10 @@ pub struct WorkerTypeConfig {
     /// The device kind (default from the type name: `cuda` → gpu, `metal` → metal, else cpu).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceKind>,
+    /// Whether `model` is a file path that must exist before the worker is started
+    /// (default: true for `llama`, false otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_is_path: Option<bool>,
 }
 
 /// A worker type, validated.
@@ -90,6 +94,8 @@ pub struct WorkerTemplate {
     pub ready_timeout: Duration,
     /// The device kind.
     pub device: DeviceKind,
+    /// Whether `model` must name an existing file (checked before anything starts).
+    pub model_is_path: bool,
 }
 
 /// The values a template is filled with.
@@ -169,8 +175,15 @@ pub struct Catalog {
 
 impl Catalog {
     /// The built-in types, replaced or extended by `configured`. Every template is checked.
-    pub fn new(configured: &BTreeMap<String, WorkerTypeConfig>) -> Result<Self, LifecycleError> {
+    /// `llama_server`, when given, is the program of the built-in `llama` type.
+    pub fn new(
+        configured: &BTreeMap<String, WorkerTypeConfig>,
+        llama_server: Option<&Path>,
+    ) -> Result<Self, LifecycleError> {
         let mut types = builtin_types();
+        if let (Some(program), Some(llama)) = (llama_server, types.get_mut("llama")) {
+            llama.command[0] = program.display().to_string();
+        }
         for (name, config) in configured {
             types.insert(name.clone(), template_from_config(name, config)?);
         }
@@ -239,6 +252,7 @@ fn template_from_config(
             .unwrap_or_else(|| "/health".to_owned()),
         ready_timeout: Duration::from_secs_f64(ready_timeout_s),
         device: config.device.unwrap_or(default_device(name)),
+        model_is_path: config.model_is_path.unwrap_or(name == "llama"),
     })
 }
 
@@ -246,6 +260,7 @@ fn default_device(name: &str) -> DeviceKind {
     match name {
         "cuda" => DeviceKind::Gpu,
         "metal" => DeviceKind::Metal,
+        "llama" => DeviceKind::Gpu,
         _ => DeviceKind::Cpu,
     }
 }
@@ -287,6 +302,7 @@ fn builtin_types() -> BTreeMap<String, WorkerTemplate> {
                 health_path: "/health".to_owned(),
                 ready_timeout: Duration::from_secs(timeout),
                 device: default_device(name),
+                model_is_path: name == "llama",
             },
         )
     };
@@ -324,7 +340,7 @@ fn builtin_types() -> BTreeMap<String, WorkerTemplate> {
                 "--host",
                 "127.0.0.1",
             ]),
-            &[],
+            &[("CUDA_VISIBLE_DEVICES", "{device_ordinal}")],
             &["LLAMA_ARG_*"],
             600,
         ),
@@ -415,7 +431,7 @@ mod tests {
 
     #[test]
     fn builtins_follow_the_protocol() {
-        let catalog = Catalog::new(&BTreeMap::new()).unwrap();
+        let catalog = Catalog::new(&BTreeMap::new(), None).unwrap();
         let cuda = catalog.get("cuda").unwrap();
         let command: Vec<String> = cuda
             .command
@@ -433,7 +449,22 @@ mod tests {
             "METAL-0"
         );
         assert_eq!(catalog.get("cpu").unwrap().device.device_name(0), "CPU-0");
-        assert_eq!(catalog.get("llama").unwrap().command[0], "llama-server");
+        let llama = catalog.get("llama").unwrap();
+        assert_eq!(llama.command[0], "llama-server");
+        assert!(llama.model_is_path);
+        assert_eq!(llama.device.device_name(1), "GPU-1");
+        assert_eq!(
+            fill(&llama.env["CUDA_VISIBLE_DEVICES"], &values()).unwrap(),
+            "1"
+        );
+        assert_eq!(llama.env_remove, ["LLAMA_ARG_*"]);
+        assert!(!catalog.get("demo").unwrap().model_is_path);
+        let with_path =
+            Catalog::new(&BTreeMap::new(), Some(Path::new("/opt/llama/llama-server"))).unwrap();
+        assert_eq!(
+            with_path.get("llama").unwrap().command[0],
+            "/opt/llama/llama-server"
+        );
         let error = catalog.get("tpu").unwrap_err().to_string();
         assert!(error.contains("cpu, cuda, demo, llama, metal"), "{error}");
     }
@@ -449,7 +480,7 @@ mod tests {
             "[workers.cpu]\ncommand = [\"/opt/w\", \"{port}\"]\nready_timeout_s = 2.5\n\
              [workers.custom]\ncommand = [\"x\"]\ndevice = \"gpu\"\n",
         );
-        let catalog = Catalog::new(&configured).unwrap();
+        let catalog = Catalog::new(&configured, None).unwrap();
         assert_eq!(catalog.get("cpu").unwrap().command, ["/opt/w", "{port}"]);
         assert_eq!(
             catalog.get("cpu").unwrap().ready_timeout,
@@ -459,13 +490,13 @@ mod tests {
 
         let bad = parse("[workers.bad]\ncommand = [\"x\", \"{modle}\"]\n");
         assert!(
-            Catalog::new(&bad)
+            Catalog::new(&bad, None)
                 .unwrap_err()
                 .to_string()
                 .contains("unknown placeholder {modle}")
         );
         let empty = parse("[workers.bad]\ncommand = []\n");
-        assert!(Catalog::new(&empty).is_err());
+        assert!(Catalog::new(&empty, None).is_err());
     }
 
     fn toml_from_str<T: serde::de::DeserializeOwned>(text: &str) -> T {

