@@ -183,27 +183,7 @@ impl WorkerManager {
                 record.status.label()
             );
             let starting = record.status == WorkerStatus::Starting;
-            let (control, commands) = mpsc::unbounded_channel();
-            let slot = Arc::new(WorkerSlot::new(
-                &inner.registry,
-                number,
-                record,
-                control,
-                ProcessView::running(),
-            ));
-            inner.registry.insert(slot.clone());
-            tokio::spawn(
-                Supervisor {
-                    slot: slot.clone(),
-                    process,
-                    port,
-                    registry: inner.registry.clone(),
-                    commands,
-                    default_grace: inner.config.stop_grace,
-                    ready_timeout,
-                }
-                .run(),
-            );
+            let slot = self.supervise(number, record, process, port, ready_timeout);
             if starting {
                 tokio::spawn(readiness::await_healthy(
                     slot,
@@ -220,6 +200,40 @@ impl WorkerManager {
                 ));
             }
         }
+    }
+
+    /// Registers a worker whose process runs and starts the supervisor that owns it.
+    fn supervise(
+        &self,
+        number: u64,
+        record: WorkerRecord,
+        process: process::WorkerProcess,
+        port: crate::ports::PortLease,
+        ready_timeout: Duration,
+    ) -> Arc<WorkerSlot> {
+        let inner = &self.inner;
+        let (control, commands) = mpsc::unbounded_channel();
+        let slot = Arc::new(WorkerSlot::new(
+            &inner.registry,
+            number,
+            record,
+            control,
+            ProcessView::running(),
+        ));
+        inner.registry.insert(slot.clone());
+        tokio::spawn(
+            Supervisor {
+                slot: slot.clone(),
+                process,
+                port,
+                registry: inner.registry.clone(),
+                commands,
+                default_grace: inner.config.stop_grace,
+                ready_timeout,
+            }
+            .run(),
+        );
+        slot
     }
 
     /// Registers a worker whose process is gone (no supervisor; a delete just removes it).
@@ -406,27 +420,7 @@ impl WorkerManager {
             command,
             log_path,
         };
-        let (control, commands) = mpsc::unbounded_channel();
-        let slot = Arc::new(WorkerSlot::new(
-            &inner.registry,
-            number,
-            record,
-            control,
-            ProcessView::running(),
-        ));
-        inner.registry.insert(slot.clone());
-        tokio::spawn(
-            Supervisor {
-                slot: slot.clone(),
-                process,
-                port,
-                registry: inner.registry.clone(),
-                commands,
-                default_grace: inner.config.stop_grace,
-                ready_timeout: template.ready_timeout,
-            }
-            .run(),
-        );
+        let slot = self.supervise(number, record, process, port, template.ready_timeout);
         tokio::spawn(readiness::await_healthy(
             slot.clone(),
             inner.http.clone(),
