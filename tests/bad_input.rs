@@ -580,3 +580,21 @@ async fn another_hive_id_is_refused_when_the_hive_has_one() {
     assert_eq!(answer["code"], "wrong_hive");
     assert_eq!(hive.job_count().await, 0);
 }
+
+#[tokio::test]
+async fn an_oversized_chunked_body_gets_413_too() {
+    let hive = TestHive::start().await;
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..70).map(|_| Ok(vec![b' '; 1024])).collect();
+    let response = reqwest::Client::new()
+        .post(hive.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .expect("the hive answers instead of breaking the connection");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["code"], "body_too_large");
+    assert_eq!(hive.job_count().await, 0);
+}

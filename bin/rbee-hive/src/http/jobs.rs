@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Limited};
 use job_server::{JobId, JobSnapshot};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -112,11 +112,37 @@ async fn read_limited(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
+        discard(body, declared.unwrap_or(0)).await;
         return Err(ApiError::BodyTooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(ApiError::BodyTooLarge { limit }),
-        Err(error) => Err(ApiError::BodyUnreadable(error.to_string())),
+    let mut body = body.into_data_stream();
+    let mut collected = bytes::BytesMut::new();
+    while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+        let chunk = chunk.map_err(|error| ApiError::BodyUnreadable(error.to_string()))?;
+        if collected.len() + chunk.len() > limit {
+            let rest = futures::StreamExt::fold(body, 0u64, |n, c| async move {
+                n + c.map(|c| c.len() as u64).unwrap_or(0)
+            });
+            if tokio::time::timeout(DISCARD_TIME, rest).await.is_err() {
+                tracing::debug!("stopped reading an oversized body");
+            }
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        collected.extend_from_slice(&chunk);
     }
+    Ok(collected.freeze())
+}
+
+/// Bodies up to this size are read (and dropped) before a 413 is sent, so that a client
+/// still writing its body gets the answer instead of a broken pipe; larger ones are cut off.
+const DISCARD_UP_TO: u64 = 1024 * 1024;
+/// How long the hive reads an oversized body before it gives up on it.
+const DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn discard(body: Body, declared: u64) {
+    if declared > DISCARD_UP_TO {
+        return;
+    }
+    let drained = Limited::new(body, DISCARD_UP_TO as usize).collect();
+    let _ = tokio::time::timeout(DISCARD_TIME, drained).await;
 }
