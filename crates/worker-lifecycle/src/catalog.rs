@@ -223,11 +223,6 @@ impl Catalog {
                 known: self.types.keys().cloned().collect::<Vec<_>>().join(", "),
             })
     }
-
-    /// The type names.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.types.keys().map(String::as_str)
-    }
 }
 
 fn template_from_config(

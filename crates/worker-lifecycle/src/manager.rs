@@ -280,21 +280,6 @@ impl WorkerManager {
         &self.inner.registry
     }
 
-    /// The port allocator.
-    pub fn ports(&self) -> &PortAllocator {
-        &self.inner.ports
-    }
-
-    /// The worker type catalog.
-    pub fn catalog(&self) -> &Catalog {
-        &self.inner.catalog
-    }
-
-    /// The grace used when a delete does not give one.
-    pub fn default_grace(&self) -> Duration {
-        self.inner.config.stop_grace
-    }
-
     /// Every registered worker.
     pub fn list(&self) -> Vec<WorkerRecord> {
         self.inner.registry.list()
@@ -315,24 +300,24 @@ impl WorkerManager {
         let refused = || LifecycleError::NotAManagedPid(pid);
         let pid32 = u32::try_from(pid).map_err(|_| refused())?;
         process::signallable(pid32).ok_or_else(refused)?;
-        let slot = self
-            .inner
+        self.inner
             .registry
             .slots()
-            .into_iter()
-            .find(|slot| {
-                slot.record.borrow().pid == pid32
-                    && slot.watch_process().borrow().phase != ProcessPhase::Exited
-            })
-            .ok_or_else(refused)?;
-        let record = slot.record();
-        let alive = process::stat_fields(pid32)
-            .is_some_and(|f| !f.zombie && Some(f.start_ticks) == record.start_ticks);
-        if !alive {
-            return Err(refused());
-        }
-        let info = process::process_info(pid32).ok_or_else(refused)?;
-        Ok((record, info))
+            .iter()
+            .find(|slot| slot.record.borrow().pid == pid32)
+            .and_then(|slot| running_process(slot))
+            .ok_or_else(refused)
+    }
+
+    /// Every worker whose process is running and still provably the worker, with what
+    /// `/proc` says about it (one pass over the registry).
+    pub fn running_processes(&self) -> Vec<(WorkerRecord, process::ProcessInfo)> {
+        self.inner
+            .registry
+            .slots()
+            .iter()
+            .filter_map(|slot| running_process(slot))
+            .collect()
     }
 
     /// Starts a worker process and registers it as `Starting`; [`Spawning::ready`] waits
@@ -609,6 +594,19 @@ impl Drop for Spawning {
                 .request_stop(self.grace, StopReason::SpawnCancelled, true);
         }
     }
+}
+
+/// The record and `/proc` view of a worker whose process runs and has its recorded start
+/// time; `None` for an exited worker or a pid that is no longer its process.
+fn running_process(slot: &WorkerSlot) -> Option<(WorkerRecord, process::ProcessInfo)> {
+    if slot.watch_process().borrow().phase == ProcessPhase::Exited {
+        return None;
+    }
+    let record = slot.record();
+    let alive = process::stat_fields(record.pid)
+        .is_some_and(|f| !f.zombie && Some(f.start_ticks) == record.start_ticks);
+    let info = process::process_info(record.pid).filter(|_| alive)?;
+    Some((record, info))
 }
 
 /// A model that must be a file: it exists, is a regular file, and can be opened.

@@ -75,11 +75,6 @@ impl PortAllocator {
         }
     }
 
-    /// The configured range.
-    pub fn range(&self) -> RangeInclusive<u16> {
-        self.inner.range.clone()
-    }
-
     /// Takes a free port: not held by this hive, and bindable on 127.0.0.1 and 0.0.0.0.
     pub fn lease(&self) -> Result<PortLease, LifecycleError> {
         let (first, last) = (*self.inner.range.start(), *self.inner.range.end());

@@ -160,11 +160,6 @@ impl WorkerProcess {
         let _ = self.exited.readable().await;
     }
 
-    /// Whether the hive adopted this process after a restart (it is not the hive's child).
-    pub fn is_adopted(&self) -> bool {
-        matches!(self.ownership, Ownership::Adopted)
-    }
-
     /// Sends `signal` to the whole process group; returns whether it reached anyone.
     ///
     /// For the hive's own child this is `killpg`, safe because the unreaped leader keeps the

@@ -103,11 +103,6 @@ impl StateDir {
         })
     }
 
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     /// The state file's path.
     pub fn state_file(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
@@ -163,10 +158,6 @@ impl StateDir {
     }
 
     /// Writes the state atomically: temporary file, fsync, rename, fsync of the directory.
-    pub fn save(&self, state: &PersistedState) -> std::io::Result<()> {
-        self.save_latest(|| state.clone())
-    }
-
     /// Takes the state to save while holding the writer's lock, so that of two saves the
     /// later snapshot is always the one left on disk.
     pub fn save_latest(&self, snapshot: impl FnOnce() -> PersistedState) -> std::io::Result<()> {
@@ -195,7 +186,7 @@ mod tests {
         let state_dir = StateDir::lock(dir.path()).unwrap();
         assert_eq!(state_dir.load(), None);
         let state = PersistedState::new(7, Vec::new());
-        state_dir.save(&state).unwrap();
+        state_dir.save_latest(|| state.clone()).unwrap();
         assert_eq!(state_dir.load(), Some(state));
     }
 

@@ -20,12 +20,7 @@ pub async fn run(
         .context(hive_id)
         .human("📋 Listing worker processes on hive '{}'")
         .emit();
-    let processes: Vec<_> = services
-        .workers
-        .list()
-        .into_iter()
-        .filter_map(|record| services.workers.find_by_pid(u64::from(record.pid)).ok())
-        .collect();
+    let processes = services.workers.running_processes();
     NARRATE
         .action("worker_proc_list_result")
         .job_id(job_id)
