@@ -403,7 +403,7 @@ async fn capabilities_report_cpu_and_parse_nvidia_smi() {
     assert_eq!(
         devices.len(),
         1,
-        "no nvidia-smi on this machine: {cpu_only}"
+        "the test hive's nvidia-smi does not exist: {cpu_only}"
     );
     assert_eq!(devices[0]["id"], "CPU-0");
     assert_eq!(devices[0]["device_type"], "cpu");
@@ -438,7 +438,7 @@ async fn capabilities_report_cpu_and_parse_nvidia_smi() {
     assert_eq!(alias, cpu_only);
 
     let with_gpu = TestHive::builder()
-        .config(&format!("nvidia_smi = {:?}", fake.to_str().unwrap()))
+        .nvidia_smi(fake.to_str().unwrap())
         .start()
         .await;
     let caps: Value = with_gpu
@@ -457,7 +457,7 @@ async fn capabilities_report_cpu_and_parse_nvidia_smi() {
     assert_eq!(caps["devices"][1]["id"], "CPU-0");
 
     let broken = TestHive::builder()
-        .config(&format!("nvidia_smi = {:?}", failing.to_str().unwrap()))
+        .nvidia_smi(failing.to_str().unwrap())
         .start()
         .await;
     let caps: Value = broken

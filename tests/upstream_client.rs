@@ -220,14 +220,19 @@ fn printed_text(view: &KeeperView) -> String {
 }
 
 /// The keeper's `--device cuda:1` arrives as `worker: "cuda", device: 1`; this hive runs its
-/// demo worker under the `cuda` name so that the path is tested without a GPU.
+/// demo worker under the `cuda` name, on a hive whose `nvidia-smi` reports two GPUs, so that
+/// the path is tested without a GPU.
 fn cuda_as_demo() -> String {
     demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n"
 }
 
 #[tokio::test]
 async fn the_upstream_client_drives_spawn_process_list_get_and_delete() {
-    let hive = TestHive::builder().config(&cuda_as_demo()).start().await;
+    let hive = TestHive::builder()
+        .config(&cuda_as_demo())
+        .gpus(2)
+        .start()
+        .await;
 
     // rbee-keeper worker --hive gpu-box spawn --model tiny --device cuda:1
     let spawn = keeper(

@@ -24,6 +24,16 @@ pub struct HiveBuilder {
     args: Vec<String>,
     env: Vec<(String, String)>,
     token: Option<String>,
+    nvidia_smi: Option<NvidiaSmi>,
+}
+
+/// What the hive uses as `nvidia-smi`.
+#[derive(Debug, Clone)]
+enum NvidiaSmi {
+    /// A program at this path.
+    Program(String),
+    /// A script printing the captured H100 line for this many GPUs.
+    Gpus(usize),
 }
 
 impl HiveBuilder {
@@ -42,6 +52,21 @@ impl HiveBuilder {
     /// Sets an environment variable for the hive.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Makes the hive see `count` GPUs: its `nvidia-smi` is a script that prints the real
+    /// H100 capture (`bin/rbee-hive/fixtures/nvidia-smi/`) once per GPU, indices 0, 1, ….
+    /// Without this (or [`nvidia_smi`](Self::nvidia_smi)) the hive sees no GPU, whatever
+    /// the machine has, so tests hold on GPU machines too.
+    pub fn gpus(mut self, count: usize) -> Self {
+        self.nvidia_smi = Some(NvidiaSmi::Gpus(count));
+        self
+    }
+
+    /// Uses `program` as the hive's `nvidia-smi`.
+    pub fn nvidia_smi(mut self, program: &str) -> Self {
+        self.nvidia_smi = Some(NvidiaSmi::Program(program.to_owned()));
         self
     }
 
@@ -97,6 +122,12 @@ impl TestHive {
         // for the same ones (the hive would cope, but a test could see a bind failure).
         let block = worker_port_block(&tag);
         let mut config = format!("worker_ports = \"{}-{}\"\n", block.0, block.1);
+        let nvidia_smi = match &options.nvidia_smi {
+            Some(NvidiaSmi::Program(program)) => program.clone(),
+            Some(NvidiaSmi::Gpus(count)) => fake_nvidia_smi(dir.path(), *count),
+            None => dir.path().join("no-nvidia-smi").display().to_string(),
+        };
+        config.push_str(&format!("nvidia_smi = {nvidia_smi:?}\n"));
         config.push_str(&options.config.join("\n"));
         std::fs::write(dir.path().join("hive.toml"), config).expect("write config");
         if let Some(token) = &options.token {
@@ -436,6 +467,25 @@ fn launch(
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     Ok((child, addr))
+}
+
+/// Writes an `nvidia-smi` that prints the captured H100 line once per GPU; returns its path.
+fn fake_nvidia_smi(dir: &std::path::Path, count: usize) -> String {
+    let capture =
+        include_str!("../../bin/rbee-hive/fixtures/nvidia-smi/query-gpu-noheader-nounits.csv");
+    let (_, rest) = capture
+        .trim()
+        .split_once(',')
+        .expect("the capture starts with the GPU index");
+    let lines: String = (0..count)
+        .map(|index| format!("{index},{rest}\n"))
+        .collect();
+    let path = dir.join("nvidia-smi");
+    std::fs::write(&path, format!("#!/bin/sh\ncat <<'EOF'\n{lines}EOF\n"))
+        .expect("write nvidia-smi");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod nvidia-smi");
+    path.display().to_string()
 }
 
 /// The `worker_spawn` body for a worker type (model `test-model`, device 0).

@@ -40,6 +40,35 @@ pub struct Capabilities {
     pub devices: Vec<Device>,
 }
 
+/// The devices a spawn may name: the same detection as `/capabilities`, run when a spawn
+/// asks (only GPU spawns run `nvidia-smi`: a few a minute at most, each loading a model for
+/// seconds, so no cache that could go stale).
+#[derive(Debug, Clone)]
+pub struct DetectedDevices {
+    /// The `nvidia-smi` program.
+    pub nvidia_smi: String,
+}
+
+impl worker_lifecycle::DeviceInventory for DetectedDevices {
+    fn ordinals(
+        &self,
+        kind: worker_lifecycle::DeviceKind,
+    ) -> futures::future::BoxFuture<'_, Vec<u32>> {
+        Box::pin(async move {
+            match kind {
+                worker_lifecycle::DeviceKind::Cpu => vec![0],
+                worker_lifecycle::DeviceKind::Gpu => detect_gpus(&self.nvidia_smi)
+                    .await
+                    .iter()
+                    .filter_map(|gpu| gpu.id.strip_prefix("GPU-")?.parse().ok())
+                    .collect(),
+                // Metal devices are Apple GPUs; this hive detects none (it runs on Linux).
+                worker_lifecycle::DeviceKind::Metal => Vec::new(),
+            }
+        })
+    }
+}
+
 /// Detects this machine's devices, running `nvidia_smi` for the GPUs.
 pub async fn detect(nvidia_smi: &str) -> Capabilities {
     let mut devices = detect_gpus(nvidia_smi).await;

@@ -74,6 +74,8 @@ struct FileConfig {
     llama_server: Option<PathBuf>,
     stop_grace_ms: Option<u64>,
     on_shutdown: Option<ShutdownPolicy>,
+    worker_logs_keep: Option<usize>,
+    worker_logs_max_age_days: Option<f64>,
     #[serde(default)]
     workers: BTreeMap<String, WorkerTypeConfig>,
 }
@@ -177,6 +179,10 @@ pub struct Config {
     pub stop_grace_ms: u64,
     /// What happens to workers at shutdown.
     pub on_shutdown: ShutdownPolicy,
+    /// How many logs of removed workers are kept.
+    pub worker_logs_keep: usize,
+    /// How old the log of a removed worker may get before it is deleted, in days.
+    pub worker_logs_max_age_days: f64,
     /// Configured worker types (`[workers.<name>]`), added to or replacing the built-in ones.
     pub workers: BTreeMap<String, WorkerTypeConfig>,
 }
@@ -202,6 +208,8 @@ impl Default for Config {
             llama_server: None,
             stop_grace_ms: 10_000,
             on_shutdown: ShutdownPolicy::Stop,
+            worker_logs_keep: 100,
+            worker_logs_max_age_days: 7.0,
             workers: BTreeMap::new(),
         }
     }
@@ -249,6 +257,10 @@ impl Config {
             llama_server: file.llama_server,
             stop_grace_ms: file.stop_grace_ms.unwrap_or(defaults.stop_grace_ms),
             on_shutdown: file.on_shutdown.unwrap_or(defaults.on_shutdown),
+            worker_logs_keep: file.worker_logs_keep.unwrap_or(defaults.worker_logs_keep),
+            worker_logs_max_age_days: file
+                .worker_logs_max_age_days
+                .unwrap_or(defaults.worker_logs_max_age_days),
             workers: file.workers,
         };
         config.validate()?;
@@ -275,6 +287,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "stop_grace_ms",
                 reason: "must be at most one hour".into(),
+            });
+        }
+        if !(self.worker_logs_max_age_days >= 0.0 && self.worker_logs_max_age_days <= 36_500.0) {
+            return Err(ConfigError::Invalid {
+                key: "worker_logs_max_age_days",
+                reason: "must be between 0 and 36500".into(),
             });
         }
         if self.job_event_buffer == 0 {
@@ -320,6 +338,14 @@ impl Config {
     /// The default stop grace.
     pub fn stop_grace(&self) -> Duration {
         Duration::from_millis(self.stop_grace_ms)
+    }
+
+    /// How many logs of removed workers are kept, and how long.
+    pub fn worker_log_retention(&self) -> worker_lifecycle::LogRetention {
+        worker_lifecycle::LogRetention {
+            keep: self.worker_logs_keep,
+            max_age: Duration::from_secs_f64(self.worker_logs_max_age_days * 86_400.0),
+        }
     }
 
     /// How long finished jobs are kept.

@@ -61,6 +61,10 @@ impl AppState {
             queen_url: config.queen_url.clone(),
             worker_types: config.workers.clone(),
             llama_server: config.llama_server.clone(),
+            devices: Arc::new(capabilities::DetectedDevices {
+                nvidia_smi: config.nvidia_smi.clone(),
+            }),
+            logs: config.worker_log_retention(),
         })?;
         let services = OperationServices { workers };
         Ok(Self {
@@ -137,6 +141,7 @@ async fn serve(
     let policy = state.config.on_shutdown;
     let drain = Duration::from_secs(state.config.shutdown_drain_s);
     let jobs = state.jobs.clone();
+    let jobs_for_tasks = state.jobs.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     // Narration is many small writes: without TCP_NODELAY, Nagle's algorithm and the
     // client's delayed ACK hold lines back for up to 40 ms.
@@ -164,28 +169,38 @@ async fn serve(
             tracing::warn!("connections still open {drain:?} after shutdown began; closing them");
         }
     }
-    match policy {
-        ShutdownPolicy::Stop => {
-            let stopping = workers.stop_all();
-            tokio::pin!(stopping);
-            let stopped = tokio::select! {
-                stopped = &mut stopping => stopped,
-                _ = force => {
-                    tracing::warn!("second signal: killing the remaining workers without waiting for their grace");
-                    workers.kill_all_now();
-                    stopping.await
-                }
-            };
-            tracing::info!("stopped {stopped} worker(s)");
+    // Running jobs were cancelled when shutdown began; once their tasks have ended, every
+    // spawn they abandoned has asked for its worker to be stopped.
+    jobs_for_tasks.wait_for_tasks().await;
+    let finishing = async {
+        match policy {
+            ShutdownPolicy::Stop => {
+                let stopped = workers.stop_all().await;
+                tracing::info!("stopped {stopped} worker(s)");
+            }
+            ShutdownPolicy::Keep => {
+                // A stop that has begun (a delete, a cancelled spawn) finishes before exit;
+                // every other worker is left running.
+                let finished = workers.settle().await;
+                tracing::info!(
+                    "finished {finished} stop(s) under way; leaving {} worker(s) running for the next hive to adopt (on_shutdown = \"keep\")",
+                    workers.len()
+                );
+            }
         }
-        ShutdownPolicy::Keep => {
-            tracing::info!(
-                "leaving {} worker(s) running for the next hive to adopt (on_shutdown = \"keep\")",
-                workers.registry().len()
-            );
+    };
+    tokio::pin!(finishing);
+    tokio::select! {
+        _ = &mut finishing => {}
+        _ = force => {
+            tracing::warn!("second signal: killing the workers still stopping without waiting for their grace");
+            workers.hurry_all();
+            finishing.await;
         }
     }
-    workers.flush();
+    if let Err(error) = workers.flush().await {
+        tracing::error!("the last state of the workers is not on disk: {error}");
+    }
     drop(state);
     tracing::info!("rbee-hive stopped");
     Ok(())

@@ -18,6 +18,7 @@ use futures::FutureExt;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::task::TaskTracker;
 
 use crate::NARRATE;
 use crate::id::JobId;
@@ -82,6 +83,8 @@ struct Shared {
     shutting_down: AtomicBool,
     /// Wakes the sweeper when a job finishes.
     finished: Arc<Notify>,
+    /// The tasks that run jobs (waited for at shutdown).
+    tasks: TaskTracker,
     _stop_sweeper: DropGuard,
 }
 
@@ -119,6 +122,7 @@ impl JobStore {
             config,
             shutting_down: AtomicBool::new(false),
             finished: finished.clone(),
+            tasks: TaskTracker::new(),
             _stop_sweeper: stop.clone().drop_guard(),
         });
         tokio::spawn(sweep(Arc::downgrade(&shared), finished, stop));
@@ -146,7 +150,7 @@ impl JobStore {
         let sink = narration::attach_job_sink(id.as_str(), job.clone());
         let operation = run(JobContext { job: job.clone() });
         let shared = self.shared.clone();
-        tokio::spawn(async move {
+        self.shared.tasks.spawn(async move {
             job.mark_running();
             let outcome = tokio::select! {
                 biased;
@@ -215,6 +219,13 @@ impl JobStore {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let jobs: Vec<Arc<Job>> = self.shared.lock().by_id.values().cloned().collect();
         jobs.iter().filter(|job| cancel_job(job).is_ok()).count()
+    }
+
+    /// Waits until every job's task has ended (after [`begin_shutdown`](Self::begin_shutdown)
+    /// that is soon: each cancelled operation's future is dropped, running its cleanup).
+    pub async fn wait_for_tasks(&self) {
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
     }
 
     /// Whether [`begin_shutdown`](Self::begin_shutdown) was called.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::LifecycleError;
 
 /// The placeholders a template may use.
-pub const PLACEHOLDERS: &[&str] = &[
+pub(crate) const PLACEHOLDERS: &[&str] = &[
     "worker_id",
     "model",
     "port",
@@ -40,8 +40,17 @@ pub enum DeviceKind {
 }
 
 impl DeviceKind {
+    /// The lowercase name (`cpu`, `gpu`, `metal`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Gpu => "gpu",
+            Self::Metal => "metal",
+        }
+    }
+
     /// The device name for an ordinal.
-    pub fn device_name(self, ordinal: u32) -> String {
+    pub(crate) fn device_name(self, ordinal: u32) -> String {
         match self {
             Self::Cpu => format!("CPU-{ordinal}"),
             Self::Gpu => format!("GPU-{ordinal}"),
@@ -75,46 +84,52 @@ pub struct WorkerTypeConfig {
     /// (default: true for `llama`, false otherwise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model_is_path: Option<bool>,
+    /// Whether a spawn must name a device that the hive detects for the type's device kind
+    /// (default true; false for setups where detection cannot see the device).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_check: Option<bool>,
 }
 
 /// A worker type, validated.
 #[derive(Debug, Clone, PartialEq)]
-pub struct WorkerTemplate {
+pub(crate) struct WorkerTemplate {
     /// The type name.
-    pub name: String,
+    pub(crate) name: String,
     /// Program and arguments, with placeholders.
-    pub command: Vec<String>,
+    pub(crate) command: Vec<String>,
     /// Environment additions, with placeholders.
-    pub env: BTreeMap<String, String>,
+    pub(crate) env: BTreeMap<String, String>,
     /// Variables removed from the inherited environment (`PREFIX*` for a prefix).
-    pub env_remove: Vec<String>,
+    pub(crate) env_remove: Vec<String>,
     /// Path of the health check.
-    pub health_path: String,
+    pub(crate) health_path: String,
     /// How long the worker may take to become ready.
-    pub ready_timeout: Duration,
+    pub(crate) ready_timeout: Duration,
     /// The device kind.
-    pub device: DeviceKind,
+    pub(crate) device: DeviceKind,
     /// Whether `model` must name an existing file (checked before anything starts).
-    pub model_is_path: bool,
+    pub(crate) model_is_path: bool,
+    /// Whether the device must be one the hive detects.
+    pub(crate) device_check: bool,
 }
 
 /// The values a template is filled with.
 #[derive(Debug, Clone)]
-pub struct TemplateValues<'a> {
+pub(crate) struct TemplateValues<'a> {
     /// `{worker_id}`.
-    pub worker_id: &'a str,
+    pub(crate) worker_id: &'a str,
     /// `{model}`.
-    pub model: &'a str,
+    pub(crate) model: &'a str,
     /// `{port}`.
-    pub port: u16,
+    pub(crate) port: u16,
     /// `{device}`.
-    pub device: &'a str,
+    pub(crate) device: &'a str,
     /// `{device_ordinal}`.
-    pub device_ordinal: u32,
+    pub(crate) device_ordinal: u32,
     /// `{hive_url}`.
-    pub hive_url: &'a str,
+    pub(crate) hive_url: &'a str,
     /// `{queen_url}` (empty when none is configured).
-    pub queen_url: &'a str,
+    pub(crate) queen_url: &'a str,
 }
 
 impl TemplateValues<'_> {
@@ -134,7 +149,7 @@ impl TemplateValues<'_> {
 
 /// Fills `{name}` placeholders in one template string. `{{` and `}}` are literal braces.
 /// Unknown placeholders are an error (templates are checked at start-up, so this is rare).
-pub fn fill(template: &str, values: &TemplateValues<'_>) -> Result<String, String> {
+pub(crate) fn fill(template: &str, values: &TemplateValues<'_>) -> Result<String, String> {
     let mut out = String::with_capacity(template.len() + 16);
     let mut rest = template;
     while let Some(pos) = rest.find(['{', '}']) {
@@ -169,14 +184,14 @@ pub fn fill(template: &str, values: &TemplateValues<'_>) -> Result<String, Strin
 
 /// The worker types of one hive.
 #[derive(Debug, Clone)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     types: BTreeMap<String, WorkerTemplate>,
 }
 
 impl Catalog {
     /// The built-in types, replaced or extended by `configured`. Every template is checked.
     /// `llama_server`, when given, is the program of the built-in `llama` type.
-    pub fn new(
+    pub(crate) fn new(
         configured: &BTreeMap<String, WorkerTypeConfig>,
         llama_server: Option<&Path>,
     ) -> Result<Self, LifecycleError> {
@@ -215,7 +230,7 @@ impl Catalog {
     }
 
     /// One type.
-    pub fn get(&self, name: &str) -> Result<&WorkerTemplate, LifecycleError> {
+    pub(crate) fn get(&self, name: &str) -> Result<&WorkerTemplate, LifecycleError> {
         self.types
             .get(name)
             .ok_or_else(|| LifecycleError::UnknownWorkerType {
@@ -248,6 +263,7 @@ fn template_from_config(
         ready_timeout: Duration::from_secs_f64(ready_timeout_s),
         device: config.device.unwrap_or(default_device(name)),
         model_is_path: config.model_is_path.unwrap_or(name == "llama"),
+        device_check: config.device_check.unwrap_or(true),
     })
 }
 
@@ -298,6 +314,9 @@ fn builtin_types() -> BTreeMap<String, WorkerTemplate> {
                 ready_timeout: Duration::from_secs(timeout),
                 device: default_device(name),
                 model_is_path: name == "llama",
+                // One llama-server build runs on what it was built for (a CPU build runs on
+                // a machine without GPU), so its device is not checked.
+                device_check: name != "llama",
             },
         )
     };
@@ -345,7 +364,7 @@ fn builtin_types() -> BTreeMap<String, WorkerTemplate> {
 /// Finds a worker program: a path with a `/` is used as given; a bare name is looked up
 /// beside the hive's own executable first (where `cargo build` and rbee installs put the
 /// workers), then on `PATH`.
-pub fn resolve_program(program: &str) -> Result<PathBuf, LifecycleError> {
+pub(crate) fn resolve_program(program: &str) -> Result<PathBuf, LifecycleError> {
     if program.contains('/') {
         let path = PathBuf::from(program);
         return if is_executable(&path) {

@@ -86,14 +86,30 @@ pub enum LifecycleError {
         /// The pid written in the lock file, if readable.
         holder: Option<u32>,
     },
-    /// The process could not be started.
-    #[error("cannot start {program}: {source}")]
-    Spawn {
-        /// The program.
-        program: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+    /// The worker's process could not be started (nothing runs; the id stays used).
+    #[error("{id} could not be started: {reason}")]
+    LaunchFailed {
+        /// The worker.
+        id: String,
+        /// Why.
+        reason: String,
     },
+    /// The device is not one this hive has for the worker type's kind of device.
+    #[error(
+        "device {device} does not exist on this hive for worker type '{worker_type}' ({available}); \
+         name one of those, or set `device_check = false` in [workers.{worker_type}] if the hive cannot see the device"
+    )]
+    DeviceNotFound {
+        /// The device asked for (`CPU-5`).
+        device: String,
+        /// The worker type.
+        worker_type: String,
+        /// The devices of that kind there are.
+        available: String,
+    },
+    /// The state file could not be written, so a change cannot be acknowledged.
+    #[error("the hive could not save its state file: {0}")]
+    StateNotSaved(String),
     /// The process exited before it answered its health check.
     #[error("{id} exited before it was ready ({exit}); last output:\n{output}")]
     ExitedBeforeReady {
@@ -117,12 +133,16 @@ pub enum LifecycleError {
         output: String,
     },
     /// The process did not become healthy in time and was stopped.
-    #[error("{id} was not ready within {timeout:?} and was stopped; last output:\n{output}")]
+    #[error(
+        "{id} was not ready within {timeout:?} and was stopped{detail}; last output:\n{output}"
+    )]
     ReadyTimeout {
         /// The worker.
         id: String,
         /// The ready timeout.
         timeout: Duration,
+        /// Who answered its health checks instead (` (port … is held by pid …)`), or empty.
+        detail: String,
         /// The end of its output.
         output: String,
     },

@@ -1,44 +1,58 @@
 //! Worker lifecycle: the workers of a hive, their records, and the processes behind them.
 //!
-//! This crate owns workers and knows nothing of HTTP or jobs. A worker is started from a
-//! catalog template as the leader of its own process group, with its output in a log file
-//! and a port held for it; a supervisor task owns the process until it is gone, and every
-//! status change goes through the worker's slot in the registry, waking whoever waits.
-//! Stopping is SIGTERM to the group, an event-driven wait for at most the grace, SIGKILL,
-//! reaping, and a check that nothing of the group is left.
+//! This crate owns workers and knows nothing of HTTP or jobs. Its whole surface is the
+//! [`WorkerManager`], the handles of a spawn ([`Spawning`]) and a delete ([`Stopping`]) under
+//! way, and plain values ([`WorkerRecord`] and what it holds).
+//!
+//! Each worker has one owner: a supervisor task, the only writer of its record (kept in one
+//! `watch` channel that everyone else reads), from the reservation of its id to its removal
+//! from the registry. It launches the worker as the leader of its own process group, with
+//! its output in a log file and a port held for it; proves readiness (the socket that
+//! answers must be held by the worker's own group); and stops it: SIGTERM to the group, an
+//! event-driven wait for at most the grace, SIGKILL, and the same for whatever the group
+//! has left once the leader is gone, escalating at once when asked in any phase.
+//!
+//! Nothing is acknowledged before it is on disk: the id and the record of a worker are in
+//! the state file before its process starts, a stop is recorded before the first signal,
+//! and [`Spawning::ready`] and [`Stopping::finished`] return only once the state file holds
+//! their outcome. After a crash the next hive adopts every worker proven to be running,
+//! resumes stops that were under way, and stops what a dead leader left behind.
 //!
 //! # Layout
-//! - [`record`]: [`WorkerRecord`] (PROTOCOL §5), [`WorkerStatus`] and its state machine.
-//! - [`registry`]: [`Registry`], the cheap-`Clone` handle to the workers; ids.
-//! - [`ports`]: [`PortAllocator`], ports from a range, held until the process is gone.
-//! - [`catalog`]: worker types, command templates, program lookup.
-//! - [`process`]: process groups, pidfds, signals, `/proc` checks.
-//! - [`supervisor`]: the per-worker task from spawn to reaping.
-//! - [`readiness`]: health probing until `Ready`.
-//! - [`state_file`]: the registry on disk (atomic writes, lock, corrupt files moved aside).
-//! - [`manager`]: [`WorkerManager`]: spawn, delete, heartbeat, stop all.
-//! - [`error`]: [`LifecycleError`], what can go wrong.
+//! - `record`: [`WorkerRecord`] (PROTOCOL §5), [`WorkerStatus`] and its state machine,
+//!   [`StopProgress`], [`WorkerExit`].
+//! - `manager`: [`WorkerManager`], [`Spawning`], [`Stopping`], adoption after a restart.
+//! - `supervisor`: the per-worker task and its commands.
+//! - `registry`: the slots of the workers, ids, generations and durable acknowledgement.
+//! - `state_file`: the registry on disk (atomic writes, lock, corrupt files moved aside).
+//! - `process`: process groups, pidfds, signals, `/proc` proofs (survivors, markers,
+//!   listening sockets).
+//! - `readiness`: health probing until `Ready`.
+//! - `ports`: ports from a range, held until the process is gone.
+//! - `catalog`: worker types, command templates, program lookup.
+//! - `logs`: worker log files and their retention.
+//! - `error`: [`LifecycleError`], what can go wrong.
 
-pub mod catalog;
-pub mod error;
-pub mod manager;
-pub mod ports;
-pub mod process;
-pub mod readiness;
-pub mod record;
-pub mod registry;
-pub mod state_file;
-pub mod supervisor;
+#![deny(unreachable_pub)]
 
-pub use catalog::{Catalog, DeviceKind, WorkerTypeConfig};
+mod catalog;
+mod error;
+mod logs;
+mod manager;
+mod ports;
+mod process;
+mod readiness;
+mod record;
+mod registry;
+mod state_file;
+mod supervisor;
+
+pub use catalog::{DeviceKind, WorkerTypeConfig};
 pub use error::LifecycleError;
+pub use logs::LogRetention;
 pub use manager::{
-    HeartbeatState, LifecycleConfig, SpawnRequest, Spawning, Stopping, WorkerManager,
+    DeviceInventory, LifecycleConfig, SpawnRequest, Spawning, Stopping, WorkerManager,
 };
-pub use ports::PortAllocator;
-pub use record::{WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
-pub use registry::Registry;
-pub use supervisor::{ExitOutcome, ProcessPhase, ProcessView, StopReason};
-
-/// The narration actor of the worker lifecycle (`worker-lc`).
-pub const NARRATE: narration::NarrationFactory = narration::NarrationFactory::new("worker-lc");
+pub use process::ProcessInfo;
+pub use record::{StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
+pub use supervisor::HeartbeatState;

@@ -1,32 +1,47 @@
 //! [`WorkerManager`]: the face of the crate. Spawns workers, deletes them, records
-//! heartbeats, and stops them all at shutdown.
+//! heartbeats, adopts them after a restart, and stops them at shutdown; [`Spawning`] and
+//! [`Stopping`] are the handles of a spawn and a delete under way.
+//!
+//! The manager never writes a record: it reserves ids, checks requests, and hands each
+//! worker to its supervisor, then talks to it through commands.
 
 use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, watch};
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::catalog::{self, Catalog, TemplateValues, WorkerTypeConfig};
+use crate::catalog::{self, Catalog, DeviceKind, TemplateValues, WorkerTemplate, WorkerTypeConfig};
 use crate::error::LifecycleError;
-use crate::ports::PortAllocator;
-use crate::process::{self, LaunchSpec};
-use crate::readiness;
-use crate::record::{WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
-use crate::registry::{Registry, WorkerSlot, format_id, parse_id};
+use crate::logs::{self, LogRetention};
+use crate::ports::{PortAllocator, PortLease};
+use crate::process::{self, LaunchSpec, MARKER_VAR, Members, ProcessInfo};
+use crate::record::{StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
+use crate::registry::{Registry, Slot, format_id, parse_id};
 use crate::state_file::{PersistedState, StateDir};
-use crate::supervisor::{ExitOutcome, ProcessPhase, ProcessView, StopReason, Supervisor};
+use crate::supervisor::{
+    Command, Context, HeartbeatState, Start, Supervisor, status_after_restart,
+};
 
 /// How many lines of a worker's output go into a failure message.
-pub const OUTPUT_TAIL_LINES: usize = 20;
+const OUTPUT_TAIL_LINES: usize = 20;
+
+/// Which devices of a kind this machine has, as the hive detects them (`/capabilities`).
+/// A spawn must name one of them unless its worker type sets `device_check = false`.
+pub trait DeviceInventory: Send + Sync + 'static {
+    /// The ordinals of the devices of `kind` (`GPU-<n>`: the NVIDIA GPUs' indices).
+    fn ordinals(&self, kind: DeviceKind) -> BoxFuture<'_, Vec<u32>>;
+}
 
 /// Settings of the worker lifecycle.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LifecycleConfig {
-    /// Worker logs live in `<state_dir>/workers/`.
+    /// The state file and the worker logs (`<state_dir>/workers/`) live here.
     pub state_dir: PathBuf,
     /// Worker ports (default 9100–9199).
     pub ports: RangeInclusive<u16>,
@@ -40,6 +55,10 @@ pub struct LifecycleConfig {
     pub worker_types: BTreeMap<String, WorkerTypeConfig>,
     /// The `llama-server` program of the built-in `llama` type (default: found on `PATH`).
     pub llama_server: Option<PathBuf>,
+    /// The devices a spawn may name.
+    pub devices: Arc<dyn DeviceInventory>,
+    /// How many logs of removed workers are kept.
+    pub logs: LogRetention,
 }
 
 /// What to spawn.
@@ -53,37 +72,30 @@ pub struct SpawnRequest {
     pub device_ordinal: u32,
 }
 
-/// What a heartbeat says about the worker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeartbeatState {
-    /// Idle.
-    Ready,
-    /// Serving.
-    Busy,
-}
-
-/// The workers of one hive and the processes behind them. A cheap `Clone` handle.
+/// The workers of one hive and the processes behind them. A cheap `Clone` handle; when the
+/// last one is dropped, supervision ends and the processes are left as they are.
 #[derive(Clone)]
 pub struct WorkerManager {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    state_dir: Arc<StateDir>,
-    registry: Registry,
+    context: Arc<Context>,
     ports: PortAllocator,
     catalog: Catalog,
     config: LifecycleConfig,
     logs_dir: PathBuf,
-    http: reqwest::Client,
+    _state_dir: Arc<StateDir>,
+    _stop_tasks: DropGuard,
 }
 
 impl WorkerManager {
     /// A manager for the workers recorded in the state dir: locks the state dir (a second
     /// hive on it is refused), checks the catalog, reads the state file back and adopts
-    /// every recorded worker that is provably still running; the others are kept as
-    /// `Failed` with reason `lost`, and nothing is signalled. From then on every change is
-    /// saved. Must be called within a Tokio runtime.
+    /// every recorded worker whose process is provably still running; the processes that a
+    /// dead leader left are stopped; the others are kept as `Failed` with reason `lost`.
+    /// Nothing is signalled that is not proven to be a worker's. Must be called within a
+    /// Tokio runtime.
     pub fn new(config: LifecycleConfig) -> Result<Self, LifecycleError> {
         let catalog = Catalog::new(&config.worker_types, config.llama_server.as_deref())?;
         let state_dir = Arc::new(StateDir::lock(&config.state_dir)?);
@@ -99,242 +111,314 @@ impl WorkerManager {
                 path: logs_dir.clone(),
                 source: std::io::Error::other(e),
             })?;
+        let saved = state_dir.load();
+        let instance = saved
+            .as_ref()
+            .and_then(|s| s.instance.clone())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let registry = Registry::new(instance);
+        // Ids are never reused, even if the state file was lost: no log names an id above.
+        registry.raise_last_id(logs::highest_logged_id(&logs_dir));
+        let stop = CancellationToken::new();
+        let removed = Arc::new(Notify::new());
         let manager = Self {
             inner: Arc::new(Inner {
-                state_dir,
-                registry: Registry::new(),
+                context: Arc::new(Context {
+                    registry: registry.clone(),
+                    http,
+                    default_grace: config.stop_grace,
+                    shutdown: stop.clone(),
+                    removed: removed.clone(),
+                }),
                 ports: PortAllocator::new(config.ports.clone()),
                 catalog,
-                config,
-                logs_dir,
-                http,
+                logs_dir: logs_dir.clone(),
+                config: config.clone(),
+                _state_dir: state_dir.clone(),
+                _stop_tasks: stop.clone().drop_guard(),
             }),
         };
-        if let Some(saved) = manager.inner.state_dir.load() {
+        if let Some(saved) = saved {
             manager.restore(saved);
         }
-        manager.flush();
-        tokio::spawn(persist(
-            manager.inner.registry.clone(),
-            manager.inner.state_dir.clone(),
+        tokio::spawn(registry.clone().write_state(state_dir, stop.clone()));
+        tokio::spawn(logs::janitor(
+            logs_dir,
+            registry,
+            config.logs,
+            removed,
+            stop,
         ));
         Ok(manager)
     }
 
+    fn registry(&self) -> &Registry {
+        &self.inner.context.registry
+    }
+
+    /// Hands a worker to a new supervisor; returns its record and command channels.
+    fn install(
+        &self,
+        number: u64,
+        record: WorkerRecord,
+        start: Start,
+        port: Option<PortLease>,
+        lost: bool,
+    ) -> (
+        watch::Receiver<WorkerRecord>,
+        mpsc::UnboundedSender<Command>,
+    ) {
+        let template = self.inner.catalog.get(&record.worker_type).ok();
+        let health_path = template
+            .map(|t| t.health_path.clone())
+            .unwrap_or_else(|| "/health".to_owned());
+        let ready_timeout = template
+            .map(|t| t.ready_timeout)
+            .unwrap_or(Duration::from_secs(60));
+        let (record_tx, record_rx) = watch::channel(record);
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        self.registry().insert(
+            number,
+            Slot {
+                record: record_rx.clone(),
+                commands: commands_tx.clone(),
+            },
+        );
+        let supervisor = Supervisor::new(
+            number,
+            record_tx,
+            commands_rx,
+            self.inner.context.clone(),
+            port,
+            health_path,
+            ready_timeout,
+            lost,
+        );
+        tokio::spawn(supervisor.run(start));
+        (record_rx, commands_tx)
+    }
+
     fn restore(&self, saved: PersistedState) {
-        let inner = &self.inner;
-        inner.registry.raise_last_id(saved.last_id);
-        for mut record in saved.workers {
+        self.registry().raise_last_id(saved.last_id);
+        for record in saved.workers {
             let Some(number) = parse_id(&record.id) else {
                 tracing::warn!("state file: skipping a record with id {:?}", record.id);
                 continue;
             };
-            inner.registry.raise_last_id(number);
-            if record.status.is_terminal() {
-                self.insert_ended(number, record);
-                continue;
-            }
-            let pgid = if record.pgid == 0 {
-                record.pid
-            } else {
-                record.pgid
-            };
-            let Some(process) = process::adopt(record.pid, pgid, record.start_ticks) else {
-                tracing::warn!(
-                    "{} (pid {}) is not running any more, or its pid now belongs to another process: \
-                     reported lost, nothing signalled",
-                    record.id,
-                    record.pid
-                );
-                record.status = WorkerStatus::Failed {
-                    reason: "lost".to_owned(),
-                };
-                self.insert_ended(number, record);
-                continue;
-            };
-            let Some(port) = inner.ports.lease_exact(record.port) else {
-                tracing::error!(
-                    "{}: port {} is recorded twice; not adopting it",
-                    record.id,
-                    record.port
-                );
-                record.status = WorkerStatus::Failed {
-                    reason: "lost".to_owned(),
-                };
-                self.insert_ended(number, record);
-                continue;
-            };
-            let template = inner.catalog.get(&record.worker_type).ok();
-            let ready_timeout = template
-                .map(|t| t.ready_timeout)
-                .unwrap_or(Duration::from_secs(60));
-            let health_url = format!(
-                "{}{}",
-                record.url,
-                template
-                    .map(|t| t.health_path.as_str())
-                    .unwrap_or("/health")
-            );
+            self.registry().raise_last_id(number);
+            self.restore_one(number, record);
+        }
+    }
+
+    fn restore_one(&self, number: u64, mut record: WorkerRecord) {
+        if record.pgid == 0 {
+            record.pgid = record.pid;
+        }
+        let maybe_running = !record.status.is_terminal() || record.is_stopping();
+        if !maybe_running {
+            self.install(number, record, Start::Ended, None, false);
+            return;
+        }
+        if !record.is_launched() {
+            self.restore_unlaunched(number, record);
+            return;
+        }
+        let leader = record
+            .start_ticks
+            .and_then(|start| process::adopt(record.pid, record.pgid, start));
+        let port = self.inner.ports.lease_exact(record.port);
+        if port.is_none() {
+            tracing::error!("{}: port {} is recorded twice", record.id, record.port);
+        }
+        if let Some(leader) = leader {
+            let resume = record
+                .stop
+                .as_ref()
+                .filter(|s| s.is_under_way())
+                .map(|stop| {
+                    let elapsed = (Utc::now() - stop.requested_at)
+                        .to_std()
+                        .unwrap_or_default();
+                    let grace = Duration::from_millis(stop.grace_ms).saturating_sub(elapsed);
+                    (stop.reason, grace)
+                });
             tracing::info!(
-                "adopted {} (pid {}, port {}, {})",
+                "adopted {} (pid {}, port {}, {}{})",
                 record.id,
                 record.pid,
                 record.port,
-                record.status.label()
+                record.status.label(),
+                if resume.is_some() {
+                    ", resuming its stop"
+                } else {
+                    ""
+                }
             );
-            let starting = record.status == WorkerStatus::Starting;
-            let slot = self.supervise(number, record, process, port, ready_timeout);
-            if starting {
-                tokio::spawn(readiness::await_healthy(
-                    slot,
-                    inner.http.clone(),
-                    health_url,
-                    ready_timeout,
-                    inner.config.stop_grace,
-                ));
-            } else {
-                tokio::spawn(readiness::check_adopted(
-                    slot,
-                    inner.http.clone(),
-                    health_url,
-                ));
-            }
+            self.install(
+                number,
+                record,
+                Start::Adopted { leader, resume },
+                port,
+                false,
+            );
+            return;
         }
+        // The leader is gone (or its pid belongs to another process now).
+        let members = match record.start_ticks {
+            Some(start) => Members::scan(record.pgid, Some(start)),
+            None => Members::scan(0, None),
+        };
+        self.restore_dead_leader(number, record, members, port);
     }
 
-    /// Registers a worker whose process runs and starts the supervisor that owns it.
-    fn supervise(
+    /// A record whose leader is gone: the stop under way, if any, finishes; the worker is
+    /// otherwise lost; processes its group left are stopped.
+    fn restore_dead_leader(
         &self,
         number: u64,
-        record: WorkerRecord,
-        process: process::WorkerProcess,
-        port: crate::ports::PortLease,
-        ready_timeout: Duration,
-    ) -> Arc<WorkerSlot> {
-        let inner = &self.inner;
-        let (control, commands) = mpsc::unbounded_channel();
-        let slot = Arc::new(WorkerSlot::new(
-            &inner.registry,
-            number,
-            record,
-            control,
-            ProcessView::running(),
-        ));
-        inner.registry.insert(slot.clone());
-        tokio::spawn(
-            Supervisor {
-                slot: slot.clone(),
-                process,
-                port,
-                registry: inner.registry.clone(),
-                commands,
-                default_grace: inner.config.stop_grace,
-                ready_timeout,
+        mut record: WorkerRecord,
+        members: Members,
+        port: Option<PortLease>,
+    ) {
+        let stop = record.stop.clone().filter(|s| s.is_under_way());
+        let lost = stop.is_none();
+        record.status = status_after_restart(stop.as_ref());
+        record.exit.get_or_insert_with(WorkerExit::unknown);
+        if members.is_empty() {
+            if stop.as_ref().is_some_and(|s| s.reason.removes()) {
+                tracing::info!(
+                    "{}: its stop finished while the hive was down; removed",
+                    record.id
+                );
+                self.registry().bump();
+                return;
             }
-            .run(),
+            if let Some(stop) = record.stop.as_mut() {
+                stop.finished_at = Some(Utc::now());
+            }
+            tracing::warn!(
+                "{} (pid {}) is not running any more, or its pid now belongs to another process: \
+                 reported {}, nothing signalled",
+                record.id,
+                record.pid,
+                record.status.label()
+            );
+            self.install(number, record, Start::Ended, None, lost);
+            return;
+        }
+        tracing::warn!(
+            "{}: its leader (pid {}) died while the hive was down and left {:?}; stopping them",
+            record.id,
+            record.pid,
+            members.pids()
         );
-        slot
-    }
-
-    /// Registers a worker whose process is gone (no supervisor; a delete just removes it).
-    fn insert_ended(&self, number: u64, record: WorkerRecord) {
-        let exit = record.exit.clone().unwrap_or(WorkerExit {
-            code: None,
-            signal: None,
-            at: Utc::now(),
-        });
-        let view = ProcessView {
-            phase: ProcessPhase::Exited,
-            outcome: Some(ExitOutcome {
-                exit,
-                leftover: Vec::new(),
-            }),
-            ..ProcessView::running()
-        };
-        let (control, _) = mpsc::unbounded_channel();
-        self.inner.registry.insert(Arc::new(WorkerSlot::new(
-            &self.inner.registry,
+        let reason = stop.map_or(StopReason::Lost, |s| s.reason);
+        record.stop = None;
+        self.install(
             number,
             record,
-            control,
-            view,
-        )));
+            Start::Survivors { members, reason },
+            port,
+            lost,
+        );
     }
 
-    /// Writes the state file now (it is also written after every change).
-    pub fn flush(&self) {
-        if let Err(error) = self
-            .inner
-            .state_dir
-            .save_latest(|| self.inner.registry.snapshot())
-        {
-            tracing::error!(
-                "cannot write the state file {}: {error}",
-                self.inner.state_dir.state_file().display()
-            );
+    /// A reserved id whose process the state file does not know: the hive stopped between
+    /// the reservation and saving the pid. The process is found by its marker.
+    fn restore_unlaunched(&self, number: u64, mut record: WorkerRecord) {
+        let marker = format!("{}/{}", self.registry().instance(), record.id);
+        let marked = process::find_marked(&marker);
+        let port = self.inner.ports.lease_exact(record.port);
+        if let Some((pid, stat)) = marked.iter().find(|(pid, stat)| stat.pgid == *pid) {
+            if let Some(leader) = process::adopt(*pid, *pid, stat.start_ticks) {
+                record.pid = *pid;
+                record.pgid = *pid;
+                record.start_ticks = Some(stat.start_ticks);
+                tracing::info!("adopted {} (pid {pid}), found by its marker", record.id);
+                self.install(
+                    number,
+                    record,
+                    Start::Adopted {
+                        leader,
+                        resume: None,
+                    },
+                    port,
+                    false,
+                );
+                return;
+            }
         }
+        let Some(first_start) = marked.iter().map(|(_, stat)| stat.start_ticks).min() else {
+            // It never ran: the reservation goes (its id stays used).
+            tracing::info!("{}: reserved but never started; removed", record.id);
+            self.registry().bump();
+            return;
+        };
+        let pgid = marked[0].1.pgid;
+        record.pgid = pgid;
+        record.pid = pgid;
+        record.start_ticks = Some(first_start);
+        let members = Members::scan(pgid, Some(first_start));
+        self.restore_dead_leader(number, record, members, port);
     }
 
-    /// The registry.
-    pub fn registry(&self) -> &Registry {
-        &self.inner.registry
-    }
-
-    /// Every registered worker.
+    /// Every listed worker (ids whose process is not started yet are not listed).
     pub fn list(&self) -> Vec<WorkerRecord> {
-        self.inner.registry.list()
+        self.registry()
+            .records()
+            .into_iter()
+            .filter(WorkerRecord::is_launched)
+            .collect()
     }
 
     /// One worker.
     pub fn get(&self, id: &str) -> Result<WorkerRecord, LifecycleError> {
-        self.inner.registry.get(id)
+        let record = self.registry().slot(id)?.record.borrow().clone();
+        match record.is_launched() {
+            true => Ok(record),
+            false => Err(LifecycleError::NotFound(id.to_owned())),
+        }
     }
 
     /// The worker whose process has this pid, if that process is running and still provably
     /// the worker (same start time). Any other pid — 0, 1, the hive's own, one above
     /// `i32::MAX`, an exited worker's, a stranger's — is refused.
-    pub fn find_by_pid(
-        &self,
-        pid: u64,
-    ) -> Result<(WorkerRecord, process::ProcessInfo), LifecycleError> {
+    pub fn find_by_pid(&self, pid: u64) -> Result<(WorkerRecord, ProcessInfo), LifecycleError> {
         let refused = || LifecycleError::NotAManagedPid(pid);
         let pid32 = u32::try_from(pid).map_err(|_| refused())?;
         process::signallable(pid32).ok_or_else(refused)?;
-        self.inner
-            .registry
-            .slots()
-            .iter()
-            .find(|slot| slot.record.borrow().pid == pid32)
-            .and_then(|slot| running_process(slot))
+        self.list()
+            .into_iter()
+            .filter(|record| record.pid == pid32)
+            .find_map(running_process)
             .ok_or_else(refused)
     }
 
     /// Every worker whose process is running and still provably the worker, with what
-    /// `/proc` says about it (one pass over the registry).
-    pub fn running_processes(&self) -> Vec<(WorkerRecord, process::ProcessInfo)> {
-        self.inner
-            .registry
-            .slots()
-            .iter()
-            .filter_map(|slot| running_process(slot))
+    /// `/proc` says about it.
+    pub fn running_processes(&self) -> Vec<(WorkerRecord, ProcessInfo)> {
+        self.list()
+            .into_iter()
+            .filter_map(running_process)
             .collect()
     }
 
-    /// Starts a worker process and registers it as `Starting`; [`Spawning::ready`] waits
-    /// until it is healthy. Nothing is started, and no id is used, when the type, the
-    /// program or a port is missing. Must be called within a Tokio runtime.
-    pub fn spawn(&self, request: &SpawnRequest) -> Result<Spawning, LifecycleError> {
+    /// Starts a worker and returns the handle of its start. Refused at once, with nothing
+    /// started and no id used, when the type, the device, the model file, the program or a
+    /// port is missing. The id is reserved on disk before the process starts.
+    pub async fn spawn(&self, request: &SpawnRequest) -> Result<Spawning, LifecycleError> {
         let inner = &self.inner;
         let template = inner.catalog.get(&request.worker_type)?.clone();
         if template.model_is_path {
             check_model_file(&request.model)?;
         }
+        self.check_device(&template, request.device_ordinal).await?;
         let early_program = match template.command[0].contains('{') {
             true => None,
             false => Some(catalog::resolve_program(&template.command[0])?),
         };
         let port = inner.ports.lease()?;
-        let number = inner.registry.next_number();
+        let number = self.registry().reserve_number();
         let id = format_id(number);
         let device = template.device.device_name(request.device_ordinal);
         let values = TemplateValues {
@@ -357,160 +441,221 @@ impl WorkerManager {
             .iter()
             .map(fill)
             .collect::<Result<_, _>>()?;
-        let env: Vec<(String, String)> = template
+        let mut env: Vec<(String, String)> = template
             .env
             .iter()
             .map(|(k, v)| Ok((k.clone(), fill(v)?)))
             .collect::<Result<_, LifecycleError>>()?;
+        env.push((
+            MARKER_VAR.to_owned(),
+            format!("{}/{id}", self.registry().instance()),
+        ));
         let program = match early_program {
             Some(program) => program,
             None => catalog::resolve_program(&filled[0])?,
         };
-        let log_path = inner.logs_dir.join(format!("{id}.log"));
-        let log = std::fs::File::create(&log_path).map_err(|source| LifecycleError::StateDir {
+        let log_path = logs::log_path(&inner.logs_dir, number);
+        let log = logs::create(&log_path).map_err(|source| LifecycleError::StateDir {
             path: log_path.clone(),
             source,
         })?;
-        let args = &filled[1..];
-        let process = process::launch(LaunchSpec {
-            program: &program,
-            args,
-            env: &env,
-            env_remove: &template.env_remove,
-            log,
-        })
-        .map_err(|source| LifecycleError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+        let args = filled[1..].to_vec();
         let mut command = vec![program.display().to_string()];
         command.extend(args.iter().cloned());
-        let url = format!("http://127.0.0.1:{}", port.port());
         let record = WorkerRecord {
-            id: id.clone(),
+            id,
             model_id: request.model.clone(),
             worker_type: template.name.clone(),
             device,
-            pid: process.pid(),
+            pid: 0,
             port: port.port(),
-            pgid: process.pid(),
-            start_ticks: process::stat_fields(process.pid()).map(|f| f.start_ticks),
+            pgid: 0,
+            start_ticks: None,
             status: WorkerStatus::Starting,
             started_at: Utc::now(),
-            url: url.clone(),
+            url: format!("http://127.0.0.1:{}", port.port()),
             ready_at: None,
             last_heartbeat: None,
             health: None,
+            stop: None,
             exit: None,
             command,
             log_path,
         };
-        let slot = self.supervise(number, record, process, port, template.ready_timeout);
-        tokio::spawn(readiness::await_healthy(
-            slot.clone(),
-            inner.http.clone(),
-            format!("{url}{}", template.health_path),
-            template.ready_timeout,
-            inner.config.stop_grace,
-        ));
+        let spec = LaunchSpec {
+            program,
+            args,
+            env,
+            env_remove: template.env_remove.clone(),
+            log,
+        };
+        let (record, commands) = self.install(
+            number,
+            record,
+            Start::Launch(Box::new(spec)),
+            Some(port),
+            false,
+        );
         Ok(Spawning {
-            slot,
+            record,
+            commands,
+            registry: self.registry().clone(),
             grace: inner.config.stop_grace,
             ready_timeout: template.ready_timeout,
             settled: false,
         })
     }
 
-    /// Stops worker `id`'s process tree (SIGTERM, `grace`, SIGKILL) and removes it from the
+    async fn check_device(
+        &self,
+        template: &WorkerTemplate,
+        ordinal: u32,
+    ) -> Result<(), LifecycleError> {
+        if !template.device_check {
+            return Ok(());
+        }
+        let kind = template.device;
+        let ordinals = self.inner.config.devices.ordinals(kind).await;
+        if ordinals.contains(&ordinal) {
+            return Ok(());
+        }
+        let available = match ordinals.is_empty() {
+            true => format!("this hive detects no {} device", kind.label()),
+            false => format!(
+                "its {} devices: {}",
+                kind.label(),
+                ordinals
+                    .iter()
+                    .map(|o| kind.device_name(*o))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Err(LifecycleError::DeviceNotFound {
+            device: kind.device_name(ordinal),
+            worker_type: template.name.clone(),
+            available,
+        })
+    }
+
+    /// Stops worker `id`'s processes (SIGTERM, `grace`, SIGKILL) and removes it from the
     /// registry. The stop goes on even if the returned handle is dropped.
     pub fn delete(&self, id: &str, grace: Option<Duration>) -> Result<Stopping, LifecycleError> {
-        let slot = self.inner.registry.slot(id)?;
-        let grace = grace.unwrap_or(self.inner.config.stop_grace);
-        let view = slot.watch_process();
-        let already_exited = view.borrow().phase == ProcessPhase::Exited;
-        slot.request_stop(grace, StopReason::Delete, true);
-        // The supervisor may have finished just before the request: then remove here.
-        if view.borrow().phase == ProcessPhase::Exited {
-            self.inner.registry.remove(slot.number);
+        let slot = self.registry().slot(id)?;
+        let initial = slot.record.borrow().clone();
+        if !initial.is_launched() {
+            return Err(LifecycleError::NotFound(id.to_owned()));
         }
-        Ok(Stopping {
-            slot,
-            registry: self.inner.registry.clone(),
-            view,
+        let grace = grace.unwrap_or(self.inner.config.stop_grace);
+        let _ = slot.commands.send(Command::Stop {
             grace,
-            already_exited,
+            reason: StopReason::Delete,
+        });
+        Ok(Stopping {
+            already_exited: initial.exit.is_some() && !initial.is_stopping(),
+            initial,
+            record: slot.record,
+            registry: self.registry().clone(),
+            grace,
         })
     }
 
     /// Records a heartbeat; `state` moves a worker between `Ready` and `Busy`.
-    pub fn heartbeat(
+    pub async fn heartbeat(
         &self,
         id: &str,
         health: WorkerHealth,
         state: Option<HeartbeatState>,
     ) -> Result<WorkerRecord, LifecycleError> {
-        let slot = self.inner.registry.slot(id)?;
-        slot.update(|record| {
-            record.last_heartbeat = Some(Utc::now());
-            record.health = Some(health);
-        });
-        let current = slot.record().status;
-        match (state, current) {
-            (Some(HeartbeatState::Busy), WorkerStatus::Ready) => {
-                slot.set_status(WorkerStatus::Busy);
-            }
-            (Some(HeartbeatState::Ready), WorkerStatus::Busy) => {
-                slot.set_status(WorkerStatus::Ready);
-            }
-            _ => {}
-        }
-        Ok(slot.record())
+        let slot = self.registry().slot(id)?;
+        let (reply, answer) = oneshot::channel();
+        slot.commands
+            .send(Command::Heartbeat {
+                health,
+                state,
+                reply,
+            })
+            .map_err(|_| LifecycleError::NotFound(id.to_owned()))?;
+        answer
+            .await
+            .map_err(|_| LifecycleError::NotFound(id.to_owned()))
     }
 
-    /// Cuts every stop short: SIGKILL now, without waiting for the rest of the grace (a
-    /// second SIGTERM during shutdown).
-    pub fn kill_all_now(&self) {
-        for slot in self.inner.registry.slots() {
-            if slot.watch_process().borrow().phase != ProcessPhase::Exited {
-                slot.request_stop(Duration::ZERO, StopReason::Shutdown, true);
-            }
-        }
-    }
-
-    /// Stops every worker in parallel, as a delete would, and waits until all are gone;
-    /// returns how many were stopped.
+    /// Stops every worker in parallel, as a delete would but keeping the records, and waits
+    /// until all are gone; returns how many had processes to stop.
     pub async fn stop_all(&self) -> usize {
-        let grace = self.inner.config.stop_grace;
-        let mut stopping = Vec::new();
-        for slot in self.inner.registry.slots() {
-            let view = slot.watch_process();
-            if view.borrow().phase == ProcessPhase::Exited {
-                continue;
+        let slots = self.registry().slots();
+        let mut count = 0;
+        for slot in &slots {
+            let record = slot.record.borrow().clone();
+            if record.exit.is_none() || record.is_stopping() {
+                count += 1;
+                let _ = slot.commands.send(Command::Stop {
+                    grace: self.inner.config.stop_grace,
+                    reason: StopReason::Shutdown,
+                });
             }
-            slot.request_stop(grace, StopReason::Shutdown, true);
-            stopping.push(Stopping {
-                slot,
-                registry: self.inner.registry.clone(),
-                view,
-                grace,
-                already_exited: false,
-            });
         }
-        let count = stopping.len();
-        futures::future::join_all(
-            stopping
-                .into_iter()
-                .map(|mut s| async move { s.finished().await }),
-        )
-        .await;
+        settle(&slots).await;
         count
+    }
+
+    /// Waits until no stop is under way (deletes, cancelled spawns, ready timeouts,
+    /// processes a dead leader left), leaving every other worker as it is; returns how many
+    /// stops it waited for.
+    pub async fn settle(&self) -> usize {
+        let slots = self.registry().slots();
+        let count = slots
+            .iter()
+            .filter(|slot| slot.record.borrow().is_stopping())
+            .count();
+        settle(&slots).await;
+        count
+    }
+
+    /// Cuts every stop under way short: SIGKILL now (a second signal during shutdown).
+    pub fn hurry_all(&self) {
+        for slot in self.registry().slots() {
+            let _ = slot.commands.send(Command::Hurry);
+        }
+    }
+
+    /// Waits until every change so far is in the state file.
+    pub async fn flush(&self) -> Result<(), LifecycleError> {
+        self.registry().flush().await
+    }
+
+    /// How many workers are listed.
+    pub fn len(&self) -> usize {
+        self.list().len()
+    }
+
+    /// Whether no worker is listed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
-/// A worker that was started and is not known to be ready yet. Dropping it before
-/// [`ready`](Self::ready) returns (a cancelled spawn job) stops and removes the worker.
+/// Waits until none of `slots` has a stop under way (commands are handled in order, so a
+/// stop sent before is under way by then).
+async fn settle(slots: &[Slot]) {
+    let waits: Vec<oneshot::Receiver<()>> = slots
+        .iter()
+        .filter_map(|slot| {
+            let (reply, settled) = oneshot::channel();
+            slot.commands.send(Command::WhenSettled(reply)).ok()?;
+            Some(settled)
+        })
+        .collect();
+    futures::future::join_all(waits).await;
+}
+
+/// A worker being started. Dropping it before [`ready`](Self::ready) returns (a cancelled
+/// spawn job) stops and removes the worker.
 pub struct Spawning {
-    slot: Arc<WorkerSlot>,
+    record: watch::Receiver<WorkerRecord>,
+    commands: mpsc::UnboundedSender<Command>,
+    registry: Registry,
     grace: Duration,
     /// The worker type's ready timeout.
     pub ready_timeout: Duration,
@@ -520,18 +665,32 @@ pub struct Spawning {
 impl Spawning {
     /// The worker's record now.
     pub fn record(&self) -> WorkerRecord {
-        self.slot.record()
+        self.record.borrow().clone()
     }
 
-    /// Waits until the worker is ready (its record) or has failed to start (why, with the
-    /// end of its output). When this returns an error the worker's processes are gone.
-    /// Cancel-safe: it can be raced against a timer and called again.
-    pub async fn ready(&mut self) -> Result<WorkerRecord, LifecycleError> {
-        let mut records = self.slot.watch_record();
+    /// Waits until the process is started (its record, with its pid) or could not be.
+    pub async fn started(&mut self) -> Result<WorkerRecord, LifecycleError> {
         loop {
-            let record = records.borrow_and_update().clone();
+            let record = self.record.borrow_and_update().clone();
+            if record.is_launched() {
+                return Ok(record);
+            }
+            if record.status.is_terminal() || self.record.changed().await.is_err() {
+                self.settled = true;
+                return Err(self.failure(&self.record.borrow().clone()));
+            }
+        }
+    }
+
+    /// Waits until the worker is ready and that is on disk (its record), or has failed to
+    /// start (why, with the end of its output). When this returns an error the worker's
+    /// processes are gone. Cancel-safe: it can be raced against a timer and called again.
+    pub async fn ready(&mut self) -> Result<WorkerRecord, LifecycleError> {
+        loop {
+            let record = self.record.borrow_and_update().clone();
             match record.status {
-                WorkerStatus::Ready | WorkerStatus::Busy => {
+                WorkerStatus::Ready | WorkerStatus::Busy if !record.is_stopping() => {
+                    self.registry.flush().await?;
                     self.settled = true;
                     return Ok(record);
                 }
@@ -539,28 +698,35 @@ impl Spawning {
                     self.settled = true;
                     return Err(self.failure(&record));
                 }
-                WorkerStatus::Starting => {}
+                _ => {}
             }
-            if records.changed().await.is_err() {
+            if self.record.changed().await.is_err() {
                 self.settled = true;
-                return Err(LifecycleError::NotFound(record.id));
+                return Err(self.failure(&self.record.borrow().clone()));
             }
         }
     }
 
     fn failure(&self, record: &WorkerRecord) -> LifecycleError {
-        let view = self.slot.process.borrow().clone();
-        let output = process::log_tail(&record.log_path, OUTPUT_TAIL_LINES);
-        let exit = record.exit.clone().unwrap_or(WorkerExit {
-            code: None,
-            signal: None,
-            at: Utc::now(),
-        });
         let id = record.id.clone();
-        match view.stop_reason {
+        if !record.is_launched() {
+            let reason = match &record.status {
+                WorkerStatus::Failed { reason } => reason.clone(),
+                _ => "it was removed before it started".to_owned(),
+            };
+            return LifecycleError::LaunchFailed { id, reason };
+        }
+        let output = process::log_tail(&record.log_path, OUTPUT_TAIL_LINES);
+        let exit = record.exit.clone().unwrap_or_else(WorkerExit::unknown);
+        let stop = record.stop.as_ref();
+        match stop.map(|s| s.reason) {
             Some(StopReason::ReadyTimeout) => LifecycleError::ReadyTimeout {
                 id,
                 timeout: self.ready_timeout,
+                detail: stop
+                    .and_then(|s| s.detail.as_deref())
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default(),
                 output,
             },
             Some(StopReason::Delete) => LifecycleError::StoppedWhileStarting {
@@ -575,13 +741,13 @@ impl Spawning {
                 id,
                 why: "the spawn was cancelled",
             },
-            None if looks_like_bind_failure(&output) => LifecycleError::PortBindFailed {
+            _ if looks_like_bind_failure(&output) => LifecycleError::PortBindFailed {
                 id,
                 port: record.port,
                 exit,
                 output,
             },
-            None => LifecycleError::ExitedBeforeReady { id, exit, output },
+            _ => LifecycleError::ExitedBeforeReady { id, exit, output },
         }
     }
 }
@@ -589,20 +755,65 @@ impl Spawning {
 impl Drop for Spawning {
     fn drop(&mut self) {
         if !self.settled {
-            tracing::info!(worker = %self.slot.id(), "spawn abandoned before the worker was ready; stopping it");
-            self.slot
-                .request_stop(self.grace, StopReason::SpawnCancelled, true);
+            tracing::info!(worker = %self.record.borrow().id, "spawn abandoned before the worker was ready; stopping it");
+            let _ = self.commands.send(Command::Stop {
+                grace: self.grace,
+                reason: StopReason::SpawnCancelled,
+            });
+        }
+    }
+}
+
+/// A worker being stopped by a delete. The stop goes on if this is dropped.
+pub struct Stopping {
+    initial: WorkerRecord,
+    record: watch::Receiver<WorkerRecord>,
+    registry: Registry,
+    /// The grace that was asked for.
+    pub grace: Duration,
+    /// Whether the process had already exited when the delete came.
+    pub already_exited: bool,
+}
+
+impl Stopping {
+    /// The worker's record as it was when the delete came.
+    pub fn record(&self) -> WorkerRecord {
+        self.initial.clone()
+    }
+
+    /// The record now: its `stop` tells how the stop goes.
+    pub fn progress(&self) -> WorkerRecord {
+        self.record.borrow().clone()
+    }
+
+    /// Waits for the next change; false once the worker is out of the registry.
+    /// Cancel-safe.
+    pub async fn changed(&mut self) -> bool {
+        self.record.changed().await.is_ok()
+    }
+
+    /// Waits until the whole process group is gone, the worker is out of the registry, and
+    /// that is on disk; returns the last record.
+    pub async fn finished(&mut self) -> Result<WorkerRecord, LifecycleError> {
+        while self.changed().await {}
+        self.registry.flush().await?;
+        let last = self.progress();
+        match last.stop.as_ref().map(|s| s.stuck.clone()) {
+            Some(stuck) if !stuck.is_empty() => Err(LifecycleError::ProcessesLeft {
+                id: last.id,
+                pids: stuck,
+            }),
+            _ => Ok(last),
         }
     }
 }
 
 /// The record and `/proc` view of a worker whose process runs and has its recorded start
 /// time; `None` for an exited worker or a pid that is no longer its process.
-fn running_process(slot: &WorkerSlot) -> Option<(WorkerRecord, process::ProcessInfo)> {
-    if slot.watch_process().borrow().phase == ProcessPhase::Exited {
+fn running_process(record: WorkerRecord) -> Option<(WorkerRecord, ProcessInfo)> {
+    if record.exit.is_some() {
         return None;
     }
-    let record = slot.record();
     let alive = process::stat_fields(record.pid)
         .is_some_and(|f| !f.zombie && Some(f.start_ticks) == record.start_ticks);
     let info = process::process_info(record.pid).filter(|_| alive)?;
@@ -615,7 +826,7 @@ fn check_model_file(model: &str) -> Result<(), LifecycleError> {
         path: model.to_owned(),
         reason,
     };
-    let metadata = std::fs::metadata(model).map_err(|e| refuse(e.to_string()))?;
+    let metadata = std::fs::metadata(Path::new(model)).map_err(|e| refuse(e.to_string()))?;
     if !metadata.is_file() {
         return Err(refuse("it is not a regular file".to_owned()));
     }
@@ -635,73 +846,4 @@ fn looks_like_bind_failure(output: &str) -> bool {
     ]
     .iter()
     .any(|needle| lower.contains(needle))
-}
-
-/// A worker being stopped by a delete. The stop goes on if this is dropped.
-pub struct Stopping {
-    slot: Arc<WorkerSlot>,
-    registry: Registry,
-    view: watch::Receiver<ProcessView>,
-    /// The grace that was asked for.
-    pub grace: Duration,
-    /// Whether the process had already exited when the delete came.
-    pub already_exited: bool,
-}
-
-impl Stopping {
-    /// The worker's record as it was when the stop began.
-    pub fn record(&self) -> WorkerRecord {
-        self.slot.record()
-    }
-
-    /// The process's progress now.
-    pub fn view(&self) -> ProcessView {
-        self.view.borrow().clone()
-    }
-
-    /// Waits for the next change of progress. Cancel-safe.
-    pub async fn changed(&mut self) {
-        if self.view.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// Waits until the whole process group is gone and the worker is out of the registry.
-    pub async fn finished(&mut self) -> Result<ExitOutcome, LifecycleError> {
-        let outcome = loop {
-            if let Some(outcome) = self.view.borrow_and_update().outcome.clone() {
-                break outcome;
-            }
-            self.changed().await;
-        };
-        self.registry.remove(self.slot.number);
-        if outcome.leftover.is_empty() {
-            Ok(outcome)
-        } else {
-            Err(LifecycleError::ProcessesLeft {
-                id: self.slot.id(),
-                pids: outcome.leftover,
-            })
-        }
-    }
-}
-
-/// Saves the state file after every change, coalescing bursts: while one save runs, further
-/// changes wait and are written together by the next.
-async fn persist(registry: Registry, state_dir: Arc<StateDir>) {
-    let mut changes = registry.watch_changes();
-    while changes.changed().await.is_ok() {
-        let dir = state_dir.clone();
-        let registry = registry.clone();
-        match tokio::task::spawn_blocking(move || dir.save_latest(|| registry.snapshot())).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(
-                    "cannot write the state file {}: {error}",
-                    state_dir.state_file().display()
-                )
-            }
-            Err(error) => tracing::error!("state file writer failed: {error}"),
-        }
-    }
 }

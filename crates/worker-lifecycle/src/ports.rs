@@ -14,7 +14,7 @@ use crate::error::LifecycleError;
 
 /// The ports of one hive.
 #[derive(Clone)]
-pub struct PortAllocator {
+pub(crate) struct PortAllocator {
     inner: Arc<Inner>,
 }
 
@@ -31,7 +31,7 @@ struct State {
 
 /// A port held for one worker; given back on drop.
 #[derive(Debug)]
-pub struct PortLease {
+pub(crate) struct PortLease {
     port: u16,
     owner: Arc<Inner>,
 }
@@ -44,7 +44,7 @@ impl std::fmt::Debug for Inner {
 
 impl PortLease {
     /// The port.
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 }
@@ -62,7 +62,7 @@ impl Drop for PortLease {
 
 impl PortAllocator {
     /// An allocator over `range` (inclusive).
-    pub fn new(range: RangeInclusive<u16>) -> Self {
+    pub(crate) fn new(range: RangeInclusive<u16>) -> Self {
         let next = *range.start();
         Self {
             inner: Arc::new(Inner {
@@ -76,7 +76,7 @@ impl PortAllocator {
     }
 
     /// Takes a free port: not held by this hive, and bindable on 127.0.0.1 and 0.0.0.0.
-    pub fn lease(&self) -> Result<PortLease, LifecycleError> {
+    pub(crate) fn lease(&self) -> Result<PortLease, LifecycleError> {
         let (first, last) = (*self.inner.range.start(), *self.inner.range.end());
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         let count = u32::from(last) - u32::from(first) + 1;
@@ -102,7 +102,7 @@ impl PortAllocator {
     }
 
     /// Holds a specific port (a worker adopted after a restart keeps its port).
-    pub fn lease_exact(&self, port: u16) -> Option<PortLease> {
+    pub(crate) fn lease_exact(&self, port: u16) -> Option<PortLease> {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         state.held.insert(port).then(|| PortLease {
             port,
@@ -111,7 +111,8 @@ impl PortAllocator {
     }
 
     /// How many ports are held.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
         self.inner
             .state
             .lock()

@@ -1,87 +1,106 @@
-//! Worker processes: spawning into their own process group, signalling, waiting, reaping.
+//! Worker processes: spawning into their own process group, signalling, waiting, reaping,
+//! and the `/proc` proofs that a process is (still) a worker's.
 //!
 //! Each worker is started as the leader of a new process group (`setpgid(0, 0)`), so that
-//! its whole tree can be signalled at once. Its exit is awaited through a pidfd (readable
-//! when the process ends), never by polling. The leader is reaped only after the rest of
-//! its group is gone: until then it is an unreaped child (a zombie at worst), so its pid
-//! and process group id cannot be reused and `killpg` can only reach the worker's own
-//! processes. No pid of 0, 1, the hive itself or its group is ever signalled.
+//! its whole tree can be signalled at once, with a marker in its environment
+//! (`RBEE_HIVE_WORKER=<hive instance>/<worker id>`) that its children inherit. Exits are
+//! awaited through pidfds (readable when the process ends), never by polling. The leader,
+//! the hive's own child, is reaped only once it has exited; until then its pid and group id
+//! cannot be reused and `killpg` reaches only the worker's processes. A group member that
+//! outlives its leader keeps the group id in use (the kernel frees a pid number only when
+//! no process uses it as pid, group or session id), so the survivors of a dead leader are
+//! the processes of that group that started after it, as long as no other process holds
+//! the leader's pid. Every signal to a process that is not the unreaped leader goes through
+//! a pidfd opened, and checked to be a group member, before the signal. No pid of 0, 1, the
+//! hive itself or its group is ever signalled.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use chrono::Utc;
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::killpg;
 use nix::unistd::Pid;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::time::Instant;
 
 use crate::record::WorkerExit;
 
-/// What to start: a resolved program, its arguments and environment changes.
-#[derive(Debug)]
-pub struct LaunchSpec<'a> {
-    /// The program (resolved path).
-    pub program: &'a Path,
-    /// Its arguments.
-    pub args: &'a [String],
-    /// Variables to set.
-    pub env: &'a [(String, String)],
-    /// Variables to remove (`PREFIX*` removes a prefix).
-    pub env_remove: &'a [String],
-    /// Where stdout and stderr go.
-    pub log: File,
+/// The environment variable that marks a worker's processes:
+/// `<hive instance id>/<worker id>`.
+pub(crate) const MARKER_VAR: &str = "RBEE_HIVE_WORKER";
+
+/// The signals the hive sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sig {
+    /// Please stop.
+    Term,
+    /// Stop now.
+    Kill,
 }
 
-/// A worker process, owned by its supervisor.
-pub struct WorkerProcess {
+impl Sig {
+    fn nix(self) -> nix::sys::signal::Signal {
+        match self {
+            Self::Term => nix::sys::signal::Signal::SIGTERM,
+            Self::Kill => nix::sys::signal::Signal::SIGKILL,
+        }
+    }
+
+    fn rustix(self) -> rustix::process::Signal {
+        match self {
+            Self::Term => rustix::process::Signal::TERM,
+            Self::Kill => rustix::process::Signal::KILL,
+        }
+    }
+}
+
+/// What to start: a resolved program, its arguments and environment changes.
+#[derive(Debug)]
+pub(crate) struct LaunchSpec {
+    /// The program (resolved path).
+    pub(crate) program: std::path::PathBuf,
+    /// Its arguments.
+    pub(crate) args: Vec<String>,
+    /// Variables to set (the marker among them).
+    pub(crate) env: Vec<(String, String)>,
+    /// Variables to remove (`PREFIX*` removes a prefix).
+    pub(crate) env_remove: Vec<String>,
+    /// Where stdout and stderr go.
+    pub(crate) log: File,
+}
+
+/// A worker's leader process, owned by its supervisor.
+pub(crate) struct Leader {
     pid: u32,
     ownership: Ownership,
     exited: AsyncFd<OwnedFd>,
 }
 
-/// How the hive holds the process.
+/// How the hive holds the leader.
 enum Ownership {
     /// The hive's own, unreaped child: its pid and group cannot be reused.
     Child(Child),
     /// Found again after a restart (proven by pid and start time when its pidfd was opened);
-    /// not the hive's child, so every signal goes through a pidfd.
+    /// not the hive's child, so every signal goes through pidfds.
     Adopted,
-    /// Reaped (or, when adopted, seen to exit): never signalled again.
-    Gone,
-}
-
-impl std::fmt::Debug for WorkerProcess {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ownership = match self.ownership {
-            Ownership::Child(_) => "child",
-            Ownership::Adopted => "adopted",
-            Ownership::Gone => "gone",
-        };
-        f.debug_struct("WorkerProcess")
-            .field("pid", &self.pid)
-            .field("ownership", &ownership)
-            .finish()
-    }
 }
 
 /// Starts a process as the leader of its own process group.
-pub fn launch(spec: LaunchSpec<'_>) -> std::io::Result<WorkerProcess> {
+pub(crate) fn launch(spec: LaunchSpec) -> std::io::Result<Leader> {
     let stderr = spec.log.try_clone()?;
-    let mut command = Command::new(spec.program);
+    let mut command = Command::new(&spec.program);
     command
-        .args(spec.args)
+        .args(&spec.args)
         .process_group(0)
         .stdin(Stdio::null())
         .stdout(spec.log)
         .stderr(stderr);
-    for pattern in spec.env_remove {
+    for pattern in &spec.env_remove {
         match pattern.strip_suffix('*') {
             Some(prefix) => {
                 for (key, _) in std::env::vars_os() {
@@ -98,15 +117,8 @@ pub fn launch(spec: LaunchSpec<'_>) -> std::io::Result<WorkerProcess> {
     command.envs(spec.env.iter().map(|(k, v)| (k, v)));
     let mut child = command.spawn()?;
     let pid = child.id();
-    let exited = rustix::process::Pid::from_raw(pid as i32)
-        .ok_or_else(|| std::io::Error::other("the kernel returned pid 0"))
-        .and_then(|raw| {
-            rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-                .map_err(Into::into)
-        })
-        .and_then(watch_pidfd);
-    match exited {
-        Ok(exited) => Ok(WorkerProcess {
+    match open_pidfd(pid).and_then(watch_pidfd) {
+        Ok(exited) => Ok(Leader {
             pid,
             ownership: Ownership::Child(child),
             exited,
@@ -122,74 +134,72 @@ pub fn launch(spec: LaunchSpec<'_>) -> std::io::Result<WorkerProcess> {
     }
 }
 
-/// Finds a recorded worker again after a restart: only if `pid` runs, is not a zombie, has
+/// Finds a recorded leader again after a restart: only if `pid` runs, is not a zombie, has
 /// the recorded start time, and leads process group `pgid`, checked again after its pidfd is
 /// open (from then on the pidfd names that very process, whatever happens to the pid).
 /// `None` means it cannot be proven to be the worker; it must then never be signalled.
-pub fn adopt(pid: u32, pgid: u32, start_ticks: Option<u64>) -> Option<WorkerProcess> {
-    let expected = start_ticks?;
+pub(crate) fn adopt(pid: u32, pgid: u32, start_ticks: u64) -> Option<Leader> {
     signallable(pid)?;
     let matches = || {
-        stat_fields(pid).is_some_and(|f| !f.zombie && f.start_ticks == expected && f.pgid == pgid)
+        stat_fields(pid)
+            .is_some_and(|f| !f.zombie && f.start_ticks == start_ticks && f.pgid == pgid)
     };
     if !matches() {
         return None;
     }
-    let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
-    let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+    let fd = open_pidfd(pid).ok()?;
     if !matches() {
         return None;
     }
-    let exited = watch_pidfd(fd).ok()?;
-    Some(WorkerProcess {
+    Some(Leader {
         pid,
         ownership: Ownership::Adopted,
-        exited,
+        exited: watch_pidfd(fd).ok()?,
     })
 }
 
-impl WorkerProcess {
+impl Leader {
     /// The leader's pid, which is also the process group id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
-    /// Resolves once the leader has exited (it stays unreaped until [`reap`](Self::reap)).
-    pub async fn exited(&self) {
+    /// Resolves once the leader has exited (a child stays unreaped until [`reap`](Self::reap)).
+    pub(crate) async fn exited(&self) {
         // A pidfd becomes readable when its process ends and stays readable.
         let _ = self.exited.readable().await;
     }
 
-    /// Sends `signal` to the whole process group; returns whether it reached anyone.
+    /// Sends `sig` to the whole process group; returns whether it reached anyone.
     ///
     /// For the hive's own child this is `killpg`, safe because the unreaped leader keeps the
-    /// group id. For an adopted worker each member is signalled through its own pidfd,
-    /// after checking that it is still in the worker's group.
-    pub fn signal_group(&self, signal: Signal) -> bool {
+    /// group id. For an adopted leader each member is signalled through its own pidfd, after
+    /// checking that it is still in the worker's group.
+    pub(crate) fn signal_group(&self, sig: Sig) -> bool {
         match self.ownership {
             Ownership::Child(_) => {
                 let Some(pgid) = signallable(self.pid) else {
                     return false;
                 };
-                match killpg(pgid, signal) {
+                match killpg(pgid, sig.nix()) {
                     Ok(()) => true,
                     Err(error) => {
-                        tracing::debug!(pid = self.pid, "killpg {signal}: {error}");
+                        tracing::debug!(pid = self.pid, "killpg {sig:?}: {error}");
                         false
                     }
                 }
             }
-            Ownership::Adopted => signal_members(self.pid, signal) > 0,
-            Ownership::Gone => false,
+            Ownership::Adopted => Members::scan(self.pid, None).signal(sig) > 0,
         }
     }
 
     /// Reaps the leader (the hive's own child) and returns how it ended. Call only after
-    /// [`exited`](Self::exited). An adopted process was reaped by init: its status is unknown.
-    pub fn reap(&mut self) -> WorkerExit {
-        let status = match std::mem::replace(&mut self.ownership, Ownership::Gone) {
+    /// [`exited`](Self::exited). An adopted process was reaped by another: its status is
+    /// unknown.
+    pub(crate) fn reap(self) -> WorkerExit {
+        let status = match self.ownership {
             Ownership::Child(mut child) => child.wait().ok(),
-            Ownership::Adopted | Ownership::Gone => None,
+            Ownership::Adopted => None,
         };
         WorkerExit {
             code: status.and_then(|s| s.code()),
@@ -201,42 +211,130 @@ impl WorkerProcess {
 
 /// Whether any process is in group `pgid` (a signal-0 probe: nothing is delivered). After
 /// the leader is reaped, `false` means the group is empty.
-pub fn group_has_members(pgid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pgid) else {
+pub(crate) fn group_has_members(pgid: u32) -> bool {
+    let Some(pgid) = signallable(pgid) else {
         return false;
     };
-    if raw <= 1 {
-        return false;
-    }
-    !matches!(
-        killpg(Pid::from_raw(raw), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
+    !matches!(killpg(pgid, None), Err(nix::errno::Errno::ESRCH))
 }
 
-/// Signals every live member of group `pgid` through its own pidfd; returns how many.
-pub fn signal_members(pgid: u32, signal: Signal) -> usize {
-    let rustix_signal = match signal {
-        Signal::SIGKILL => rustix::process::Signal::KILL,
-        _ => rustix::process::Signal::TERM,
-    };
-    group_members(pgid)
-        .into_iter()
+/// Processes of a worker's group whose leader is gone, each held by a pidfd.
+pub(crate) struct Members {
+    pgid: u32,
+    watched: Vec<(u32, AsyncFd<OwnedFd>)>,
+}
+
+impl Members {
+    /// The live members of group `pgid`, other than a process with pid `pgid`. With
+    /// `leader_start`, only members that started no earlier than the leader, and none at
+    /// all if a process that is not the leader holds the leader's pid (then the group id
+    /// names someone else's group).
+    pub(crate) fn scan(pgid: u32, leader_start: Option<u64>) -> Self {
+        let empty = Self {
+            pgid,
+            watched: Vec::new(),
+        };
+        if signallable(pgid).is_none() {
+            return empty;
+        }
+        if let Some(start) = leader_start
+            && stat_fields(pgid).is_some_and(|f| !f.zombie && f.start_ticks != start)
+        {
+            return empty;
+        }
+        let is_member = |pid: u32| {
+            stat_fields(pid).is_some_and(|f| {
+                f.pgid == pgid && !f.zombie && leader_start.is_none_or(|s| f.start_ticks >= s)
+            })
+        };
+        let watched = all_pids()
+            .filter(|pid| *pid != pgid || leader_start.is_none())
+            .filter(|pid| is_member(*pid) && signallable(*pid).is_some())
+            .filter_map(|pid| {
+                let fd = open_pidfd(pid).ok()?;
+                // The pidfd pins the process; check again that it is the member we saw.
+                is_member(pid).then_some(())?;
+                Some((pid, watch_pidfd(fd).ok()?))
+            })
+            .collect();
+        Self { pgid, watched }
+    }
+
+    /// The group they were found in.
+    pub(crate) fn pgid(&self) -> u32 {
+        self.pgid
+    }
+
+    /// Whether none was found.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.watched.is_empty()
+    }
+
+    /// Their pids.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.watched.iter().map(|(pid, _)| *pid).collect()
+    }
+
+    /// Signals each one still in the group, through its pidfd; returns how many.
+    pub(crate) fn signal(&self, sig: Sig) -> usize {
+        self.watched
+            .iter()
+            .filter(|(pid, fd)| {
+                stat_fields(*pid).is_some_and(|f| f.pgid == self.pgid && !f.zombie)
+                    && rustix::process::pidfd_send_signal(fd.get_ref(), sig.rustix()).is_ok()
+            })
+            .count()
+    }
+
+    /// Resolves once every one of them has exited.
+    pub(crate) async fn all_gone(&self) {
+        futures::future::join_all(self.watched.iter().map(|(_, fd)| async move {
+            let _ = fd.readable().await;
+        }))
+        .await;
+    }
+
+    /// Those still running.
+    pub(crate) fn still_running(&self) -> Vec<u32> {
+        self.watched
+            .iter()
+            .map(|(pid, _)| *pid)
+            .filter(|pid| stat_fields(*pid).is_some_and(|f| !f.zombie))
+            .collect()
+    }
+}
+
+/// Live processes whose environment holds `RBEE_HIVE_WORKER=<marker>`, with their stat.
+pub(crate) fn find_marked(marker: &str) -> Vec<(u32, StatFields)> {
+    let needle = format!("{MARKER_VAR}={marker}");
+    all_pids()
+        .filter(|pid| signallable(*pid).is_some())
         .filter(|pid| {
-            let Some(raw) =
-                signallable(*pid).and_then(|p| rustix::process::Pid::from_raw(p.as_raw()))
-            else {
-                return false;
-            };
-            let Ok(fd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())
-            else {
-                return false;
-            };
-            // The pidfd pins the process; make sure it is still a member before signalling.
-            stat_fields(*pid).is_some_and(|f| f.pgid == pgid && !f.zombie)
-                && rustix::process::pidfd_send_signal(&fd, rustix_signal).is_ok()
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|entry| entry == needle.as_bytes())
+            })
         })
-        .count()
+        .filter_map(|pid| Some((pid, stat_fields(pid).filter(|f| !f.zombie)?)))
+        .collect()
+}
+
+fn all_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+}
+
+fn open_pidfd(pid: u32) -> std::io::Result<OwnedFd> {
+    let raw = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| std::io::Error::other(format!("pid {pid} is out of range")))?;
+    Ok(rustix::process::pidfd_open(
+        raw,
+        rustix::process::PidfdFlags::empty(),
+    )?)
 }
 
 /// Registers a pidfd with the Tokio reactor, to await its process's exit.
@@ -249,37 +347,26 @@ fn watch_pidfd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
 
 /// A pid that may be signalled: positive, above 1, within `i32`, and neither the hive itself
 /// nor its process group.
-pub fn signallable(pid: u32) -> Option<Pid> {
+pub(crate) fn signallable(pid: u32) -> Option<Pid> {
     let raw = i32::try_from(pid).ok().filter(|raw| *raw > 1)?;
     let own = std::process::id() as i32;
     let own_group = nix::unistd::getpgrp().as_raw();
     (raw != own && raw != own_group).then(|| Pid::from_raw(raw))
 }
 
-/// Live (non-zombie) processes whose process group is `pgid`.
-pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| stat_fields(*pid).is_some_and(|f| f.pgid == pgid && !f.zombie))
-        .collect()
-}
-
 /// The fields of `/proc/<pid>/stat` the hive uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StatFields {
+pub(crate) struct StatFields {
     /// Process group id.
-    pub pgid: u32,
+    pub(crate) pgid: u32,
     /// Start time in clock ticks since boot (identifies the process with its pid).
-    pub start_ticks: u64,
+    pub(crate) start_ticks: u64,
     /// Whether it is a zombie (or dead).
-    pub zombie: bool,
+    pub(crate) zombie: bool,
 }
 
 /// Reads `/proc/<pid>/stat`; `None` if the process does not exist.
-pub fn stat_fields(pid: u32) -> Option<StatFields> {
+pub(crate) fn stat_fields(pid: u32) -> Option<StatFields> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces; fields follow the last ')'.
     let rest = stat.rsplit_once(')')?.1;
@@ -292,36 +379,121 @@ pub fn stat_fields(pid: u32) -> Option<StatFields> {
     })
 }
 
-/// Waits until every pid in `pids` has exited or `deadline` passes; returns those still
-/// running. Each process is awaited through its own pidfd; one that cannot be opened is
-/// already gone.
-pub async fn wait_all_gone(pids: &[u32], pgid: u32, deadline: Instant) -> Vec<u32> {
-    let watched: Vec<(u32, AsyncFd<OwnedFd>)> = pids
-        .iter()
-        .filter_map(|pid| {
-            let raw = rustix::process::Pid::from_raw(i32::try_from(*pid).ok()?)?;
-            let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
-            // The pid might have been reused between the scan and the open: keep only
-            // processes that are still members of the worker's group.
-            stat_fields(*pid).filter(|f| f.pgid == pgid && !f.zombie)?;
-            Some((*pid, watch_pidfd(fd).ok()?))
-        })
-        .collect();
-    let all_gone = futures::future::join_all(watched.iter().map(|(_, fd)| async move {
-        let _ = fd.readable().await;
-    }));
-    if tokio::time::timeout_at(deadline, all_gone).await.is_ok() {
-        return Vec::new();
+/// Whether the socket that accepts connections to `127.0.0.1:port` is held by a process of
+/// group `pgid`. `Err` says who holds it instead (or that nobody listens).
+pub(crate) fn listener_is_held_by_group(port: u16, pgid: u32) -> Result<(), String> {
+    let listeners = accepting_listeners(port);
+    if listeners.is_empty() {
+        return Err(format!("no socket listens on port {port}"));
     }
-    watched
-        .iter()
-        .map(|(pid, _)| *pid)
-        .filter(|pid| stat_fields(*pid).is_some_and(|f| !f.zombie))
+    // The leader holds the socket in the common case; the rest of the group is scanned only
+    // when it does not.
+    let mut missing: Vec<u64> = listeners
+        .into_iter()
+        .filter(|inode| !holds_socket(pgid, *inode))
+        .collect();
+    if !missing.is_empty() {
+        let members: Vec<u32> = all_pids()
+            .filter(|pid| {
+                *pid != pgid && stat_fields(*pid).is_some_and(|f| f.pgid == pgid && !f.zombie)
+            })
+            .collect();
+        missing.retain(|inode| !members.iter().any(|pid| holds_socket(*pid, *inode)));
+    }
+    match missing.first() {
+        None => Ok(()),
+        Some(inode) => Err(match holder_of_socket(*inode) {
+            Some((pid, name)) => format!(
+                "port {port} is held by pid {pid} ({name}), which is not a process of this worker"
+            ),
+            None => format!(
+                "port {port} is held by a process this hive cannot see (another user's), not by this worker"
+            ),
+        }),
+    }
+}
+
+/// The inodes of the listening sockets that the kernel would hand a connection to
+/// `127.0.0.1:port`: the best-matching kind present (a socket bound to 127.0.0.1 beats one
+/// bound to the wildcard; IPv4 beats IPv6), all of them if several share it (`SO_REUSEPORT`).
+fn accepting_listeners(port: u16) -> Vec<u64> {
+    let mut found: Vec<(u8, u64)> = Vec::new();
+    for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(table) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        found.extend(
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| parse_listener(line, v6, port)),
+        );
+    }
+    let Some(best) = found.iter().map(|(rank, _)| *rank).min() else {
+        return Vec::new();
+    };
+    found
+        .into_iter()
+        .filter(|(rank, _)| *rank == best)
+        .map(|(_, inode)| inode)
         .collect()
 }
 
+/// One line of `/proc/net/tcp{,6}`: `(rank, inode)` of a listening socket on `port` that
+/// accepts connections to 127.0.0.1 (rank 0 is the kernel's first choice).
+fn parse_listener(line: &str, v6: bool, port: u16) -> Option<(u8, u64)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (address, local_port) = fields.get(1)?.split_once(':')?;
+    const LISTEN: &str = "0A";
+    if u16::from_str_radix(local_port, 16).ok()? != port || *fields.get(3)? != LISTEN {
+        return None;
+    }
+    let inode: u64 = fields.get(9)?.parse().ok()?;
+    // Addresses are printed as 32-bit words in host byte order.
+    let words: Vec<u32> = (0..address.len() / 8)
+        .map(|i| u32::from_str_radix(address.get(i * 8..i * 8 + 8)?, 16).ok())
+        .collect::<Option<_>>()?;
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let rank = if v6 {
+        let octets: [u8; 16] = bytes.try_into().ok()?;
+        let ip = Ipv6Addr::from(octets);
+        if ip.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST) {
+            1
+        } else if ip.is_unspecified() {
+            3
+        } else {
+            return None;
+        }
+    } else {
+        let octets: [u8; 4] = bytes.try_into().ok()?;
+        match Ipv4Addr::from(octets) {
+            Ipv4Addr::LOCALHOST => 0,
+            Ipv4Addr::UNSPECIFIED => 2,
+            _ => return None,
+        }
+    };
+    Some((rank, inode))
+}
+
+fn holds_socket(pid: u32, inode: u64) -> bool {
+    let target = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == &*target))
+}
+
+fn holder_of_socket(inode: u64) -> Option<(u32, String)> {
+    let pid = all_pids().find(|pid| holds_socket(*pid, inode))?;
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default();
+    Some((pid, name))
+}
+
 /// The last `max_lines` lines of a log file (at most 4 KiB), for failure messages.
-pub fn log_tail(path: &Path, max_lines: usize) -> String {
+pub(crate) fn log_tail(path: &Path, max_lines: usize) -> String {
     const MAX_BYTES: u64 = 4096;
     let Ok(mut file) = File::open(path) else {
         return String::new();
@@ -356,7 +528,7 @@ pub struct ProcessInfo {
 }
 
 /// Reads [`ProcessInfo`] for a live, non-zombie process.
-pub fn process_info(pid: u32) -> Option<ProcessInfo> {
+pub(crate) fn process_info(pid: u32) -> Option<ProcessInfo> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = rest.split_whitespace().collect();
@@ -396,8 +568,8 @@ pub fn process_info(pid: u32) -> Option<ProcessInfo> {
         .map(|bytes| {
             bytes
                 .split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(String::from_utf8_lossy)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
                 .collect::<Vec<_>>()
                 .join(" ")
         })
@@ -411,8 +583,7 @@ pub fn process_info(pid: u32) -> Option<ProcessInfo> {
     })
 }
 
-/// `ps -o etime` style: `mm:ss`, `hh:mm:ss`, `dd-hh:mm:ss`.
-pub fn format_elapsed(seconds: u64) -> String {
+fn format_elapsed(seconds: u64) -> String {
     let (days, rest) = (seconds / 86_400, seconds % 86_400);
     let (hours, rest) = (rest / 3600, rest % 3600);
     let (minutes, secs) = (rest / 60, rest % 60);
@@ -423,11 +594,10 @@ pub fn format_elapsed(seconds: u64) -> String {
     }
 }
 
-/// How long to wait for processes after SIGKILL before calling them stuck.
-pub const SIGKILL_WAIT: Duration = Duration::from_secs(5);
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -470,48 +640,92 @@ mod tests {
         assert_eq!(log_tail(&dir.path().join("missing"), 2), "");
     }
 
+    #[test]
+    fn parses_listeners_of_both_tables() {
+        let v4 = "   0: 0100007F:2382 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(parse_listener(v4, false, 0x2382), Some((0, 4242)));
+        assert_eq!(parse_listener(v4, false, 0x2383), None);
+        let any = v4.replace("0100007F", "00000000");
+        assert_eq!(parse_listener(&any, false, 0x2382), Some((2, 4242)));
+        let connected = v4.replace(" 0A ", " 01 ");
+        assert_eq!(parse_listener(&connected, false, 0x2382), None);
+        let elsewhere = v4.replace("0100007F", "0A00000A");
+        assert_eq!(parse_listener(&elsewhere, false, 0x2382), None);
+        let v6_any = "   0: 00000000000000000000000000000000:2382 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0";
+        assert_eq!(parse_listener(v6_any, true, 0x2382), Some((3, 77)));
+        let v6_mapped = v6_any.replacen(
+            "00000000000000000000000000000000",
+            "0000000000000000FFFF00000100007F",
+            1,
+        );
+        assert_eq!(parse_listener(&v6_mapped, true, 0x2382), Some((1, 77)));
+    }
+
+    #[tokio::test]
+    async fn a_listener_is_proven_only_for_the_group_that_holds_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // This test process holds the socket; its own group is the test's group.
+        let own_group = nix::unistd::getpgrp().as_raw() as u32;
+        let own = std::process::id();
+        assert!(holds_socket(own, accepting_listeners(port)[0]));
+        // No process has this pid (pids stay below 2^22).
+        let error = listener_is_held_by_group(port, 4_000_000_000).unwrap_err();
+        assert!(
+            error.contains(&format!("held by pid {own}")),
+            "{error} (own pid {own})"
+        );
+        drop(listener);
+        let error = listener_is_held_by_group(port, own_group).unwrap_err();
+        assert!(error.contains("no socket listens"), "{error}");
+    }
+
     #[tokio::test]
     async fn launches_in_own_group_and_waits_by_event() {
         let dir = tempfile::tempdir().unwrap();
         let log = File::create(dir.path().join("log")).unwrap();
-        let sh = Path::new("/bin/sh");
-        let args = vec![
-            "-c".to_string(),
-            "echo hello; sleep 30 & exec sleep 30".to_string(),
-        ];
-        let mut process = launch(LaunchSpec {
-            program: sh,
-            args: &args,
-            env: &[],
-            env_remove: &[],
+        let leader = launch(LaunchSpec {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".to_string(),
+                "echo hello; sleep 30 & exec sleep 30".to_string(),
+            ],
+            env: vec![(MARKER_VAR.into(), "test-instance/worker-1".into())],
+            env_remove: Vec::new(),
             log,
         })
         .unwrap();
-        let pid = process.pid();
-        // The group holds the leader and its background child.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while group_members(pid).len() < 2 && Instant::now() < deadline {
-            tokio::task::yield_now().await;
+        let pid = leader.pid();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while Members::scan(pid, None).pids().len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the group never had 2 members"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(stat_fields(pid).unwrap().pgid, pid);
-        let members = group_members(pid);
-        assert_eq!(members.len(), 2, "{members:?}");
-        assert!(process.signal_group(Signal::SIGTERM));
-        tokio::time::timeout(Duration::from_secs(5), process.exited())
+        let marked: Vec<u32> = find_marked("test-instance/worker-1")
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert!(marked.contains(&pid), "{marked:?}");
+        // Members other than the leader, as a restarted hive would find them.
+        let leader_start = stat_fields(pid).unwrap().start_ticks;
+        let others = Members::scan(pid, Some(leader_start));
+        assert_eq!(others.pids().len(), 1, "{:?}", others.pids());
+        assert!(leader.signal_group(Sig::Term));
+        tokio::time::timeout(Duration::from_secs(5), leader.exited())
             .await
             .unwrap();
-        let others: Vec<u32> = members.into_iter().filter(|p| *p != pid).collect();
-        assert!(
-            wait_all_gone(&others, pid, Instant::now() + Duration::from_secs(5))
-                .await
-                .is_empty()
-        );
-        let exit = process.reap();
+        tokio::time::timeout(Duration::from_secs(5), others.all_gone())
+            .await
+            .unwrap();
+        let exit = leader.reap();
         assert_eq!(exit.signal, Some(15));
-        assert!(
-            !process.signal_group(Signal::SIGKILL),
-            "never signals after reaping"
-        );
-        assert!(group_members(pid).is_empty());
+        // A member that exited may stay a zombie until its new parent reaps it: it still
+        // counts for the kernel's group probe, but is no process to stop.
+        assert!(Members::scan(pid, None).is_empty());
+        assert!(others.still_running().is_empty());
     }
 }

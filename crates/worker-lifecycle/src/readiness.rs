@@ -1,87 +1,115 @@
 //! Readiness: a worker is `Starting` until `GET http://127.0.0.1:{port}{health_path}`
-//! answers 2xx, then `Ready`.
+//! answers 2xx **from a socket that a process of its own group holds**, then `Ready`.
 //!
-//! A worker tells no one when it starts listening, so the hive asks: first after 2 ms, then
-//! at a growing interval capped at 100 ms, so fast workers are seen ready within a few
-//! milliseconds and slow ones cost little. A 503 (llama-server while it loads a model) or a
-//! refused connection means "still starting". The process exiting, or any status change,
-//! ends the wait at once (the supervisor's channels wake it). Past the ready timeout the
-//! worker is stopped.
+//! A worker tells no one when it starts listening, so the hive asks: at once, then after
+//! 2 ms, then at an interval growing by half each time up to 100 ms, so fast workers are
+//! seen ready within a few milliseconds and slow ones cost little. A 503 (llama-server
+//! while it loads a model) or a refused connection means "still starting". An answer from
+//! a socket held by another program (another hive's worker on the same port) does not
+//! count: probing goes on, and a timeout then says who holds the port. The supervisor owns
+//! the probe: it drops it the moment the worker exits or a stop begins.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::record::WorkerStatus;
-use crate::registry::WorkerSlot;
-use crate::supervisor::{ProcessPhase, StopReason};
+use crate::process;
+use crate::record::WorkerHealth;
 
 const FIRST_DELAY: Duration = Duration::from_millis(2);
 const MAX_DELAY: Duration = Duration::from_millis(100);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Probes the worker until it is healthy, stops it at the timeout, or returns when it
-/// leaves `Starting` for any other reason.
-pub(crate) async fn await_healthy(
-    slot: Arc<WorkerSlot>,
-    http: reqwest::Client,
-    url: String,
-    timeout: Duration,
-    grace: Duration,
-) {
+/// What a probe found out.
+#[derive(Debug)]
+pub(crate) enum Probe {
+    /// Healthy, from a socket of the worker's own group.
+    Ready,
+    /// Not ready within the timeout; `detail` says who answered instead, if anyone did.
+    TimedOut {
+        /// Who holds the port, when a health check was answered by someone else.
+        detail: Option<String>,
+    },
+    /// The one health check of an adopted worker.
+    Health(WorkerHealth),
+}
+
+/// Where and how to probe one worker.
+#[derive(Debug, Clone)]
+pub(crate) struct ProbeTarget {
+    /// The HTTP client (no idle connections kept: each probe is a fresh connection).
+    pub(crate) http: reqwest::Client,
+    /// `http://127.0.0.1:{port}{health_path}`.
+    pub(crate) url: String,
+    /// The worker's port.
+    pub(crate) port: u16,
+    /// The worker's process group.
+    pub(crate) pgid: u32,
+}
+
+impl ProbeTarget {
+    /// Whether the health check answers 2xx from a socket of the worker's group; `Err`
+    /// names who answered instead.
+    async fn check(&self, deadline: Instant) -> Result<bool, String> {
+        let answer = tokio::time::timeout_at(
+            deadline.min(Instant::now() + PROBE_TIMEOUT),
+            self.http.get(&self.url).send(),
+        )
+        .await;
+        match answer {
+            Ok(Ok(response)) if response.status().is_success() => {
+                process::listener_is_held_by_group(self.port, self.pgid).map(|()| true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+/// Probes until the worker is proven healthy or `timeout` passes.
+pub(crate) async fn until_ready(target: ProbeTarget, timeout: Duration) -> Probe {
     let deadline = Instant::now() + timeout;
     let mut delay = FIRST_DELAY;
-    let mut process = slot.watch_process();
-    let mut record = slot.watch_record();
+    let mut impostor: Option<String> = None;
     loop {
-        if record.borrow_and_update().status != WorkerStatus::Starting
-            || process.borrow_and_update().phase != ProcessPhase::Running
-        {
-            return;
-        }
-        let probe = tokio::time::timeout_at(
-            deadline.min(Instant::now() + PROBE_TIMEOUT),
-            http.get(&url).send(),
-        );
-        if let Ok(Ok(response)) = probe.await
-            && response.status().is_success()
-        {
-            if slot.set_status(WorkerStatus::Ready) {
-                tracing::info!(worker = %slot.id(), "ready: {url} answered {}", response.status());
+        match target.check(deadline).await {
+            Ok(true) => return Probe::Ready,
+            Ok(false) => {}
+            Err(who) => {
+                if impostor.as_deref() != Some(who.as_str()) {
+                    tracing::warn!(url = %target.url, "a health check was answered, but not by the worker: {who}");
+                }
+                impostor = Some(who);
             }
-            return;
         }
         if Instant::now() >= deadline {
-            tracing::warn!(worker = %slot.id(), "not ready within {timeout:?}; stopping it");
-            slot.request_stop(grace, StopReason::ReadyTimeout, false);
-            return;
+            return Probe::TimedOut { detail: impostor };
         }
-        let wake = (Instant::now() + delay).min(deadline);
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {}
-            _ = process.changed() => {}
-            _ = record.changed() => {}
-        }
+        tokio::time::sleep_until((Instant::now() + delay).min(deadline)).await;
         delay = (delay * 3 / 2).min(MAX_DELAY);
     }
 }
 
-/// After a restart: asks an adopted `Ready`/`Busy` worker for its health once and records
-/// what it says (a worker that does not answer is marked degraded, not stopped).
-pub(crate) async fn check_adopted(slot: Arc<WorkerSlot>, http: reqwest::Client, url: String) {
-    let healthy = matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, http.get(&url).send()).await,
-        Ok(Ok(response)) if response.status().is_success()
-    );
-    if !healthy {
-        tracing::warn!(worker = %slot.id(), "adopted worker does not answer {url}; marked degraded");
-    }
-    slot.update(|record| {
-        record.health = Some(if healthy {
-            crate::record::WorkerHealth::Healthy
-        } else {
-            crate::record::WorkerHealth::Degraded
-        });
-    });
+/// After a restart: asks an adopted `Ready`/`Busy` worker for its health once. A worker
+/// that does not answer, or whose port someone else answers, is marked degraded, not
+/// stopped.
+pub(crate) async fn check_adopted(target: ProbeTarget) -> Probe {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let health = match target.check(deadline).await {
+        Ok(true) => WorkerHealth::Healthy,
+        Ok(false) => {
+            tracing::warn!(
+                "adopted worker does not answer {}; marked degraded",
+                target.url
+            );
+            WorkerHealth::Degraded
+        }
+        Err(who) => {
+            tracing::warn!(
+                "adopted worker's {} is answered by someone else ({who}); marked degraded",
+                target.url
+            );
+            WorkerHealth::Degraded
+        }
+    };
+    Probe::Health(health)
 }

@@ -1,4 +1,10 @@
-//! The worker record of PROTOCOL §5, its status state machine, and how a process ended.
+//! The worker record of PROTOCOL §5 and the plain values inside it: the protocol status and
+//! its state machine, how a stop went, and how a process ended.
+//!
+//! A record is what `worker_get` shows and what the state file holds. Its `status` keeps
+//! the protocol's five values; what the protocol does not name lives beside it: `stop` (a
+//! stop under way, or how the last one went) and `exit` (how the leader ended). A worker
+//! whose id is reserved but whose process is not started yet has `pid` 0 and is not listed.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -6,13 +12,15 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Where a worker is in its life.
+/// Where a worker is in its life, as the protocol names it.
 ///
 /// ```text
 /// Starting ──► Ready ⇄ Busy
 ///    │           │      │
 ///    └───────────┴──────┴──► Stopped | Failed{reason}
 /// ```
+/// A stop under way does not change the status (the process still runs); the record's
+/// `stop` says it is under way.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerStatus {
     /// The process runs but has not answered its health check yet.
@@ -29,6 +37,9 @@ pub enum WorkerStatus {
         reason: String,
     },
 }
+
+/// The reason of a worker whose process was gone when the hive started again.
+pub(crate) const LOST: &str = "lost";
 
 impl WorkerStatus {
     /// The lowercase name of the listing (`starting`, `ready`, `busy`, `stopped`, `failed`).
@@ -60,7 +71,67 @@ impl WorkerStatus {
     }
 }
 
-/// How a worker process ended.
+/// Why the hive stopped a worker's processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// A `worker_delete` (or `worker_process_delete`).
+    Delete,
+    /// The hive is shutting down with `on_shutdown = "stop"`.
+    Shutdown,
+    /// It did not become ready in time.
+    ReadyTimeout,
+    /// The job spawning it was cancelled.
+    SpawnCancelled,
+    /// Its leader exited and left processes of its group behind.
+    LeaderExited,
+    /// Its leader died while the hive was down and left processes of its group behind.
+    Lost,
+}
+
+impl StopReason {
+    /// Whether the worker leaves the registry once its processes are gone.
+    pub(crate) fn removes(self) -> bool {
+        matches!(self, Self::Delete | Self::SpawnCancelled)
+    }
+}
+
+/// A stop of a worker's processes: under way until `finished_at` (no process of the group
+/// is left), and afterwards a record of how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopProgress {
+    /// Why.
+    pub reason: StopReason,
+    /// The grace between SIGTERM and SIGKILL, in milliseconds (the shortest asked for).
+    pub grace_ms: u64,
+    /// When the stop was asked.
+    pub requested_at: DateTime<Utc>,
+    /// When SIGTERM went to the group.
+    #[serde(default)]
+    pub sigterm_at: Option<DateTime<Utc>>,
+    /// When SIGKILL went to the group, if it was needed.
+    #[serde(default)]
+    pub sigkill_at: Option<DateTime<Utc>>,
+    /// When no process of the group was left.
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Processes of the group still there after SIGKILL (empty unless something is badly
+    /// wrong, such as a process stuck in the kernel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stuck: Vec<u32>,
+    /// What else is known (who answered the health check of a worker that never did).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl StopProgress {
+    /// Whether the stop is still going on.
+    pub fn is_under_way(&self) -> bool {
+        self.finished_at.is_none()
+    }
+}
+
+/// How a worker's leader process ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerExit {
     /// The exit code, if it exited.
@@ -76,6 +147,15 @@ impl WorkerExit {
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
+
+    /// An exit whose status the hive cannot know (the process was not its child).
+    pub(crate) fn unknown() -> Self {
+        Self {
+            code: None,
+            signal: None,
+            at: Utc::now(),
+        }
+    }
 }
 
 impl fmt::Display for WorkerExit {
@@ -89,7 +169,7 @@ impl fmt::Display for WorkerExit {
 }
 
 /// The conventional name of a signal number.
-pub fn signal_name(signal: i32) -> &'static str {
+pub(crate) fn signal_name(signal: i32) -> &'static str {
     nix::sys::signal::Signal::try_from(signal)
         .map(|s| s.as_str())
         .unwrap_or("unknown signal")
@@ -105,7 +185,7 @@ pub enum WorkerHealth {
     Degraded,
 }
 
-/// One worker, as `worker_get` shows it.
+/// One worker, as `worker_get` shows it and the state file keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerRecord {
     /// `worker-<n>`.
@@ -116,7 +196,8 @@ pub struct WorkerRecord {
     pub worker_type: String,
     /// `GPU-<n>`, `CPU-<n>` or `METAL-<n>`.
     pub device: String,
-    /// Its process id; also its process group id (it leads its own group).
+    /// Its process id; also its process group id (it leads its own group). 0 while the
+    /// process is not started yet.
     pub pid: u32,
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -133,22 +214,37 @@ pub struct WorkerRecord {
     pub started_at: DateTime<Utc>,
     /// Its base URL.
     pub url: String,
-    /// When it first answered its health check.
+    /// When it first answered its health check (from a process of its own group).
     #[serde(default)]
     pub ready_at: Option<DateTime<Utc>>,
     /// When it last sent a heartbeat.
     #[serde(default)]
     pub last_heartbeat: Option<DateTime<Utc>>,
-    /// The health it last reported.
+    /// The health it last reported (or, after a restart, what its health check said).
     #[serde(default)]
     pub health: Option<WorkerHealth>,
-    /// How it ended, once it has.
+    /// A stop of its processes: under way, or how the last one went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<StopProgress>,
+    /// How its leader ended, once it has.
     #[serde(default)]
     pub exit: Option<WorkerExit>,
     /// The command line it was started with (no shell).
     pub command: Vec<String>,
     /// Its stdout and stderr.
     pub log_path: PathBuf,
+}
+
+impl WorkerRecord {
+    /// Whether its process has been started (a reserved id has none yet).
+    pub fn is_launched(&self) -> bool {
+        self.pid != 0
+    }
+
+    /// Whether a stop of its processes is under way.
+    pub fn is_stopping(&self) -> bool {
+        self.stop.as_ref().is_some_and(StopProgress::is_under_way)
+    }
 }
 
 #[cfg(test)]
@@ -163,7 +259,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_string(&WorkerStatus::Failed {
-                reason: "lost".into()
+                reason: LOST.into()
             })
             .unwrap(),
             r#"{"Failed":{"reason":"lost"}}"#

@@ -1,237 +1,256 @@
-//! The registry of a hive's workers: a cheap `Clone` handle with the lock inside.
+//! The registry of a hive's workers and its way to disk.
 //!
-//! Each worker has a slot holding its record in a `watch` channel: every change of a
-//! worker's record goes through its slot ([`WorkerSlot::set_status`] for the status, which
-//! enforces the state machine, and [`WorkerSlot::update`] for the rest) and wakes whoever
-//! waits on it. Ids are `worker-<n>`, handed out from a counter and never reused.
+//! Each worker has a slot: a receiver of its record (the sender belongs to the worker's
+//! supervisor, the record's only writer) and the channel to that supervisor. Ids are
+//! `worker-<n>` from a counter that is never turned back, and never reused.
+//!
+//! Every change that the state file must hold bumps a generation counter; one writer task
+//! saves the registry whenever the counter moved (many changes, one `fsync`), then
+//! publishes the generation it saved. An acknowledgement waits for the save that contains
+//! its change ([`Registry::wait_durable`]): a snapshot taken after reading generation `g`
+//! holds every change numbered up to `g`, because each change is applied before it is
+//! counted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::LifecycleError;
-use crate::record::{WorkerRecord, WorkerStatus};
-use crate::supervisor::{Control, ProcessView};
+use crate::record::WorkerRecord;
+use crate::state_file::{PersistedState, StateDir};
+use crate::supervisor::Command;
 
-/// The workers of one hive.
+/// The workers of one hive. A cheap `Clone` handle.
 #[derive(Clone)]
-pub struct Registry {
-    // std Mutex: held only to read or update the map, never across an await.
-    inner: Arc<Mutex<Inner>>,
-    /// Bumped on every change of the map or of any record (the state file follows it).
-    changes: Arc<watch::Sender<u64>>,
+pub(crate) struct Registry {
+    shared: Arc<Shared>,
 }
 
-impl Default for Registry {
-    fn default() -> Self {
-        Self {
-            inner: Arc::default(),
-            changes: Arc::new(watch::channel(0).0),
-        }
-    }
+struct Shared {
+    // std Mutex: held only to read or update the map, never across an await.
+    slots: Mutex<Slots>,
+    /// Bumped after every change the state file must follow.
+    generation: watch::Sender<u64>,
+    /// What the writer has saved.
+    durable: watch::Sender<Durable>,
+    /// Marks this state dir's worker processes (`RBEE_HIVE_WORKER=<instance>/<id>`).
+    instance: String,
 }
 
 #[derive(Default)]
-struct Inner {
-    slots: BTreeMap<u64, Arc<WorkerSlot>>,
+struct Slots {
+    by_number: BTreeMap<u64, Slot>,
     last_id: u64,
 }
 
-/// One worker: its record, the channel to its supervisor, and its process's progress.
-pub struct WorkerSlot {
-    /// The number in `worker-<n>`.
-    pub number: u64,
-    pub(crate) record: watch::Sender<WorkerRecord>,
-    pub(crate) control: mpsc::UnboundedSender<Control>,
-    pub(crate) process: watch::Sender<ProcessView>,
-    changes: Arc<watch::Sender<u64>>,
+/// One worker's place in the registry.
+#[derive(Clone)]
+pub(crate) struct Slot {
+    /// The record, written by the supervisor alone.
+    pub(crate) record: watch::Receiver<WorkerRecord>,
+    /// Requests to the supervisor.
+    pub(crate) commands: mpsc::UnboundedSender<Command>,
 }
 
-impl WorkerSlot {
-    pub(crate) fn new(
-        registry: &Registry,
-        number: u64,
-        record: WorkerRecord,
-        control: mpsc::UnboundedSender<Control>,
-        process: ProcessView,
-    ) -> Self {
-        Self {
-            number,
-            record: watch::channel(record).0,
-            control,
-            process: watch::channel(process).0,
-            changes: registry.changes.clone(),
-        }
-    }
-
-    /// The worker's id.
-    pub fn id(&self) -> String {
-        self.record.borrow().id.clone()
-    }
-
-    /// A copy of the record.
-    pub fn record(&self) -> WorkerRecord {
-        self.record.borrow().clone()
-    }
-
-    /// The one place a worker's status changes: applies `next` if the state machine allows
-    /// it, wakes waiters, and returns whether it changed.
-    pub fn set_status(&self, next: WorkerStatus) -> bool {
-        let changed = self.record.send_if_modified(|record| {
-            if record.status.can_become(&next) {
-                if next == WorkerStatus::Ready && record.ready_at.is_none() {
-                    record.ready_at = Some(chrono::Utc::now());
-                }
-                record.status = next;
-                true
-            } else {
-                false
-            }
-        });
-        if changed {
-            bump(&self.changes);
-        }
-        changed
-    }
-
-    /// Changes fields other than the status.
-    pub fn update(&self, change: impl FnOnce(&mut WorkerRecord)) {
-        self.record.send_modify(|record| {
-            let status = record.status.clone();
-            change(record);
-            debug_assert_eq!(
-                record.status, status,
-                "status changes go through set_status"
-            );
-            record.status = status;
-        });
-        bump(&self.changes);
-    }
-
-    /// Subscribes to the record.
-    pub fn watch_record(&self) -> watch::Receiver<WorkerRecord> {
-        self.record.subscribe()
-    }
-
-    /// Subscribes to the process's progress.
-    pub fn watch_process(&self) -> watch::Receiver<ProcessView> {
-        self.process.subscribe()
-    }
-
-    /// Asks the supervisor to stop the worker (ignored once its process is gone).
-    pub(crate) fn request_stop(
-        &self,
-        grace: Duration,
-        reason: crate::supervisor::StopReason,
-        remove: bool,
-    ) {
-        let _ = self.control.send(Control::Stop {
-            grace,
-            reason,
-            remove,
-        });
-    }
+/// The writer's progress.
+#[derive(Debug, Clone, Default)]
+struct Durable {
+    /// Every change up to this generation is on disk.
+    saved: u64,
+    /// The last failed save: the generation it tried and why it failed.
+    failure: Option<(u64, String)>,
+    /// Whether the writer has ended (nothing more will be saved).
+    stopped: bool,
 }
 
 impl Registry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Takes the next id number (never handed out again).
-    pub(crate) fn next_number(&self) -> u64 {
-        let mut inner = self.lock();
-        inner.last_id += 1;
-        inner.last_id
-    }
-
-    /// The highest id number ever handed out.
-    pub fn last_id(&self) -> u64 {
-        self.lock().last_id
-    }
-
-    pub(crate) fn insert(&self, slot: Arc<WorkerSlot>) {
-        {
-            let mut inner = self.lock();
-            inner.last_id = inner.last_id.max(slot.number);
-            inner.slots.insert(slot.number, slot);
+    /// An empty registry whose workers carry `instance` in their marker.
+    pub(crate) fn new(instance: String) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                slots: Mutex::default(),
+                generation: watch::channel(0).0,
+                durable: watch::channel(Durable::default()).0,
+                instance,
+            }),
         }
-        bump(&self.changes);
     }
 
-    /// Removes a worker's slot; returns whether it was there.
-    pub(crate) fn remove(&self, number: u64) -> bool {
-        let removed = self.lock().slots.remove(&number).is_some();
-        if removed {
-            bump(&self.changes);
-        }
-        removed
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        self.shared.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id of this state dir's hive instance.
+    pub(crate) fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// Counts a change that the state file must hold; returns its generation.
+    pub(crate) fn bump(&self) -> u64 {
+        let mut generation = 0;
+        self.shared.generation.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        generation
+    }
+
+    /// The generation of the latest change.
+    pub(crate) fn generation(&self) -> u64 {
+        *self.shared.generation.borrow()
+    }
+
+    /// Takes the next id number (never handed out again; saved with the next save).
+    pub(crate) fn reserve_number(&self) -> u64 {
+        let number = {
+            let mut slots = self.lock();
+            slots.last_id += 1;
+            slots.last_id
+        };
+        self.bump();
+        number
     }
 
     /// Raises the id counter to at least `last_id` (ids survive restarts).
     pub(crate) fn raise_last_id(&self, last_id: u64) {
-        let mut inner = self.lock();
-        inner.last_id = inner.last_id.max(last_id);
+        let mut slots = self.lock();
+        slots.last_id = slots.last_id.max(last_id);
     }
 
-    /// Subscribes to changes (a counter bumped on each).
-    pub fn watch_changes(&self) -> watch::Receiver<u64> {
-        self.changes.subscribe()
+    /// Adds a worker's slot.
+    pub(crate) fn insert(&self, number: u64, slot: Slot) {
+        {
+            let mut slots = self.lock();
+            slots.last_id = slots.last_id.max(number);
+            slots.by_number.insert(number, slot);
+        }
+        self.bump();
     }
 
-    /// Everything the state file holds, taken under one lock.
-    pub fn snapshot(&self) -> crate::state_file::PersistedState {
-        let inner = self.lock();
-        let workers = inner.slots.values().map(|slot| slot.record()).collect();
-        crate::state_file::PersistedState::new(inner.last_id, workers)
+    /// Removes a worker's slot: called by its supervisor alone, once its processes are gone.
+    pub(crate) fn remove(&self, number: u64) {
+        let removed = self.lock().by_number.remove(&number).is_some();
+        if removed {
+            self.bump();
+        }
     }
 
     /// The slot of worker `id`.
-    pub fn slot(&self, id: &str) -> Result<Arc<WorkerSlot>, LifecycleError> {
+    pub(crate) fn slot(&self, id: &str) -> Result<Slot, LifecycleError> {
         parse_id(id)
-            .and_then(|number| self.lock().slots.get(&number).cloned())
+            .and_then(|number| self.lock().by_number.get(&number).cloned())
             .ok_or_else(|| LifecycleError::NotFound(id.to_owned()))
     }
 
     /// Every slot, by id number.
-    pub fn slots(&self) -> Vec<Arc<WorkerSlot>> {
-        self.lock().slots.values().cloned().collect()
+    pub(crate) fn slots(&self) -> Vec<Slot> {
+        self.lock().by_number.values().cloned().collect()
     }
 
-    /// Every registered worker, by id number.
-    pub fn list(&self) -> Vec<WorkerRecord> {
-        self.slots().iter().map(|slot| slot.record()).collect()
+    /// Every record, by id number.
+    pub(crate) fn records(&self) -> Vec<WorkerRecord> {
+        self.lock()
+            .by_number
+            .values()
+            .map(|slot| slot.record.borrow().clone())
+            .collect()
     }
 
-    /// One worker.
-    pub fn get(&self, id: &str) -> Result<WorkerRecord, LifecycleError> {
-        self.slot(id).map(|slot| slot.record())
+    /// Everything the state file holds, taken under one lock.
+    fn snapshot(&self) -> PersistedState {
+        let slots = self.lock();
+        let workers = slots
+            .by_number
+            .values()
+            .map(|slot| slot.record.borrow().clone())
+            .collect();
+        PersistedState::new(&self.shared.instance, slots.last_id, workers)
     }
 
-    /// How many workers are registered.
-    pub fn len(&self) -> usize {
-        self.lock().slots.len()
+    /// Waits until the state file holds every change up to `generation`; fails if the save
+    /// that should have held it failed.
+    pub(crate) async fn wait_durable(&self, generation: u64) -> Result<(), LifecycleError> {
+        let mut durable = self.shared.durable.subscribe();
+        let outcome = durable
+            .wait_for(|d| {
+                d.saved >= generation
+                    || d.stopped
+                    || d.failure.as_ref().is_some_and(|(g, _)| *g >= generation)
+            })
+            .await
+            .map(|d| d.clone());
+        match outcome {
+            Ok(d) if d.saved >= generation => Ok(()),
+            Ok(Durable {
+                failure: Some((failed, why)),
+                ..
+            }) if failed >= generation => Err(LifecycleError::StateNotSaved(why)),
+            _ => Err(LifecycleError::StateNotSaved(
+                "the state file writer has stopped".into(),
+            )),
+        }
     }
 
-    /// Whether no worker is registered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    /// Waits until every change made so far is on disk.
+    pub(crate) async fn flush(&self) -> Result<(), LifecycleError> {
+        self.wait_durable(self.generation()).await
     }
-}
 
-fn bump(changes: &watch::Sender<u64>) {
-    changes.send_modify(|generation| *generation = generation.wrapping_add(1));
+    /// Saves the registry at once, then whenever it changed, coalescing bursts, until `stop`
+    /// is cancelled. A failed save is retried after a second even without a new change.
+    pub(crate) async fn write_state(self, state_dir: Arc<StateDir>, stop: CancellationToken) {
+        const RETRY_AFTER: Duration = Duration::from_secs(1);
+        /// Tells waiters that nothing more will be saved, however the writer ends.
+        struct Stopped(Registry);
+        impl Drop for Stopped {
+            fn drop(&mut self) {
+                self.0.shared.durable.send_modify(|d| d.stopped = true);
+            }
+        }
+        let _stopped = Stopped(self.clone());
+        let mut changes = self.shared.generation.subscribe();
+        let mut retry = true;
+        loop {
+            if !retry {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    changed = changes.changed() => if changed.is_err() { return },
+                }
+            }
+            let generation = *changes.borrow_and_update();
+            let registry = self.clone();
+            let dir = state_dir.clone();
+            let saved =
+                tokio::task::spawn_blocking(move || dir.save_latest(|| registry.snapshot()))
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+                    .and_then(|r| r);
+            retry = saved.is_err();
+            self.shared.durable.send_modify(|durable| match saved {
+                Ok(()) => durable.saved = durable.saved.max(generation),
+                Err(error) => {
+                    tracing::error!(
+                        "cannot write the state file {}: {error}",
+                        state_dir.state_file().display()
+                    );
+                    durable.failure = Some((generation, error.to_string()));
+                }
+            });
+            if retry {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                }
+            }
+        }
+    }
 }
 
 /// `worker-<n>` → `n` (canonical decimal, no sign, no leading zeros).
-pub fn parse_id(id: &str) -> Option<u64> {
+pub(crate) fn parse_id(id: &str) -> Option<u64> {
     let digits = id.strip_prefix("worker-")?;
     if digits.is_empty()
         || digits.len() > 19
@@ -244,7 +263,7 @@ pub fn parse_id(id: &str) -> Option<u64> {
 }
 
 /// `n` → `worker-<n>`.
-pub fn format_id(number: u64) -> String {
+pub(crate) fn format_id(number: u64) -> String {
     format!("worker-{number}")
 }
 
@@ -271,10 +290,35 @@ mod tests {
 
     #[test]
     fn numbers_are_never_reused() {
-        let registry = Registry::new();
-        let a = registry.next_number();
-        let b = registry.next_number();
+        let registry = Registry::new("test".into());
+        let a = registry.reserve_number();
+        registry.raise_last_id(a - 1);
+        let b = registry.reserve_number();
         assert!(b > a);
-        assert_eq!(registry.last_id(), b);
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_waits_for_the_save_that_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = Arc::new(StateDir::lock(dir.path()).unwrap());
+        let registry = Registry::new("test".into());
+        let stop = CancellationToken::new();
+        let writer = tokio::spawn(
+            registry
+                .clone()
+                .write_state(state_dir.clone(), stop.clone()),
+        );
+        let number = registry.reserve_number();
+        registry.flush().await.unwrap();
+        // Once the flush returns, the reservation is in the file.
+        assert_eq!(state_dir.load().unwrap().last_id, number);
+        stop.cancel();
+        writer.await.unwrap();
+        // With the writer gone, nothing can be acknowledged any more.
+        registry.bump();
+        assert!(matches!(
+            registry.flush().await,
+            Err(LifecycleError::StateNotSaved(_))
+        ));
     }
 }

@@ -1,7 +1,9 @@
 //! The state file: the registry on disk, so that a restarted hive finds its workers again.
 //!
 //! `<state_dir>/workers.json` holds every worker record (pid, process start time, process
-//! group, port, status …) and the last id handed out. It is written atomically — a
+//! group, port, status, a stop under way …), the last id handed out, and the id of this
+//! hive instance that marks its workers' processes. Version 1 files (no instance id, no
+//! stops) are read too. It is written atomically — a
 //! temporary file, `fsync`, `rename`, then `fsync` of the directory — so a crash leaves
 //! either the old or the new file, never half of one. A file that cannot be read or parsed
 //! is moved aside (`workers.json.corrupt-<time>`) with an error in the log, never silently
@@ -20,33 +22,38 @@ use crate::error::LifecycleError;
 use crate::record::WorkerRecord;
 
 /// The file name of the state file in the state dir.
-pub const STATE_FILE: &str = "workers.json";
+pub(crate) const STATE_FILE: &str = "workers.json";
 /// The file name of the lock file in the state dir.
-pub const LOCK_FILE: &str = "rbee-hive.lock";
-const FORMAT_VERSION: u32 = 1;
+const LOCK_FILE: &str = "rbee-hive.lock";
+const FORMAT_VERSION: u32 = 2;
+const READABLE_VERSIONS: [u32; 2] = [1, 2];
 
 /// What the state file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PersistedState {
+pub(crate) struct PersistedState {
     /// The format version.
-    pub version: u32,
+    pub(crate) version: u32,
     /// The pid of the hive that wrote it.
-    pub hive_pid: u32,
+    pub(crate) hive_pid: u32,
     /// When it was written.
-    pub saved_at: DateTime<Utc>,
+    pub(crate) saved_at: DateTime<Utc>,
+    /// The id that marks the processes of this state dir's workers (version 2).
+    #[serde(default)]
+    pub(crate) instance: Option<String>,
     /// The highest worker id number ever handed out (ids are never reused).
-    pub last_id: u64,
-    /// Every registered worker.
-    pub workers: Vec<WorkerRecord>,
+    pub(crate) last_id: u64,
+    /// Every registered worker, including ids reserved for a process not started yet.
+    pub(crate) workers: Vec<WorkerRecord>,
 }
 
 impl PersistedState {
     /// A state to save.
-    pub fn new(last_id: u64, workers: Vec<WorkerRecord>) -> Self {
+    pub(crate) fn new(instance: &str, last_id: u64, workers: Vec<WorkerRecord>) -> Self {
         Self {
             version: FORMAT_VERSION,
             hive_pid: std::process::id(),
             saved_at: Utc::now(),
+            instance: Some(instance.to_owned()),
             last_id,
             workers,
         }
@@ -55,7 +62,7 @@ impl PersistedState {
 
 /// The state dir of one hive, locked for its life.
 #[derive(Debug)]
-pub struct StateDir {
+pub(crate) struct StateDir {
     dir: PathBuf,
     _lock: Flock<File>,
     // std Mutex: held while one save writes, never across an await. Saves from the
@@ -65,7 +72,7 @@ pub struct StateDir {
 
 impl StateDir {
     /// Creates the directory if needed and takes its lock; fails if another hive holds it.
-    pub fn lock(dir: &Path) -> Result<Self, LifecycleError> {
+    pub(crate) fn lock(dir: &Path) -> Result<Self, LifecycleError> {
         let io = |source| LifecycleError::StateDir {
             path: dir.to_owned(),
             source,
@@ -104,13 +111,13 @@ impl StateDir {
     }
 
     /// The state file's path.
-    pub fn state_file(&self) -> PathBuf {
+    pub(crate) fn state_file(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
     }
 
     /// Reads the saved state. `None` when there is none; a file that cannot be read or
     /// parsed is moved aside (its new name is logged) and `None` is returned.
-    pub fn load(&self) -> Option<PersistedState> {
+    pub(crate) fn load(&self) -> Option<PersistedState> {
         let path = self.state_file();
         let text = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -121,12 +128,12 @@ impl StateDir {
             }
         };
         match serde_json::from_slice::<PersistedState>(&text) {
-            Ok(state) if state.version == FORMAT_VERSION => Some(state),
+            Ok(state) if READABLE_VERSIONS.contains(&state.version) => Some(state),
             Ok(state) => {
                 self.move_aside(
                     &path,
                     &format!(
-                        "it has format version {}, this hive reads {FORMAT_VERSION}",
+                        "it has format version {}, this hive reads versions 1 and 2",
                         state.version
                     ),
                 );
@@ -160,7 +167,10 @@ impl StateDir {
     /// Writes the state atomically: temporary file, fsync, rename, fsync of the directory.
     /// Takes the state to save while holding the writer's lock, so that of two saves the
     /// later snapshot is always the one left on disk.
-    pub fn save_latest(&self, snapshot: impl FnOnce() -> PersistedState) -> std::io::Result<()> {
+    pub(crate) fn save_latest(
+        &self,
+        snapshot: impl FnOnce() -> PersistedState,
+    ) -> std::io::Result<()> {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let state = snapshot();
         let path = self.state_file();
@@ -185,7 +195,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state_dir = StateDir::lock(dir.path()).unwrap();
         assert_eq!(state_dir.load(), None);
-        let state = PersistedState::new(7, Vec::new());
+        let state = PersistedState::new("instance", 7, Vec::new());
         state_dir.save_latest(|| state.clone()).unwrap();
         assert_eq!(state_dir.load(), Some(state));
     }

@@ -1,241 +1,620 @@
-//! The supervisor: one task per worker that owns its process from spawn to reaping.
+//! The supervisor: one task per worker, the only writer of its record, from the reservation
+//! of its id to its removal from the registry.
 //!
-//! It waits for the leader to exit (through its pidfd) and takes stop requests. A stop sends
-//! SIGTERM to the process group and arms the grace deadline; past the deadline the group gets
-//! SIGKILL. Once the leader has exited — on its own or stopped — the rest of the group gets
-//! the same treatment (SIGTERM, the remaining grace, SIGKILL), then the leader is reaped, the
-//! port is given back, the record gets its exit and final status, and a deleted worker
-//! leaves the registry. Because one task does all of this, two deletes, a delete during
-//! start-up, and an exit during a delete all end in the same single sequence.
+//! It launches the process once the reservation is on disk, probes readiness, takes
+//! commands (stop, hurry, heartbeat, "tell me when no stop is under way"), and watches the
+//! leader's exit through its pidfd. A stop is recorded on disk before the first signal (so a
+//! hive killed in the middle resumes it), then SIGTERM goes to the group, and SIGKILL when
+//! the grace is over. Once the leader has exited — on its own or stopped — the rest of its
+//! group is stopped the same way, each member through its own pidfd, and the supervisor
+//! keeps reading commands all the while: a shorter grace or a hurry escalates at once, in
+//! every phase. When no process of the group is left, the port is given back, the record
+//! gets its exit and final status, and a deleted worker leaves the registry — here, and
+//! nowhere else.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
-use tokio::sync::mpsc;
+use chrono::Utc;
+use futures::future::BoxFuture;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::ports::PortLease;
-use crate::process::{self, SIGKILL_WAIT, WorkerProcess};
-use crate::record::{WorkerExit, WorkerStatus, signal_name};
-use crate::registry::{Registry, WorkerSlot};
+use crate::process::{self, LaunchSpec, Leader, Members, Sig};
+use crate::readiness::{self, Probe, ProbeTarget};
+use crate::record::{
+    LOST, StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus,
+    signal_name,
+};
+use crate::registry::Registry;
+
+/// How long to wait for processes after SIGKILL before calling them stuck.
+const SIGKILL_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a stop waits for its record to reach the disk before signalling anyway (a stop
+/// must not depend on a working disk).
+const STOP_RECORD_WAIT: Duration = Duration::from_secs(2);
+
+/// What a heartbeat says about the worker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeartbeatState {
+    /// Idle.
+    Ready,
+    /// Serving.
+    Busy,
+}
 
 /// A request to a supervisor.
-#[derive(Debug, Clone)]
-pub(crate) enum Control {
-    /// Stop the worker's process tree.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Stop the worker's processes; the shortest grace asked for wins.
     Stop {
         /// Time between SIGTERM and SIGKILL.
         grace: Duration,
-        /// Who asks.
+        /// Who asks (a delete or a cancelled spawn also removes the worker afterwards).
         reason: StopReason,
-        /// Whether to remove the worker from the registry once it is gone.
-        remove: bool,
     },
+    /// If a stop is under way: SIGKILL now.
+    Hurry,
+    /// A heartbeat from the worker; answered with the record.
+    Heartbeat {
+        health: WorkerHealth,
+        state: Option<HeartbeatState>,
+        reply: oneshot::Sender<WorkerRecord>,
+    },
+    /// Answered once no stop is under way.
+    WhenSettled(oneshot::Sender<()>),
 }
 
-/// Why the hive stopped a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// A `worker_delete`.
-    Delete,
-    /// The hive is shutting down.
-    Shutdown,
-    /// It did not become ready in time.
-    ReadyTimeout,
-    /// The job spawning it was cancelled.
-    SpawnCancelled,
-}
-
-/// Where the worker's process is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProcessPhase {
-    /// Running; no stop asked.
-    Running,
-    /// A stop is under way.
-    Stopping,
-    /// The whole group is gone and the leader reaped.
-    Exited,
-}
-
-/// How a worker's processes ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExitOutcome {
-    /// How the leader ended.
-    pub exit: WorkerExit,
-    /// Group members still alive after SIGKILL (empty unless something is badly wrong).
-    pub leftover: Vec<u32>,
-}
-
-/// A worker process's progress, published to whoever waits on it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessView {
-    /// The phase.
-    pub phase: ProcessPhase,
-    /// Why a stop was asked, if one was.
-    pub stop_reason: Option<StopReason>,
-    /// When the first stop was asked.
-    pub stop_requested_at: Option<Instant>,
-    /// The grace that applies.
-    pub grace: Option<Duration>,
-    /// Whether SIGTERM went to the group.
-    pub sigterm_sent: bool,
-    /// Whether SIGKILL was needed and sent.
-    pub sigkill_sent: bool,
-    /// How it ended, once it has.
-    pub outcome: Option<ExitOutcome>,
-}
-
-impl ProcessView {
-    pub(crate) fn running() -> Self {
-        Self {
-            phase: ProcessPhase::Running,
-            stop_reason: None,
-            stop_requested_at: None,
-            grace: None,
-            sigterm_sent: false,
-            sigkill_sent: false,
-            outcome: None,
-        }
-    }
-}
-
-/// Owns one worker's process until it is gone.
-pub(crate) struct Supervisor {
-    pub(crate) slot: Arc<WorkerSlot>,
-    pub(crate) process: WorkerProcess,
-    pub(crate) port: PortLease,
+/// What every supervisor shares.
+pub(crate) struct Context {
     pub(crate) registry: Registry,
-    pub(crate) commands: mpsc::UnboundedReceiver<Control>,
+    pub(crate) http: reqwest::Client,
     pub(crate) default_grace: Duration,
-    pub(crate) ready_timeout: Duration,
+    /// Cancelled when the manager is dropped: supervisors end without touching processes.
+    pub(crate) shutdown: CancellationToken,
+    /// Woken when a worker leaves the registry (its log may be pruned later).
+    pub(crate) removed: Arc<Notify>,
+}
+
+/// How a supervisor begins.
+pub(crate) enum Start {
+    /// A reserved id: launch the process once the reservation is on disk.
+    Launch(Box<LaunchSpec>),
+    /// A leader found again after a restart; `resume` a stop that was under way.
+    Adopted {
+        leader: Leader,
+        resume: Option<(StopReason, Duration)>,
+    },
+    /// Processes left by a leader that died while the hive was down: stop them.
+    Survivors {
+        members: Members,
+        reason: StopReason,
+    },
+    /// Nothing runs any more; the record is kept until it is deleted.
+    Ended,
+}
+
+/// Where the worker's processes are.
+enum Proc {
+    /// Not started yet.
+    Pending,
+    /// The leader runs (or has exited and is not reaped yet).
+    Leader(Leader),
+    /// The leader is gone; these members of its group are not.
+    Draining(Members),
+    /// No process of the group is left.
+    Gone,
+}
+
+struct StopPlan {
+    reason: StopReason,
+    requested: Instant,
+    kill_at: Instant,
+    sigkill_sent: bool,
+    give_up_at: Option<Instant>,
+}
+
+/// Owns one worker until it leaves the registry.
+pub(crate) struct Supervisor {
+    number: u64,
+    record: watch::Sender<WorkerRecord>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    context: Arc<Context>,
+    port: Option<PortLease>,
+    health_path: String,
+    ready_timeout: Duration,
+    process: Proc,
+    plan: Option<StopPlan>,
+    probe: Option<BoxFuture<'static, Probe>>,
+    settle_waiters: Vec<oneshot::Sender<()>>,
+    exit: Option<WorkerExit>,
+    stuck: Vec<u32>,
+    /// Its leader died while the hive was down.
+    lost: bool,
+    /// It leaves the registry once its processes are gone.
+    remove: bool,
 }
 
 impl Supervisor {
-    pub(crate) async fn run(mut self) {
-        let mut deadline: Option<Instant> = None;
-        let mut remove = false;
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        number: u64,
+        record: watch::Sender<WorkerRecord>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        context: Arc<Context>,
+        port: Option<PortLease>,
+        health_path: String,
+        ready_timeout: Duration,
+        lost: bool,
+    ) -> Self {
+        Self {
+            number,
+            record,
+            commands,
+            context,
+            port,
+            health_path,
+            ready_timeout,
+            process: Proc::Pending,
+            plan: None,
+            probe: None,
+            settle_waiters: Vec::new(),
+            exit: None,
+            stuck: Vec::new(),
+            lost,
+            remove: false,
+        }
+    }
+
+    pub(crate) async fn run(mut self, start: Start) {
+        match start {
+            Start::Launch(spec) => {
+                if !self.launch(*spec).await {
+                    self.process = Proc::Gone;
+                    self.remove = true;
+                }
+            }
+            Start::Adopted { leader, resume } => {
+                self.process = Proc::Leader(leader);
+                match resume {
+                    Some((reason, grace)) => self.begin_stop(reason, grace, None).await,
+                    None => self.probe_adopted(),
+                }
+            }
+            Start::Survivors { members, reason } => {
+                self.process = Proc::Draining(members);
+                let grace = self.context.default_grace;
+                self.begin_stop(reason, grace, None).await;
+            }
+            Start::Ended => self.process = Proc::Gone,
+        }
         loop {
-            let kill_armed = deadline.is_some() && !self.slot.process.borrow().sigkill_sent;
+            if self.remove && matches!(self.process, Proc::Gone) {
+                break;
+            }
+            let kill_at = self
+                .plan
+                .as_ref()
+                .filter(|plan| !plan.sigkill_sent)
+                .map(|plan| plan.kill_at);
+            let give_up_at = self
+                .plan
+                .as_ref()
+                .and_then(|plan| plan.give_up_at)
+                .filter(|_| matches!(self.process, Proc::Draining(_)));
             tokio::select! {
                 biased;
-                _ = self.process.exited() => break,
-                Some(control) = self.commands.recv() => self.on_control(control, &mut deadline, &mut remove),
-                _ = sleep_until_some(deadline), if kill_armed => self.kill_group(),
+                _ = self.context.shutdown.cancelled() => return,
+                command = self.commands.recv() => match command {
+                    Some(command) => self.on_command(command).await,
+                    None => return,
+                },
+                _ = leader_exited(&self.process) => self.on_leader_exit().await,
+                _ = members_gone(&self.process) => self.on_members_gone(),
+                _ = sleep_until_some(kill_at) => self.kill(),
+                _ = sleep_until_some(give_up_at) => self.give_up(),
+                probe = next_probe(&mut self.probe) => self.on_probe(probe).await,
             }
         }
-        // Reap first: then an empty group answers ESRCH at once, without scanning /proc.
-        let exit = self.process.reap();
-        let pid = self.process.pid();
-        let leftover = self.finish_group(deadline).await;
-        if !leftover.is_empty() {
-            tracing::error!(worker = %self.slot.id(), "processes of group {pid} survived SIGKILL: {leftover:?}");
-        }
-        let Supervisor {
-            slot,
-            port,
-            registry,
-            mut commands,
-            ready_timeout,
-            ..
-        } = self;
-        drop(port);
-        let stop_reason = slot.process.borrow().stop_reason;
-        slot.update(|record| record.exit = Some(exit.clone()));
-        slot.set_status(final_status(stop_reason, &exit, ready_timeout));
-        remove |= drain_removals(&mut commands);
-        if remove {
-            registry.remove(slot.number);
-        }
-        slot.process.send_modify(|view| {
-            view.phase = ProcessPhase::Exited;
-            view.outcome = Some(ExitOutcome { exit, leftover });
-        });
-        // A delete that arrived while the view was being published still removes the worker.
-        if drain_removals(&mut commands) {
-            registry.remove(slot.number);
+        self.context.registry.remove(self.number);
+        self.context.removed.notify_one();
+        // Dropping `self.record` here tells every handle that the worker is gone.
+    }
+
+    fn id(&self) -> String {
+        self.record.borrow().id.clone()
+    }
+
+    /// Applies `change` to the record and wakes its readers; returns the generation that
+    /// the state file must reach to hold it (`persist`), or the current one.
+    fn publish(&self, persist: bool, change: impl FnOnce(&mut WorkerRecord)) -> u64 {
+        self.record.send_modify(change);
+        match persist {
+            true => self.context.registry.bump(),
+            false => self.context.registry.generation(),
         }
     }
 
-    fn on_control(&mut self, control: Control, deadline: &mut Option<Instant>, remove: &mut bool) {
-        let Control::Stop {
-            grace,
-            reason,
-            remove: remove_after,
-        } = control;
-        *remove |= remove_after;
-        let now = Instant::now();
-        let asked = now + grace;
-        if deadline.is_some_and(|d| d <= asked) {
+    fn probe_target(&self) -> ProbeTarget {
+        let record = self.record.borrow();
+        ProbeTarget {
+            http: self.context.http.clone(),
+            url: format!("{}{}", record.url, self.health_path),
+            port: record.port,
+            pgid: record.pgid,
+        }
+    }
+
+    fn probe_adopted(&mut self) {
+        let target = self.probe_target();
+        self.probe = Some(match self.record.borrow().status {
+            WorkerStatus::Starting => Box::pin(readiness::until_ready(target, self.ready_timeout)),
+            _ => Box::pin(readiness::check_adopted(target)),
+        });
+    }
+
+    /// Starts the process once its reservation is on disk; false if it could not start.
+    async fn launch(&mut self, spec: LaunchSpec) -> bool {
+        if let Err(error) = self.context.registry.flush().await {
+            self.publish(false, |record| {
+                record.status = WorkerStatus::Failed {
+                    reason: format!("not started: {error}"),
+                };
+            });
+            return false;
+        }
+        let program = spec.program.display().to_string();
+        match process::launch(spec) {
+            Ok(leader) => {
+                let pid = leader.pid();
+                let start_ticks = process::stat_fields(pid).map(|f| f.start_ticks);
+                self.publish(true, |record| {
+                    record.pid = pid;
+                    record.pgid = pid;
+                    record.start_ticks = start_ticks;
+                });
+                self.process = Proc::Leader(leader);
+                let target = self.probe_target();
+                self.probe = Some(Box::pin(readiness::until_ready(target, self.ready_timeout)));
+                true
+            }
+            Err(error) => {
+                self.publish(false, |record| {
+                    record.status = WorkerStatus::Failed {
+                        reason: format!("cannot start {program}: {error}"),
+                    };
+                });
+                false
+            }
+        }
+    }
+
+    async fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Stop { grace, reason } => self.on_stop(grace, reason).await,
+            Command::Hurry => {
+                if let Some(plan) = &mut self.plan
+                    && !plan.sigkill_sent
+                {
+                    plan.kill_at = Instant::now();
+                }
+            }
+            Command::Heartbeat {
+                health,
+                state,
+                reply,
+            } => {
+                self.on_heartbeat(health, state);
+                let _ = reply.send(self.record.borrow().clone());
+            }
+            Command::WhenSettled(reply) => match self.plan {
+                Some(_) => self.settle_waiters.push(reply),
+                None => {
+                    let _ = reply.send(());
+                }
+            },
+        }
+    }
+
+    async fn on_stop(&mut self, grace: Duration, reason: StopReason) {
+        self.remove |= reason.removes();
+        if matches!(self.process, Proc::Gone | Proc::Pending) {
+            // Nothing runs. The group was seen empty, so its id may already name another
+            // group: it is never looked at again.
             return;
         }
-        let first = deadline.is_none();
-        *deadline = Some(asked);
-        let sent = first && self.process.signal_group(Signal::SIGTERM);
-        self.slot.process.send_modify(|view| {
-            if first {
-                view.phase = ProcessPhase::Stopping;
-                view.stop_reason = Some(reason);
-                view.stop_requested_at = Some(now);
-                view.sigterm_sent = sent;
+        if let Some(plan) = &mut self.plan {
+            let kill_at = Instant::now() + grace;
+            if kill_at < plan.kill_at && !plan.sigkill_sent {
+                plan.kill_at = kill_at;
+                let grace_ms = (kill_at - plan.requested).as_millis() as u64;
+                self.publish(false, |record| {
+                    if let Some(stop) = &mut record.stop {
+                        stop.grace_ms = grace_ms;
+                    }
+                });
             }
-            view.grace = Some(grace);
+            return;
+        }
+        self.begin_stop(reason, grace, None).await;
+    }
+
+    async fn begin_stop(&mut self, reason: StopReason, grace: Duration, detail: Option<String>) {
+        let now = Instant::now();
+        self.remove |= reason.removes();
+        self.probe = None;
+        self.plan = Some(StopPlan {
+            reason,
+            requested: now,
+            kill_at: now + grace,
+            sigkill_sent: false,
+            give_up_at: None,
         });
-    }
-
-    fn kill_group(&mut self) {
-        let sent = self.process.signal_group(Signal::SIGKILL);
-        self.slot
-            .process
-            .send_modify(|view| view.sigkill_sent |= sent);
-        if sent {
-            tracing::info!(worker = %self.slot.id(), "grace over: sent SIGKILL to process group {}", self.process.pid());
-        }
-    }
-
-    /// After the leader exited and was reaped: ends the rest of its group (SIGTERM, the
-    /// remaining grace, SIGKILL) and returns the processes that are still there after it.
-    ///
-    /// Members that outlive their leader keep the group id in use, so it cannot name a new
-    /// group while they live; each is still signalled through its own pidfd after checking
-    /// that it is a member.
-    async fn finish_group(&mut self, deadline: Option<Instant>) -> Vec<u32> {
-        let pgid = self.process.pid();
-        if !process::group_has_members(pgid) {
-            return Vec::new();
-        }
-        let others = process::group_members(pgid);
-        if others.is_empty() {
-            return Vec::new();
-        }
-        let (sigterm_sent, sigkill_sent) = {
-            let view = self.slot.process.borrow();
-            (view.sigterm_sent, view.sigkill_sent)
-        };
-        let remaining = if sigkill_sent {
-            others
-        } else {
-            if !sigterm_sent {
-                let sent = process::signal_members(pgid, Signal::SIGTERM) > 0;
-                self.slot
-                    .process
-                    .send_modify(|view| view.sigterm_sent |= sent);
+        let generation = self.publish(true, |record| {
+            record.stop = Some(StopProgress {
+                reason,
+                grace_ms: grace.as_millis() as u64,
+                requested_at: Utc::now(),
+                sigterm_at: None,
+                sigkill_at: None,
+                finished_at: None,
+                stuck: Vec::new(),
+                detail,
+            });
+        });
+        // On disk before the first signal: a hive killed from here on resumes the stop.
+        match tokio::time::timeout(
+            STOP_RECORD_WAIT,
+            self.context.registry.wait_durable(generation),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(worker = %self.id(), "stopping although the stop is not saved: {error}")
             }
-            let deadline = deadline.unwrap_or_else(|| Instant::now() + self.default_grace);
-            process::wait_all_gone(&others, pgid, deadline).await
+            Err(_) => tracing::warn!(
+                worker = %self.id(),
+                "stopping although the stop is not saved after {STOP_RECORD_WAIT:?}"
+            ),
+        }
+        if self.signal(Sig::Term) {
+            self.publish(true, |record| {
+                if let Some(stop) = &mut record.stop {
+                    stop.sigterm_at = Some(Utc::now());
+                }
+            });
+        }
+    }
+
+    /// Signals whatever is left of the worker's processes; whether anyone got it.
+    fn signal(&self, sig: Sig) -> bool {
+        match &self.process {
+            Proc::Leader(leader) => leader.signal_group(sig),
+            Proc::Draining(members) => members.signal(sig) > 0,
+            Proc::Pending | Proc::Gone => false,
+        }
+    }
+
+    fn kill(&mut self) {
+        let Some(plan) = &mut self.plan else { return };
+        plan.sigkill_sent = true;
+        plan.give_up_at = Some(Instant::now() + SIGKILL_WAIT);
+        let grace_ms = (plan.kill_at - plan.requested).as_millis() as u64;
+        if self.signal(Sig::Kill) {
+            tracing::info!(worker = %self.id(), "grace over: sent SIGKILL to the worker's processes");
+            self.publish(true, |record| {
+                if let Some(stop) = &mut record.stop {
+                    stop.sigkill_at = Some(Utc::now());
+                    stop.grace_ms = grace_ms;
+                }
+            });
+        }
+    }
+
+    async fn on_leader_exit(&mut self) {
+        let Proc::Leader(leader) = std::mem::replace(&mut self.process, Proc::Gone) else {
+            return;
         };
-        if remaining.is_empty() {
-            return Vec::new();
+        let pgid = leader.pid();
+        let exit = leader.reap();
+        self.exit = Some(exit.clone());
+        self.probe = None;
+        self.publish(true, |record| record.exit = Some(exit));
+        let members = self.survivors(pgid);
+        if members.is_empty() {
+            self.on_gone();
+            return;
         }
-        let sent = process::signal_members(pgid, Signal::SIGKILL) > 0;
-        self.slot
-            .process
-            .send_modify(|view| view.sigkill_sent |= sent);
-        let stuck = process::wait_all_gone(&remaining, pgid, Instant::now() + SIGKILL_WAIT).await;
-        if !stuck.is_empty() {
-            tracing::error!(worker = %self.slot.id(), "not gone {SIGKILL_WAIT:?} after SIGKILL: {stuck:?}");
+        tracing::info!(worker = %self.id(), "the leader exited; stopping what is left of its group: {:?}", members.pids());
+        self.process = Proc::Draining(members);
+        match &self.plan {
+            None => {
+                let grace = self.context.default_grace;
+                self.begin_stop(StopReason::LeaderExited, grace, None).await;
+            }
+            Some(plan) if plan.sigkill_sent => {
+                self.signal(Sig::Kill);
+            }
+            // They had SIGTERM with the whole group.
+            Some(_) => {}
         }
-        stuck
+    }
+
+    /// The members of group `pgid` once its leader is gone.
+    fn survivors(&self, pgid: u32) -> Members {
+        match self.record.borrow().start_ticks {
+            Some(start) if process::group_has_members(pgid) => Members::scan(pgid, Some(start)),
+            _ => Members::scan(0, None),
+        }
+    }
+
+    fn on_members_gone(&mut self) {
+        let Proc::Draining(members) = &self.process else {
+            return;
+        };
+        // Members may have forked while they were stopping: look again.
+        let next = self.survivors(members.pgid());
+        if next.is_empty() {
+            self.process = Proc::Gone;
+            self.on_gone();
+            return;
+        }
+        let killing = self.plan.as_ref().is_some_and(|plan| plan.sigkill_sent);
+        next.signal(if killing { Sig::Kill } else { Sig::Term });
+        self.process = Proc::Draining(next);
+    }
+
+    fn give_up(&mut self) {
+        let Proc::Draining(members) = &self.process else {
+            return;
+        };
+        self.stuck = members.still_running();
+        tracing::error!(worker = %self.id(), "not gone {SIGKILL_WAIT:?} after SIGKILL: {:?}", self.stuck);
+        self.process = Proc::Gone;
+        self.on_gone();
+    }
+
+    /// No process of the group is left: give the port back and record how it ended.
+    fn on_gone(&mut self) {
+        self.port = None;
+        self.probe = None;
+        let reason = self.plan.take().map(|plan| plan.reason);
+        let exit = self.exit.clone().unwrap_or_else(WorkerExit::unknown);
+        let status = self.final_status(reason, &exit);
+        let stuck = std::mem::take(&mut self.stuck);
+        self.publish(true, |record| {
+            if record.status.can_become(&status) {
+                record.status = status;
+            }
+            if let Some(stop) = record.stop.as_mut().filter(|stop| stop.is_under_way()) {
+                stop.finished_at = Some(Utc::now());
+                stop.stuck = stuck;
+            }
+            record.exit.get_or_insert(exit);
+        });
+        for waiter in self.settle_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    fn final_status(&self, reason: Option<StopReason>, exit: &WorkerExit) -> WorkerStatus {
+        if self.lost {
+            return WorkerStatus::Failed {
+                reason: LOST.to_owned(),
+            };
+        }
+        match reason {
+            Some(StopReason::Delete | StopReason::Shutdown) => WorkerStatus::Stopped,
+            Some(StopReason::ReadyTimeout) => WorkerStatus::Failed {
+                reason: format!(
+                    "not ready within {:?}; stopped by the hive ({exit})",
+                    self.ready_timeout
+                ),
+            },
+            Some(StopReason::SpawnCancelled) => WorkerStatus::Failed {
+                reason: format!("the spawn was cancelled; stopped by the hive ({exit})"),
+            },
+            Some(StopReason::Lost) => WorkerStatus::Failed {
+                reason: LOST.to_owned(),
+            },
+            Some(StopReason::LeaderExited) | None => exit_status(exit),
+        }
+    }
+
+    fn on_heartbeat(&mut self, health: WorkerHealth, state: Option<HeartbeatState>) {
+        if !matches!(self.process, Proc::Leader(_)) {
+            return;
+        }
+        self.publish(false, |record| {
+            record.last_heartbeat = Some(Utc::now());
+            record.health = Some(health);
+        });
+        if self.plan.is_some() {
+            return;
+        }
+        let next = match (state, &self.record.borrow().status) {
+            (Some(HeartbeatState::Busy), WorkerStatus::Ready) => WorkerStatus::Busy,
+            (Some(HeartbeatState::Ready), WorkerStatus::Busy) => WorkerStatus::Ready,
+            _ => return,
+        };
+        self.publish(true, |record| record.status = next);
+    }
+
+    async fn on_probe(&mut self, probe: Probe) {
+        self.probe = None;
+        match probe {
+            Probe::Ready => {
+                if self.plan.is_none() && self.record.borrow().status == WorkerStatus::Starting {
+                    tracing::info!(worker = %self.id(), "ready");
+                    self.publish(true, |record| {
+                        record.status = WorkerStatus::Ready;
+                        record.ready_at.get_or_insert_with(Utc::now);
+                    });
+                }
+            }
+            Probe::TimedOut { detail } => {
+                tracing::warn!(worker = %self.id(), "not ready within {:?}; stopping it", self.ready_timeout);
+                let grace = self.context.default_grace;
+                self.begin_stop(StopReason::ReadyTimeout, grace, detail)
+                    .await;
+            }
+            Probe::Health(health) => {
+                self.publish(false, |record| record.health = Some(health));
+            }
+        }
+    }
+}
+
+/// The status of a worker whose leader ended on its own.
+fn exit_status(exit: &WorkerExit) -> WorkerStatus {
+    if exit.success() {
+        return WorkerStatus::Stopped;
+    }
+    WorkerStatus::Failed {
+        reason: match (exit.code, exit.signal) {
+            (Some(code), _) => format!("exited with code {code}"),
+            (None, Some(signal)) => format!("killed by signal {signal} ({})", signal_name(signal)),
+            (None, None) => {
+                "exited (status unknown: adopted after a hive restart, so not the hive's child)"
+                    .to_owned()
+            }
+        },
+    }
+}
+
+/// The final status of a stop that ended while the hive was down (`None`: nothing was
+/// stopping, the worker was lost).
+pub(crate) fn status_after_restart(stop: Option<&StopProgress>) -> WorkerStatus {
+    match stop.map(|stop| stop.reason) {
+        Some(StopReason::Delete | StopReason::Shutdown) => WorkerStatus::Stopped,
+        Some(StopReason::ReadyTimeout) => WorkerStatus::Failed {
+            reason: "not ready in time; stopped by the hive".to_owned(),
+        },
+        Some(StopReason::SpawnCancelled) => WorkerStatus::Failed {
+            reason: "the spawn was cancelled; stopped by the hive".to_owned(),
+        },
+        Some(StopReason::LeaderExited | StopReason::Lost) | None => WorkerStatus::Failed {
+            reason: LOST.to_owned(),
+        },
+    }
+}
+
+async fn leader_exited(process: &Proc) {
+    match process {
+        Proc::Leader(leader) => leader.exited().await,
+        _ => std::future::pending().await,
+    }
+}
+
+async fn members_gone(process: &Proc) {
+    match process {
+        Proc::Draining(members) => members.all_gone().await,
+        _ => std::future::pending().await,
     }
 }
 
@@ -246,39 +625,9 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-fn drain_removals(commands: &mut mpsc::UnboundedReceiver<Control>) -> bool {
-    let mut remove = false;
-    while let Ok(Control::Stop { remove: r, .. }) = commands.try_recv() {
-        remove |= r;
-    }
-    remove
-}
-
-fn final_status(
-    stop_reason: Option<StopReason>,
-    exit: &WorkerExit,
-    ready_timeout: Duration,
-) -> WorkerStatus {
-    match stop_reason {
-        Some(StopReason::Delete | StopReason::Shutdown) => WorkerStatus::Stopped,
-        Some(StopReason::ReadyTimeout) => WorkerStatus::Failed {
-            reason: format!("not ready within {ready_timeout:?}; stopped by the hive ({exit})"),
-        },
-        Some(StopReason::SpawnCancelled) => WorkerStatus::Failed {
-            reason: format!("the spawn was cancelled; stopped by the hive ({exit})"),
-        },
-        None if exit.success() => WorkerStatus::Stopped,
-        None => WorkerStatus::Failed {
-            reason: match (exit.code, exit.signal) {
-                (Some(code), _) => format!("exited with code {code}"),
-                (None, Some(signal)) => {
-                    format!("killed by signal {signal} ({})", signal_name(signal))
-                }
-                (None, None) => {
-                    "exited (status unknown: adopted after a hive restart, so not the hive's child)"
-                        .to_owned()
-                }
-            },
-        },
+async fn next_probe(probe: &mut Option<BoxFuture<'static, Probe>>) -> Probe {
+    match probe {
+        Some(future) => Pin::new(future).await,
+        None => std::future::pending().await,
     }
 }

@@ -45,6 +45,7 @@ pub async fn heartbeat(
         .services
         .workers
         .heartbeat(&beat.worker_id, beat.health_status, beat_state)
+        .await
     {
         Ok(record) => Ok(Json(json!({
             "status": "ok",

@@ -60,7 +60,7 @@ pub async fn run(
 
 /// Stops worker `id` as a delete does, narrating each step, and returns a summary
 /// (`deleted`, `pid`, `port`, `exit`, `sigkill`, `elapsed_ms`) once its whole process group
-/// is gone and it is out of the registry.
+/// is gone, it is out of the registry, and that is on disk.
 pub async fn stop_worker(
     job_id: &str,
     services: &OperationServices,
@@ -92,26 +92,28 @@ pub async fn stop_worker(
             .emit();
         narrate_stop(job_id, &mut stopping, record.pid, started).await;
     }
-    let outcome = stopping.finished().await?;
+    let last = stopping.finished().await?;
+    let stop = last.stop.as_ref();
     Ok(json!({
         "deleted": id,
         "pid": record.pid,
         "port": record.port,
-        "exit": outcome.exit,
-        "sigkill": stopping.view().sigkill_sent,
+        "exit": last.exit,
+        "sigkill": stop.is_some_and(|s| s.sigkill_at.is_some()),
         "elapsed_ms": started.elapsed().as_millis(),
     }))
 }
 
-/// Narrates the stop as the supervisor reports it, until the process group is gone.
+/// Narrates the stop as the supervisor records it, until the worker is gone.
 async fn narrate_stop(job_id: &str, stopping: &mut Stopping, pid: u32, started: Instant) {
     let mut told_sigterm = false;
     let mut told_sigkill = false;
     let mut progress = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
     progress.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
-        let view = stopping.view();
-        if view.sigterm_sent && !told_sigterm {
+        let record = stopping.progress();
+        let stop = record.stop.as_ref();
+        if stop.is_some_and(|s| s.sigterm_at.is_some()) && !told_sigterm {
             told_sigterm = true;
             NARRATE
                 .action("worker_delete_sigterm")
@@ -119,24 +121,18 @@ async fn narrate_stop(job_id: &str, stopping: &mut Stopping, pid: u32, started: 
                 .human("Sent SIGTERM to worker process")
                 .emit();
         }
-        if view.sigkill_sent && !told_sigkill {
+        if let Some(stop) = stop.filter(|s| s.sigkill_at.is_some() && !told_sigkill) {
             told_sigkill = true;
             NARRATE
                 .action("worker_delete_sigkill")
                 .job_id(job_id)
-                .context(format!(
-                    "{:.1}",
-                    view.grace.unwrap_or_default().as_secs_f64()
-                ))
+                .context(format!("{:.1}", stop.grace_ms as f64 / 1000.0))
                 .human("Sent SIGKILL to worker process (still running after {}s of grace)")
                 .warn()
                 .emit();
         }
-        if view.outcome.is_some() {
-            return;
-        }
         tokio::select! {
-            _ = stopping.changed() => {}
+            alive = stopping.changed() => if !alive { return },
             _ = progress.tick() => {
                 NARRATE
                     .action("worker_delete_waiting")

@@ -1,7 +1,8 @@
 //! `worker_spawn`: starts a worker process and waits until it is ready.
 //!
-//! The job ends only when the worker answers its health check (or fails to). While it
-//! waits it narrates progress once a second. If the job is cancelled before the worker is
+//! The job ends only when the worker answers its health check from a socket of its own
+//! process group, and that is on disk (or it fails to). While it waits it narrates progress
+//! once a second. If the job is cancelled before the worker is
 //! ready, the worker is stopped and removed (the lifecycle's `Spawning` handle does that
 //! when dropped).
 
@@ -42,11 +43,14 @@ pub async fn run(
         device_ordinal: device,
     };
     let started = Instant::now();
-    let mut spawning = match services.workers.spawn(&request) {
+    let mut spawning = match services.workers.spawn(&request).await {
         Ok(spawning) => spawning,
         Err(error) => return Err(spawn_error(job_id, error.into())),
     };
-    let record = spawning.record();
+    let record = match spawning.started().await {
+        Ok(record) => record,
+        Err(error) => return Err(spawn_error(job_id, error.into())),
+    };
     NARRATE
         .action("worker_spawn_process")
         .job_id(job_id)
