@@ -252,6 +252,38 @@ impl TestHive {
             .expect("stream body")
     }
 
+    /// Reads a job's default-format stream until an event's data satisfies `until`; returns
+    /// the events' data so far (the job goes on). Fails the test if the stream ends first
+    /// or nothing matches within [`STREAM_TIMEOUT`].
+    pub async fn stream_until(&self, job_id: &str, until: impl Fn(&str) -> bool) -> Vec<String> {
+        use futures::StreamExt;
+        let response = self
+            .client
+            .get(self.url(&format!("/v1/jobs/{job_id}/stream")))
+            .send()
+            .await
+            .expect("GET stream");
+        assert_eq!(response.status(), StatusCode::OK, "stream of {job_id}");
+        let mut body = response.bytes_stream();
+        let mut text = String::new();
+        let read = async {
+            while let Some(chunk) = body.next().await {
+                text.push_str(&String::from_utf8_lossy(&chunk.expect("stream chunk")));
+                let complete = &text[..text.rfind("\n\n").map_or(0, |end| end + 2)];
+                let lines = sse::data_events(complete);
+                if lines.iter().any(|line| until(line)) {
+                    return lines;
+                }
+            }
+            panic!("the stream of {job_id} ended before the expected line: {text}");
+        };
+        tokio::time::timeout(STREAM_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no expected line in the stream of {job_id} within {STREAM_TIMEOUT:?}")
+            })
+    }
+
     /// Reads a job's stream and returns its events' data (one string per event).
     pub async fn stream_lines(&self, job_id: &str) -> Vec<String> {
         sse::data_events(&self.stream_body(job_id).await)
@@ -389,6 +421,23 @@ impl TestHive {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The state file as JSON.
+    pub fn state_file(&self) -> Value {
+        let text =
+            std::fs::read_to_string(self.state_dir().join("workers.json")).expect("state file");
+        serde_json::from_str(&text).expect("state file is JSON")
+    }
+
+    /// The ids of the workers in the state file.
+    pub fn saved_worker_ids(&self) -> Vec<String> {
+        self.state_file()["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .map(|w| w["id"].as_str().expect("id").to_owned())
+            .collect()
     }
 
     /// Processes (other than the hive) that carry this hive's tag.

@@ -100,3 +100,16 @@ impl Drop for Bystander {
         let _ = self.0.wait();
     }
 }
+
+/// Polls `condition` until it holds; fails the test with `what` after `timeout`. For
+/// conditions that nothing announces (a process gone, a file written by another process).
+pub async fn wait_until(what: &str, timeout: std::time::Duration, condition: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use narration::{JobSink, Narration};
+use narration::{Narration, NarrationSink};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -207,20 +207,35 @@ impl Job {
     }
 }
 
-impl JobSink for Job {
+impl NarrationSink for Job {
+    fn job_id(&self) -> &str {
+        self.id.as_str()
+    }
+
     fn push(&self, narration: Narration) {
         self.append(LogEntry::Narration(narration));
     }
 }
 
-/// What a running operation can do besides narrating: publish its result object.
+/// The handle a running operation is given: it narrates to its job
+/// (`NARRATE.action(…).human(…).emit_to(job)`) and publishes its result object.
 #[derive(Clone)]
 pub struct JobContext {
     pub(crate) job: Arc<Job>,
 }
 
+impl NarrationSink for JobContext {
+    fn job_id(&self) -> &str {
+        self.job.id.as_str()
+    }
+
+    fn push(&self, narration: Narration) {
+        self.job.push(narration);
+    }
+}
+
 impl JobContext {
-    /// The id of the running job (for `.job_id()` on narrations).
+    /// The id of the running job.
     pub fn job_id(&self) -> &str {
         self.job.id.as_str()
     }

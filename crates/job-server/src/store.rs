@@ -147,7 +147,6 @@ impl JobStore {
             self.shared.config.event_buffer,
         ));
         self.shared.lock().by_id.insert(id.clone(), job.clone());
-        let sink = narration::attach_job_sink(id.as_str(), job.clone());
         let operation = run(JobContext { job: job.clone() });
         let shared = self.shared.clone();
         self.shared.tasks.spawn(async move {
@@ -174,7 +173,6 @@ impl JobStore {
                     job.finish(JobState::Cancelled, None);
                 }
             }
-            drop(sink);
             shared.record_finished(&job.id);
         });
         Ok(id)
@@ -261,12 +259,11 @@ fn cancel_job(job: &Job) -> Result<(), JobState> {
 fn fail(job: &Job, reason: String) {
     NARRATE
         .action("failed")
-        .job_id(job.id.as_str())
         .context(&job.id)
         .context(&reason)
         .human("Job {} failed: {}")
         .error()
-        .emit();
+        .emit_to(job);
     job.finish(JobState::Failed, Some(reason));
 }
 
@@ -372,17 +369,9 @@ mod tests {
         let store = JobStore::new(JobStoreConfig::default());
         let id = store
             .submit("op", |ctx| async move {
-                NARRATE_TEST
-                    .action("a")
-                    .job_id(ctx.job_id())
-                    .human("one")
-                    .emit();
+                NARRATE_TEST.action("a").human("one").emit_to(&ctx);
                 ctx.publish_result(serde_json::json!({"n": 1}));
-                NARRATE_TEST
-                    .action("b")
-                    .job_id(ctx.job_id())
-                    .human("two")
-                    .emit();
+                NARRATE_TEST.action("b").human("two").emit_to(&ctx);
                 Ok::<(), String>(())
             })
             .unwrap();
@@ -489,10 +478,9 @@ mod tests {
                 for i in 0..10 {
                     NARRATE_TEST
                         .action("n")
-                        .job_id(ctx.job_id())
                         .context(i)
                         .human("{}")
-                        .emit();
+                        .emit_to(&ctx);
                 }
                 Ok::<(), String>(())
             })
@@ -516,17 +504,9 @@ mod tests {
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
         let id = store
             .submit("op", |ctx| async move {
-                NARRATE_TEST
-                    .action("first")
-                    .job_id(ctx.job_id())
-                    .human("1")
-                    .emit();
+                NARRATE_TEST.action("first").human("1").emit_to(&ctx);
                 go_rx.await.ok();
-                NARRATE_TEST
-                    .action("second")
-                    .job_id(ctx.job_id())
-                    .human("2")
-                    .emit();
+                NARRATE_TEST.action("second").human("2").emit_to(&ctx);
                 Ok::<(), String>(())
             })
             .unwrap();

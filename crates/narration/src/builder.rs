@@ -8,7 +8,8 @@ use chrono::Utc;
 use serde::Serialize;
 
 use crate::event::{Level, Narration};
-use crate::{sink, template};
+use crate::sink::{self, NarrationSink};
+use crate::template;
 
 /// One per actor: `pub const NARRATE: NarrationFactory = NarrationFactory::new("hv-router");`.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +34,6 @@ impl NarrationFactory {
             actor: self.actor,
             action,
             level: Level::Info,
-            job_id: None,
             contexts: Vec::new(),
             human: String::new(),
             fields: BTreeMap::new(),
@@ -48,19 +48,12 @@ pub struct NarrationBuilder {
     actor: &'static str,
     action: &'static str,
     level: Level,
-    job_id: Option<String>,
     contexts: Vec<String>,
     human: String,
     fields: BTreeMap<String, serde_json::Value>,
 }
 
 impl NarrationBuilder {
-    /// The job this line belongs to: it goes to that job's stream.
-    pub fn job_id(mut self, job_id: impl AsRef<str>) -> Self {
-        self.job_id = Some(job_id.as_ref().to_owned());
-        self
-    }
-
     /// The value for the next `{}` (and for `{N}`, N being its position among the contexts).
     pub fn context(mut self, value: impl Display) -> Self {
         self.contexts.push(value.to_string());
@@ -98,16 +91,24 @@ impl NarrationBuilder {
             actor: self.actor,
             action: self.action,
             level: self.level,
-            job_id: self.job_id,
+            job_id: None,
             human: template::fill(&self.human, &self.contexts),
             fields: self.fields,
             ts: Utc::now(),
         }
     }
 
-    /// Sends the narration to its job's stream (if it names a job) and to the daemon log.
+    /// Sends the narration to the daemon log only (lines that belong to no job).
     pub fn emit(self) {
-        sink::dispatch(self.build());
+        sink::log(&self.build());
+    }
+
+    /// Sends the narration to `job`'s stream and to the daemon log, with the job's id.
+    pub fn emit_to(self, job: &impl NarrationSink) {
+        let mut narration = self.build();
+        narration.job_id = Some(job.job_id().to_owned());
+        sink::log(&narration);
+        job.push(narration);
     }
 }
 
@@ -121,7 +122,6 @@ mod tests {
     fn builds_the_seed_line() {
         let n = NARRATE
             .action("worker_list_start")
-            .job_id("job-1")
             .context("localhost")
             .human("📋 Listing workers on hive '{}'")
             .build();
@@ -129,7 +129,6 @@ mod tests {
             n.text(),
             "[hv-router ] worker_list_start: 📋 Listing workers on hive 'localhost'"
         );
-        assert_eq!(n.job_id.as_deref(), Some("job-1"));
     }
 
     #[test]

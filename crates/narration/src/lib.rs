@@ -1,16 +1,17 @@
 //! Narration: the one human line that each step of a job says about itself.
 //!
-//! A narration is built with the seed's builder,
-//! `NARRATE.action("worker_list_start").job_id(&job_id).context(&hive_id).human("📋 Listing workers on hive '{}'").emit()`,
-//! and goes to two places: the event log of its job (when it names one, through a
-//! [`JobSink`] that the job server attaches), and the daemon log through `tracing`, with the
-//! job id as a field. This crate knows nothing of jobs or HTTP; it only routes lines.
+//! A narration is built with the seed's builder and emitted to the job it belongs to,
+//! `NARRATE.action("worker_list_start").context(&hive_id).human("📋 Listing workers on hive '{}'").emit_to(job)`,
+//! and goes to two places: that job's event log (through the [`NarrationSink`] the operation
+//! was handed), and the daemon log through `tracing`, with the job id as a field. A line
+//! that belongs to no job is `.emit()`ted to the daemon log only. This crate knows nothing
+//! of jobs or HTTP, and keeps no global state: it only routes lines.
 //!
 //! # Layout
 //! - [`event`]: the [`Narration`] record and its one-line text (`[actor     ] action         : human`).
 //! - [`builder`]: [`NarrationFactory`] (one per actor) and [`NarrationBuilder`].
 //! - [`template`]: fills `{}` and `{0}`/`{1}` placeholders from the contexts, in order.
-//! - [`sink`]: where a narration goes: the job sinks by job id, and the daemon log.
+//! - [`sink`]: where a narration goes: [`NarrationSink`] (a job), and the daemon log.
 
 pub mod builder;
 pub mod event;
@@ -19,4 +20,4 @@ pub mod template;
 
 pub use builder::{NarrationBuilder, NarrationFactory};
 pub use event::{Level, Narration};
-pub use sink::{JobSink, JobSinkGuard, attach_job_sink};
+pub use sink::NarrationSink;

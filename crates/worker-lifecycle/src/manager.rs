@@ -329,24 +329,24 @@ impl WorkerManager {
         let marker = format!("{}/{}", self.registry().instance(), record.id);
         let marked = process::find_marked(&marker);
         let port = self.inner.ports.lease_exact(record.port);
-        if let Some((pid, stat)) = marked.iter().find(|(pid, stat)| stat.pgid == *pid) {
-            if let Some(leader) = process::adopt(*pid, *pid, stat.start_ticks) {
-                record.pid = *pid;
-                record.pgid = *pid;
-                record.start_ticks = Some(stat.start_ticks);
-                tracing::info!("adopted {} (pid {pid}), found by its marker", record.id);
-                self.install(
-                    number,
-                    record,
-                    Start::Adopted {
-                        leader,
-                        resume: None,
-                    },
-                    port,
-                    false,
-                );
-                return;
-            }
+        if let Some((pid, stat)) = marked.iter().find(|(pid, stat)| stat.pgid == *pid)
+            && let Some(leader) = process::adopt(*pid, *pid, stat.start_ticks)
+        {
+            record.pid = *pid;
+            record.pgid = *pid;
+            record.start_ticks = Some(stat.start_ticks);
+            tracing::info!("adopted {} (pid {pid}), found by its marker", record.id);
+            self.install(
+                number,
+                record,
+                Start::Adopted {
+                    leader,
+                    resume: None,
+                },
+                port,
+                false,
+            );
+            return;
         }
         let Some(first_start) = marked.iter().map(|(_, stat)| stat.start_ticks).min() else {
             // It never ran: the reservation goes (its id stays used).

@@ -9,7 +9,7 @@ pub mod operation;
 pub mod ops;
 pub mod router;
 
-pub use operation::{Operation, OperationError, SUPPORTED_OPERATIONS};
+pub use operation::{Operation, OperationError, OperationKind, supported_operations};
 
 /// The narration actor of the job router (`hv-router`).
 pub const NARRATE: narration::NarrationFactory = narration::NarrationFactory::new("hv-router");

@@ -6,13 +6,25 @@
 //! "invalid type: integer, expected a string" without saying which field), and so that
 //! values that could be mistaken for flags or break a log line are refused here, before any
 //! job exists. Unknown extra keys are ignored (PROTOCOL §3).
+//!
+//! Operation names have one source: the variants of [`Operation`]. [`OperationKind`] is
+//! derived from them (strum), with the same snake_case rule that serde uses on the wire;
+//! the parser, [`Operation::name`] and the list given to clients all come from it, and the
+//! parser matches every kind exhaustively.
 
 use serde::Serialize;
 use serde_json::{Map, Value};
+use strum::VariantArray;
 
 /// One operation, with its validated fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, strum::EnumDiscriminants)]
 #[serde(tag = "operation", rename_all = "snake_case")]
+#[strum_discriminants(
+    name(OperationKind),
+    doc = "The name of an operation, without its fields.",
+    derive(strum::IntoStaticStr, strum::EnumString, strum::VariantArray),
+    strum(serialize_all = "snake_case")
+)]
 pub enum Operation {
     /// Start a worker process and wait until it is ready.
     WorkerSpawn {
@@ -67,16 +79,21 @@ pub enum Operation {
     },
 }
 
+impl OperationKind {
+    /// The snake_case name on the wire.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
 /// The operation names this hive accepts, in the order they are listed to clients.
-pub const SUPPORTED_OPERATIONS: &[&str] = &[
-    "worker_spawn",
-    "worker_list",
-    "worker_get",
-    "worker_delete",
-    "worker_process_list",
-    "worker_process_get",
-    "worker_process_delete",
-];
+pub fn supported_operations() -> String {
+    OperationKind::VARIANTS
+        .iter()
+        .map(|kind| kind.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Operations the upstream orchestrator of that era may forward that belong elsewhere
 /// (worker binaries and models are the orchestrator's business, not this hive's).
@@ -111,16 +128,25 @@ pub enum OperationError {
     #[error("the request body must be a JSON object with an \"operation\" field, got {0}")]
     NotAnObject(&'static str),
     /// No `operation` key.
-    #[error("missing field `operation`; supported operations: {}", SUPPORTED_OPERATIONS.join(", "))]
+    #[error(
+        "missing field `operation`; supported operations: {}",
+        supported_operations()
+    )]
     MissingOperation,
     /// An rbee operation that this hive does not perform.
-    #[error("operation '{name}' is not handled by rbee-hive (it manages worker processes only); supported operations: {}", SUPPORTED_OPERATIONS.join(", "))]
+    #[error(
+        "operation '{name}' is not handled by rbee-hive (it manages worker processes only); supported operations: {}",
+        supported_operations()
+    )]
     UnsupportedOperation {
         /// The name as sent.
         name: String,
     },
     /// `operation` names nothing this hive does.
-    #[error("unknown operation '{name}'; supported operations: {}", SUPPORTED_OPERATIONS.join(", "))]
+    #[error(
+        "unknown operation '{name}'; supported operations: {}",
+        supported_operations()
+    )]
     UnknownOperation {
         /// The name as sent (shortened if long).
         name: String,
@@ -171,17 +197,14 @@ impl OperationError {
 }
 
 impl Operation {
+    /// What kind of operation it is.
+    pub fn kind(&self) -> OperationKind {
+        self.into()
+    }
+
     /// The snake_case operation name.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::WorkerSpawn { .. } => "worker_spawn",
-            Self::WorkerList { .. } => "worker_list",
-            Self::WorkerGet { .. } => "worker_get",
-            Self::WorkerDelete { .. } => "worker_delete",
-            Self::WorkerProcessList { .. } => "worker_process_list",
-            Self::WorkerProcessGet { .. } => "worker_process_get",
-            Self::WorkerProcessDelete { .. } => "worker_process_delete",
-        }
+        self.kind().name()
     }
 
     /// The hive the client addressed.
@@ -224,65 +247,53 @@ impl Operation {
                 });
             }
         };
-        let with = |operation: &'static str| Fields {
-            operation,
+        let kind = match name.parse::<OperationKind>() {
+            Ok(kind) => kind,
+            Err(_) if UPSTREAM_ONLY_OPERATIONS.contains(&name) => {
+                return Err(OperationError::UnsupportedOperation {
+                    name: name.to_owned(),
+                });
+            }
+            Err(_) => {
+                return Err(OperationError::UnknownOperation {
+                    name: shorten(name),
+                });
+            }
+        };
+        let f = Fields {
+            operation: kind.name(),
             map: fields,
         };
-        let operation = match name {
-            "worker_spawn" => {
-                let f = with("worker_spawn");
-                Self::WorkerSpawn {
-                    hive_id: f.hive_id()?,
-                    model: f.argument("model")?,
-                    worker: f.worker_type()?,
-                    device: f.required_u32("device")?,
-                }
-            }
-            "worker_list" => Self::WorkerList {
-                hive_id: with("worker_list").hive_id()?,
+        let operation = match kind {
+            OperationKind::WorkerSpawn => Self::WorkerSpawn {
+                hive_id: f.hive_id()?,
+                model: f.argument("model")?,
+                worker: f.worker_type()?,
+                device: f.required_u32("device")?,
             },
-            "worker_get" => {
-                let f = with("worker_get");
-                Self::WorkerGet {
-                    hive_id: f.hive_id()?,
-                    id: f.worker_id()?,
-                }
-            }
-            "worker_delete" => {
-                let f = with("worker_delete");
-                Self::WorkerDelete {
-                    hive_id: f.hive_id()?,
-                    id: f.worker_id()?,
-                    grace_ms: f.optional_grace_ms()?,
-                }
-            }
-            "worker_process_list" => Self::WorkerProcessList {
-                hive_id: with("worker_process_list").hive_id()?,
+            OperationKind::WorkerList => Self::WorkerList {
+                hive_id: f.hive_id()?,
             },
-            "worker_process_get" => {
-                let f = with("worker_process_get");
-                Self::WorkerProcessGet {
-                    hive_id: f.hive_id()?,
-                    pid: f.required_pid()?,
-                }
-            }
-            "worker_process_delete" => {
-                let f = with("worker_process_delete");
-                Self::WorkerProcessDelete {
-                    hive_id: f.hive_id()?,
-                    pid: f.required_pid()?,
-                }
-            }
-            other if UPSTREAM_ONLY_OPERATIONS.contains(&other) => {
-                return Err(OperationError::UnsupportedOperation {
-                    name: other.to_owned(),
-                });
-            }
-            other => {
-                return Err(OperationError::UnknownOperation {
-                    name: shorten(other),
-                });
-            }
+            OperationKind::WorkerGet => Self::WorkerGet {
+                hive_id: f.hive_id()?,
+                id: f.worker_id()?,
+            },
+            OperationKind::WorkerDelete => Self::WorkerDelete {
+                hive_id: f.hive_id()?,
+                id: f.worker_id()?,
+                grace_ms: f.optional_grace_ms()?,
+            },
+            OperationKind::WorkerProcessList => Self::WorkerProcessList {
+                hive_id: f.hive_id()?,
+            },
+            OperationKind::WorkerProcessGet => Self::WorkerProcessGet {
+                hive_id: f.hive_id()?,
+                pid: f.required_pid()?,
+            },
+            OperationKind::WorkerProcessDelete => Self::WorkerProcessDelete {
+                hive_id: f.hive_id()?,
+                pid: f.required_pid()?,
+            },
         };
         Ok(operation)
     }
@@ -603,7 +614,8 @@ mod tests {
         let json = serde_json::to_vec(&op).unwrap();
         assert_eq!(Operation::parse(&json), Ok(op.clone()));
         assert_eq!(op.name(), "worker_delete");
-        for name in SUPPORTED_OPERATIONS {
+        for kind in OperationKind::VARIANTS {
+            let name = kind.name();
             let err = parse(&format!(r#"{{"operation":"{name}"}}"#)).unwrap_err();
             assert!(
                 matches!(
@@ -614,6 +626,23 @@ mod tests {
                     }
                 ),
                 "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_kind_parses_and_serialises_under_its_one_name() {
+        for kind in OperationKind::VARIANTS {
+            let body = serde_json::json!({
+                "operation": kind.name(), "hive_id": "h", "id": "worker-1", "model": "m",
+                "worker": "cpu", "device": 0, "pid": 42,
+            });
+            let operation = Operation::parse(body.to_string().as_bytes()).unwrap();
+            assert_eq!(operation.kind(), *kind);
+            assert_eq!(operation.name(), kind.name());
+            assert_eq!(
+                serde_json::to_value(&operation).unwrap()["operation"],
+                kind.name()
             );
         }
     }

@@ -24,36 +24,31 @@ pub async fn run(
     id: &str,
     grace_ms: Option<u64>,
 ) -> Result<(), OperationFailure> {
-    let job_id = job.job_id();
     NARRATE
         .action("worker_delete_start")
-        .job_id(job_id)
         .context(id)
         .context(hive_id)
         .human("🗑️  Deleting worker '{}' on hive '{}'")
-        .emit();
-    let result = match stop_worker(job_id, services, id, grace_ms.map(Duration::from_millis)).await
-    {
+        .emit_to(job);
+    let result = match stop_worker(job, services, id, grace_ms.map(Duration::from_millis)).await {
         Ok(result) => result,
         Err(error) => {
             NARRATE
                 .action("worker_delete_error")
-                .job_id(job_id)
                 .context(id)
                 .context(&error)
                 .human("❌ Delete failed for '{}': {}")
                 .error()
-                .emit();
+                .emit_to(job);
             return Err(error);
         }
     };
     NARRATE
         .action("worker_delete_complete")
-        .job_id(job_id)
         .context(id)
         .field("elapsed_ms", &result["elapsed_ms"])
         .human("✅ Worker deleted: {}")
-        .emit();
+        .emit_to(job);
     job.publish_result(result);
     Ok(())
 }
@@ -62,7 +57,7 @@ pub async fn run(
 /// (`deleted`, `pid`, `port`, `exit`, `sigkill`, `elapsed_ms`) once its whole process group
 /// is gone, it is out of the registry, and that is on disk.
 pub async fn stop_worker(
-    job_id: &str,
+    job: &JobContext,
     services: &OperationServices,
     id: &str,
     grace: Option<Duration>,
@@ -78,19 +73,17 @@ pub async fn stop_worker(
             .unwrap_or_else(|| "unknown exit".into());
         NARRATE
             .action("worker_delete_exited")
-            .job_id(job_id)
             .context(record.pid)
             .context(exit)
             .human("Process PID {} had already exited ({}); removing the record")
-            .emit();
+            .emit_to(job);
     } else {
         NARRATE
             .action("worker_delete_kill")
-            .job_id(job_id)
             .context(record.pid)
             .human("Killing process PID {}")
-            .emit();
-        narrate_stop(job_id, &mut stopping, record.pid, started).await;
+            .emit_to(job);
+        narrate_stop(job, &mut stopping, record.pid, started).await;
     }
     let last = stopping.finished().await?;
     let stop = last.stop.as_ref();
@@ -105,7 +98,7 @@ pub async fn stop_worker(
 }
 
 /// Narrates the stop as the supervisor records it, until the worker is gone.
-async fn narrate_stop(job_id: &str, stopping: &mut Stopping, pid: u32, started: Instant) {
+async fn narrate_stop(job: &JobContext, stopping: &mut Stopping, pid: u32, started: Instant) {
     let mut told_sigterm = false;
     let mut told_sigkill = false;
     let mut progress = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
@@ -117,31 +110,28 @@ async fn narrate_stop(job_id: &str, stopping: &mut Stopping, pid: u32, started: 
             told_sigterm = true;
             NARRATE
                 .action("worker_delete_sigterm")
-                .job_id(job_id)
                 .human("Sent SIGTERM to worker process")
-                .emit();
+                .emit_to(job);
         }
         if let Some(stop) = stop.filter(|s| s.sigkill_at.is_some() && !told_sigkill) {
             told_sigkill = true;
             NARRATE
                 .action("worker_delete_sigkill")
-                .job_id(job_id)
                 .context(format!("{:.1}", stop.grace_ms as f64 / 1000.0))
                 .human("Sent SIGKILL to worker process (still running after {}s of grace)")
                 .warn()
-                .emit();
+                .emit_to(job);
         }
         tokio::select! {
             alive = stopping.changed() => if !alive { return },
             _ = progress.tick() => {
                 NARRATE
                     .action("worker_delete_waiting")
-                    .job_id(job_id)
                     .context(pid)
                     .context(format!("{:.1}", started.elapsed().as_secs_f64()))
                     .context(format!("{:.1}", stopping.grace.as_secs_f64()))
                     .human("⏳ Waiting for PID {} to exit: {}s of {}s grace")
-                    .emit();
+                    .emit_to(job);
             }
         }
     }

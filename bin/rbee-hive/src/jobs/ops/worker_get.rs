@@ -12,46 +12,41 @@ pub async fn run(
     hive_id: &str,
     id: &str,
 ) -> Result<(), OperationFailure> {
-    let job_id = job.job_id();
     NARRATE
         .action("worker_get_start")
-        .job_id(job_id)
         .context(id)
         .context(hive_id)
         .human("🔍 Getting worker '{}' on hive '{}'")
-        .emit();
+        .emit_to(job);
 
     let worker = match services.workers.get(id) {
         Ok(worker) => worker,
         Err(error) => {
             NARRATE
                 .action("worker_get_error")
-                .job_id(job_id)
                 .context(id)
                 .context(&error)
                 .human("❌ Worker '{}' not found: {}")
                 .error()
-                .emit();
+                .emit_to(job);
             return Err(error.into());
         }
     };
     NARRATE
         .action("worker_get_found")
-        .job_id(job_id)
         .context(&worker.id)
         .context(&worker.model_id)
         .context(&worker.device)
         .context(worker.port)
         .human("✅ Worker: {} | Model: {} | Device: {} | Port: {}")
-        .emit();
+        .emit_to(job);
     // Pretty-printed from the record itself, so the fields keep the protocol's order.
     let pretty = serde_json::to_string_pretty(&worker).unwrap_or_default();
     let value = serde_json::to_value(&worker).unwrap_or_default();
     NARRATE
         .action("worker_get_details")
-        .job_id(job_id)
         .human(pretty)
-        .emit();
+        .emit_to(job);
     job.publish_result(value);
     Ok(())
 }

@@ -11,34 +11,29 @@ pub async fn run(
     services: &OperationServices,
     hive_id: &str,
 ) -> Result<(), OperationFailure> {
-    let job_id = job.job_id();
     NARRATE
         .action("worker_list_start")
-        .job_id(job_id)
         .context(hive_id)
         .human("📋 Listing workers on hive '{}'")
-        .emit();
+        .emit_to(job);
 
     let workers = services.workers.list();
     NARRATE
         .action("worker_list_result")
-        .job_id(job_id)
         .context(workers.len())
         .field("count", workers.len())
         .human("Found {} worker(s)")
-        .emit();
+        .emit_to(job);
 
     if workers.is_empty() {
         NARRATE
             .action("worker_list_empty")
-            .job_id(job_id)
             .human("No workers found")
-            .emit();
+            .emit_to(job);
     }
     for worker in &workers {
         NARRATE
             .action("worker_list_entry")
-            .job_id(job_id)
             .context(&worker.id)
             .context(&worker.model_id)
             .context(&worker.device)
@@ -46,7 +41,7 @@ pub async fn run(
             .context(worker.status.label())
             .field("worker_id", &worker.id)
             .human("  {} | {} | {} | port {} | {}")
-            .emit();
+            .emit_to(job);
     }
     job.publish_result(serde_json::json!({ "workers": workers }));
     Ok(())

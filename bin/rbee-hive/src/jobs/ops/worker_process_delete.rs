@@ -14,37 +14,33 @@ pub async fn run(
     hive_id: &str,
     pid: u64,
 ) -> Result<(), OperationFailure> {
-    let job_id = job.job_id();
     NARRATE
         .action("worker_proc_del_start")
-        .job_id(job_id)
         .context(pid)
         .context(hive_id)
         .human("🗑️  Deleting worker process PID {} on hive '{}'")
-        .emit();
+        .emit_to(job);
     let outcome = async {
         let (record, _) = services.workers.find_by_pid(pid)?;
-        stop_worker(job_id, services, &record.id, None).await
+        stop_worker(job, services, &record.id, None).await
     };
     match outcome.await {
         Ok(result) => {
             NARRATE
                 .action("worker_proc_del_ok")
-                .job_id(job_id)
                 .context(pid)
                 .human("✅ Worker process PID {} deleted successfully")
-                .emit();
+                .emit_to(job);
             job.publish_result(result);
             Ok(())
         }
         Err(error) => {
             NARRATE
                 .action("worker_proc_del_error")
-                .job_id(job_id)
                 .context(&error)
                 .human("❌ {}")
                 .error()
-                .emit();
+                .emit_to(job);
             Err(error)
         }
     }

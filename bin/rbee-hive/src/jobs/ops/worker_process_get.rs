@@ -13,37 +13,33 @@ pub async fn run(
     hive_id: &str,
     pid: u64,
 ) -> Result<(), OperationFailure> {
-    let job_id = job.job_id();
     NARRATE
         .action("worker_proc_get_start")
-        .job_id(job_id)
         .context(pid)
         .context(hive_id)
         .human("🔍 Getting worker process PID {} on hive '{}'")
-        .emit();
+        .emit_to(job);
     let (record, info) = match services.workers.find_by_pid(pid) {
         Ok(found) => found,
         Err(error) => {
             NARRATE
                 .action("worker_proc_get_error")
-                .job_id(job_id)
                 .context(&error)
                 .human("❌ {}")
                 .error()
-                .emit();
+                .emit_to(job);
             return Err(error.into());
         }
     };
     NARRATE
         .action("worker_proc_get_found")
-        .job_id(job_id)
         .context(info.pid)
         .context(&info.command)
         .context(format!("{:.1}", info.memory_kb as f64 / 1024.0))
         .context(info.cpu_percent)
         .context(&info.elapsed)
         .human("✅ PID {}: {} | {} MB | {}% CPU | {}")
-        .emit();
+        .emit_to(job);
     let details = json!({
         "pid": info.pid,
         "worker_id": record.id,
@@ -54,9 +50,8 @@ pub async fn run(
     });
     NARRATE
         .action("worker_proc_get_details")
-        .job_id(job_id)
         .human(serde_json::to_string_pretty(&details).unwrap_or_default())
-        .emit();
+        .emit_to(job);
     job.publish_result(details);
     Ok(())
 }

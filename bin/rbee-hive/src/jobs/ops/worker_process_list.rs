@@ -13,32 +13,27 @@ pub async fn run(
     services: &OperationServices,
     hive_id: &str,
 ) -> Result<(), OperationFailure> {
-    let job_id = job.job_id();
     NARRATE
         .action("worker_proc_list_start")
-        .job_id(job_id)
         .context(hive_id)
         .human("📋 Listing worker processes on hive '{}'")
-        .emit();
+        .emit_to(job);
     let processes = services.workers.running_processes();
     NARRATE
         .action("worker_proc_list_result")
-        .job_id(job_id)
         .context(processes.len())
         .human("Found {} worker process(es)")
-        .emit();
+        .emit_to(job);
     if processes.is_empty() {
         NARRATE
             .action("worker_proc_list_empty")
-            .job_id(job_id)
             .human("No worker processes found")
-            .emit();
+            .emit_to(job);
     }
     let mut entries = Vec::new();
     for (record, info) in &processes {
         NARRATE
             .action("worker_proc_list_entry")
-            .job_id(job_id)
             .context(info.pid)
             .context(&record.id)
             .context(&info.command)
@@ -46,7 +41,7 @@ pub async fn run(
             .context(info.cpu_percent)
             .context(&info.elapsed)
             .human("  PID {} | {} | {} | {} MB | {}% CPU | {}")
-            .emit();
+            .emit_to(job);
         entries.push(json!({
             "pid": info.pid,
             "worker_id": record.id,

@@ -27,16 +27,14 @@ pub async fn run(
     worker: &str,
     device: u32,
 ) -> Result<(), OperationFailure> {
-    let job_id = job.job_id();
     NARRATE
         .action("worker_spawn_start")
-        .job_id(job_id)
         .context(worker)
         .context(model)
         .context(device)
         .context(hive_id)
         .human("🚀 Spawning {} worker for model '{}' on device {} on hive '{}'")
-        .emit();
+        .emit_to(job);
     let request = SpawnRequest {
         model: model.to_owned(),
         worker_type: worker.to_owned(),
@@ -45,15 +43,14 @@ pub async fn run(
     let started = Instant::now();
     let mut spawning = match services.workers.spawn(&request).await {
         Ok(spawning) => spawning,
-        Err(error) => return Err(spawn_error(job_id, error.into())),
+        Err(error) => return Err(spawn_error(job, error.into())),
     };
     let record = match spawning.started().await {
         Ok(record) => record,
-        Err(error) => return Err(spawn_error(job_id, error.into())),
+        Err(error) => return Err(spawn_error(job, error.into())),
     };
     NARRATE
         .action("worker_spawn_process")
-        .job_id(job_id)
         .context(&record.id)
         .context(record.pid)
         .context(record.port)
@@ -62,14 +59,13 @@ pub async fn run(
         .field("pid", record.pid)
         .field("port", record.port)
         .human("Started {}: PID {} on port {}, device {}")
-        .emit();
+        .emit_to(job);
     NARRATE
         .action("worker_spawn_command")
-        .job_id(job_id)
         .context(record.command.join(" "))
         .context(record.log_path.display())
         .human("Command: {} (output: {})")
-        .emit();
+        .emit_to(job);
 
     let mut progress = tokio::time::interval_at(started + PROGRESS_EVERY, PROGRESS_EVERY);
     progress.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -79,12 +75,11 @@ pub async fn run(
             _ = progress.tick() => {
                 NARRATE
                     .action("worker_spawn_waiting")
-                    .job_id(job_id)
                     .context(&record.id)
                     .context(format!("{:.1}", started.elapsed().as_secs_f64()))
                     .context(format!("{:.0}", spawning.ready_timeout.as_secs_f64()))
                     .human("⏳ Waiting for {} to become ready: {}s of {}s")
-                    .emit();
+                    .emit_to(job);
             }
         }
     };
@@ -93,7 +88,6 @@ pub async fn run(
             let elapsed_ms = started.elapsed().as_millis();
             NARRATE
                 .action("worker_spawn_ready")
-                .job_id(job_id)
                 .context(&ready.id)
                 .context(ready.pid)
                 .context(ready.port)
@@ -101,21 +95,20 @@ pub async fn run(
                 .field("worker_id", &ready.id)
                 .field("ready_ms", elapsed_ms)
                 .human("✅ Worker ready: {} | PID {} | port {} ({} ms)")
-                .emit();
+                .emit_to(job);
             job.publish_result(serde_json::to_value(&ready).unwrap_or_default());
             Ok(())
         }
-        Err(error) => Err(spawn_error(job_id, error.into())),
+        Err(error) => Err(spawn_error(job, error.into())),
     }
 }
 
-fn spawn_error(job_id: &str, error: OperationFailure) -> OperationFailure {
+fn spawn_error(job: &JobContext, error: OperationFailure) -> OperationFailure {
     NARRATE
         .action("worker_spawn_error")
-        .job_id(job_id)
         .context(&error)
         .human("❌ Spawn failed: {}")
         .error()
-        .emit();
+        .emit_to(job);
     error
 }
