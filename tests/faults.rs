@@ -28,33 +28,19 @@ fn state_file(hive: &TestHive) -> Value {
 }
 
 #[tokio::test]
-async fn the_state_file_follows_every_change() {
+async fn the_state_file_holds_what_a_job_acknowledged_when_it_ends() {
     let hive = TestHive::start().await;
     hive.spawn_ready("demo").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let state = state_file(&hive);
-        if state["workers"][0]["status"] == "Ready" {
-            assert_eq!(state["last_id"], 1);
-            assert!(state["workers"][0]["start_ticks"].is_u64());
-            assert_eq!(state["workers"][0]["pgid"], state["workers"][0]["pid"]);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "state file never showed the ready worker: {state}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let state = state_file(&hive);
+    assert_eq!(state["workers"][0]["status"], "Ready", "{state}");
+    assert_eq!(state["last_id"], 1);
+    assert!(state["workers"][0]["start_ticks"].is_u64());
+    assert_eq!(state["workers"][0]["pgid"], state["workers"][0]["pid"]);
     hive.run_job(delete_body("worker-1")).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !state_file(&hive)["workers"].as_array().unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "state file still lists the deleted worker"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        state_file(&hive)["workers"].as_array().unwrap().is_empty(),
+        "state file still lists the deleted worker"
+    );
 }
 
 #[tokio::test]
@@ -62,7 +48,7 @@ async fn a_sigkilled_hive_is_restarted_and_adopts_its_workers() {
     let mut hive = TestHive::start().await;
     let first = hive.spawn_ready("demo").await;
     let second = hive.spawn_ready("demo").await;
-    tokio::time::sleep(Duration::from_millis(200)).await; // let the state file catch up
+    // A spawn's [DONE] comes once the state file holds the ready worker.
     hive.kill_hard();
     assert!(
         pid_alive(pid_of(&first)) && pid_alive(pid_of(&second)),
@@ -127,7 +113,6 @@ async fn keep_policy_leaves_workers_for_the_next_hive() {
 async fn a_worker_that_died_while_the_hive_was_down_is_reported_lost() {
     let mut hive = TestHive::start().await;
     let worker = hive.spawn_ready("demo").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     hive.kill_hard();
     rbee_hive_e2e::os::signal_pid(pid_of(&worker), nix::sys::signal::Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -156,7 +141,6 @@ async fn a_worker_that_died_while_the_hive_was_down_is_reported_lost() {
 async fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
     let mut hive = TestHive::start().await;
     let worker = hive.spawn_ready("demo").await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     hive.kill_hard();
     rbee_hive_e2e::os::signal_pid(pid_of(&worker), nix::sys::signal::Signal::SIGKILL);
     // Pretend the pid was reused: point the record at an unrelated process of ours.
@@ -218,24 +202,28 @@ async fn two_hives_on_one_state_dir_are_refused() {
 #[tokio::test]
 async fn a_second_signal_during_shutdown_skips_the_grace() {
     let mut hive = TestHive::builder()
-        .config("stop_grace_ms = 60000")
+        .config("stop_grace_ms = 3600000")
         .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
         .start()
         .await;
     let worker = hive.spawn_ready("stubborn").await;
     hive.signal(nix::sys::signal::Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The shutdown's stop is recorded, then SIGTERM goes to the worker, which ignores it.
+    rbee_hive_e2e::os::wait_until(
+        "the shutdown sent SIGTERM to the worker",
+        Duration::from_secs(30),
+        || hive.state_file()["workers"][0]["stop"]["sigterm_at"].is_string(),
+    )
+    .await;
     assert!(
         pid_alive(pid_of(&worker)),
-        "the worker ignores SIGTERM and has 60 s of grace"
+        "the worker ignores SIGTERM and has an hour of grace"
     );
-    let started = Instant::now();
     hive.signal(nix::sys::signal::Signal::SIGTERM);
     let status = hive
-        .wait_exit(Duration::from_secs(10))
-        .expect("the hive exits after the second signal");
+        .wait_exit(Duration::from_secs(30))
+        .expect("the hive exits after the second signal, long before the grace is over");
     assert_eq!(status.code(), Some(0));
-    assert!(started.elapsed() < Duration::from_secs(10));
     assert!(!pid_alive(pid_of(&worker)));
 }
 
@@ -301,20 +289,13 @@ async fn readers_that_never_read_do_not_slow_jobs_or_the_hive() {
         .collect();
     let (_, job) = hive.job_status(&job_id).await;
     assert_eq!(job["state"], "succeeded");
-    let started = Instant::now();
+    // A hive that waited on the stalled readers would hang here (each stream has a deadline).
     for _ in 0..50 {
         let lines = hive
             .run_job(json!({"operation": "worker_list", "hive_id": "localhost"}))
             .await;
         assert_eq!(lines.last().unwrap(), "[DONE]");
     }
-    // 50 jobs in a debug build take well under a second when nothing waits on the stalled
-    // readers; a hive that waited on them would hang here.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
-    );
     drop(stalled);
 }
 
@@ -326,7 +307,8 @@ async fn a_job_cancelled_mid_delete_still_leaves_the_worker_fully_stopped() {
         .await;
     let worker = hive.spawn_ready("stubborn").await;
     let job_id = hive.submit(json!({"operation": "worker_delete", "hive_id": "localhost", "id": "worker-1", "grace_ms": 1000})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    hive.stream_until(&job_id, |l| l.contains("worker_delete_sigterm"))
+        .await;
     let cancel = hive
         .client
         .delete(hive.url(&format!("/v1/jobs/{job_id}")))

@@ -115,16 +115,16 @@ async fn spawn_becomes_ready_and_list_and_get_show_a_true_pid_and_port() {
 }
 
 #[tokio::test]
-async fn graceful_delete_has_no_sigkill_and_ends_promptly() {
+async fn graceful_delete_has_no_sigkill_and_ends_without_waiting_for_the_grace() {
+    // An hour of grace: a delete that waited for it, or slept a fixed time, would not end
+    // within the stream deadline of the fixture.
     let hive = TestHive::builder()
-        .config("stop_grace_ms = 8000")
+        .config("stop_grace_ms = 3600000")
         .start()
         .await;
     let record = hive.spawn_ready("demo").await;
     let (pid, port) = (pid_of(&record), port_of(&record));
-    let started = Instant::now();
     let lines = hive.run_job(delete_body("worker-1", None)).await;
-    let elapsed = started.elapsed();
     assert_eq!(
         lines,
         vec![
@@ -135,12 +135,6 @@ async fn graceful_delete_has_no_sigkill_and_ends_promptly() {
             "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1".into(),
             "[DONE]".into(),
         ]
-    );
-    // The demo worker exits within milliseconds of SIGTERM; the delete must not wait for
-    // the 8 s grace nor sleep a fixed time (the original slept 2 s).
-    assert!(
-        elapsed < Duration::from_millis(1500),
-        "delete took {elapsed:?}"
     );
     assert!(!pid_alive(pid));
     assert!(port_free(port));

@@ -78,11 +78,11 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
 pub struct Bystander(std::process::Child);
 
 impl Bystander {
-    /// Starts `sleep 120`.
+    /// Starts `sleep 86400`.
     pub fn start() -> Self {
         Self(
             std::process::Command::new("sleep")
-                .arg("120")
+                .arg("86400")
                 .spawn()
                 .expect("start sleep"),
         )
