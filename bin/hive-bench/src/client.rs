@@ -3,6 +3,7 @@
 //! as little as possible and the numbers are the hive's.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -77,8 +78,13 @@ impl Connection {
         Ok(value["job_id"].as_str().context("job_id")?.to_owned())
     }
 
-    /// Reads a job's stream to its end; returns the body.
-    pub async fn stream(&mut self, job_id: &str) -> anyhow::Result<String> {
+    /// Reads a job's stream to its end; returns the body and when (an instant) `marker`
+    /// first appeared in it, if it did.
+    async fn stream_watching(
+        &mut self,
+        job_id: &str,
+        marker: &str,
+    ) -> anyhow::Result<(String, Option<Instant>)> {
         let request = format!(
             "GET /v1/jobs/{job_id}/stream HTTP/1.1\r\nhost: {}\r\n\r\n",
             self.host
@@ -89,6 +95,7 @@ impl Connection {
             bail!("stream answered {status}");
         }
         let mut body = Vec::new();
+        let mut seen = None;
         loop {
             self.line.clear();
             self.stream.read_line(&mut self.line).await?;
@@ -97,19 +104,42 @@ impl Connection {
             body.resize(start + size + 2, 0);
             self.stream.read_exact(&mut body[start..]).await?;
             body.truncate(start + size);
+            if seen.is_none()
+                && !marker.is_empty()
+                && String::from_utf8_lossy(&body[start.saturating_sub(marker.len())..])
+                    .contains(marker)
+            {
+                seen = Some(Instant::now());
+            }
             if size == 0 {
-                return Ok(String::from_utf8(body)?);
+                return Ok((String::from_utf8(body)?, seen));
             }
         }
     }
 
     /// Submits and reads the stream; fails unless it ends with `[DONE]` after a success.
     pub async fn run(&mut self, body: &str) -> anyhow::Result<String> {
+        self.run_until(body, "").await.map(|(text, _)| text)
+    }
+
+    /// As [`run`](Self::run), and returns how long after the POST was sent `marker`
+    /// appeared in the stream (a narration action such as `worker_spawn_ready`).
+    pub async fn run_until(
+        &mut self,
+        body: &str,
+        marker: &str,
+    ) -> anyhow::Result<(String, Duration)> {
+        let started = Instant::now();
         let job_id = self.submit(body).await?;
-        let text = self.stream(&job_id).await?;
+        let (text, seen) = self.stream_watching(&job_id, marker).await?;
         if !text.ends_with("data: [DONE]\n\n") || text.contains("data: [ERROR]") {
             bail!("job {job_id} did not succeed:\n{text}");
         }
-        Ok(text)
+        let at = match (marker.is_empty(), seen) {
+            (true, _) => Instant::now(),
+            (false, Some(at)) => at,
+            (false, None) => bail!("job {job_id} never said {marker}:\n{text}"),
+        };
+        Ok((text, at - started))
     }
 }

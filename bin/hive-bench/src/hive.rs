@@ -10,10 +10,11 @@ use anyhow::{Context, bail};
 
 /// A running hive.
 pub struct BenchHive {
-    child: Child,
+    child: Option<Child>,
     /// Where it listens.
     pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    bin_dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 /// A port that was free a moment ago.
@@ -26,15 +27,8 @@ impl BenchHive {
     pub fn start(bin_dir: &Path, config: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join("hive.toml"), config)?;
-        let mut child = Command::new(bin_dir.join("rbee-hive"))
-            .args(["--port", "0", "--config"])
-            .arg(dir.path().join("hive.toml"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        let mut child = Self::command(bin_dir, dir.path(), 0)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .context("start rbee-hive")?;
         let mut line = String::new();
@@ -46,15 +40,30 @@ impl BenchHive {
             .and_then(|a| a.parse().ok())
             .context("address line")?;
         Ok(Self {
-            child,
+            child: Some(child),
             addr,
-            _dir: dir,
+            bin_dir: bin_dir.to_owned(),
+            dir,
         })
+    }
+
+    fn command(bin_dir: &Path, dir: &Path, port: u16) -> Command {
+        let mut command = Command::new(bin_dir.join("rbee-hive"));
+        command
+            .args(["--port", &port.to_string(), "--config"])
+            .arg(dir.join("hive.toml"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        command
     }
 
     /// The hive's pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// The hive's resident memory in KiB.
@@ -62,24 +71,56 @@ impl BenchHive {
         rss_kib(self.pid())
     }
 
-    /// SIGTERM, then waits for it to exit.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id())?);
+    /// SIGTERM, then waits for it to exit; returns the time from the signal to the exit.
+    pub fn stop_timed(&mut self) -> anyhow::Result<Duration> {
+        let mut child = self.child.take().context("the hive is not running")?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+        let started = Instant::now();
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
-        let status = self.child.wait()?;
+        let status = child.wait()?;
+        let elapsed = started.elapsed();
         if !status.success() {
             bail!("rbee-hive exited with {status}");
         }
-        Ok(())
+        Ok(elapsed)
+    }
+
+    /// SIGTERM, then waits for it to exit.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.stop_timed().map(drop)
+    }
+
+    /// Starts the stopped hive again on its state dir and config, on a free port; returns
+    /// the instant of the exec and the time from it to the first `/health` answer.
+    pub fn restart(&mut self) -> anyhow::Result<(Instant, Duration)> {
+        if self.child.is_some() {
+            bail!("the hive is still running");
+        }
+        let port = free_port()?;
+        let started = Instant::now();
+        let child = Self::command(&self.bin_dir, self.dir.path(), port).spawn()?;
+        self.child = Some(child);
+        self.addr = SocketAddr::from(([127, 0, 0, 1], port));
+        loop {
+            if health_answers(port) {
+                return Ok((started, started.elapsed()));
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("no /health answer within 10 s of the restart");
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 }
 
 impl Drop for BenchHive {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        if let Some(child) = self.child.as_mut()
+            && let Ok(None) = child.try_wait()
+        {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = self.child.wait();
+            let _ = child.wait();
         }
     }
 }

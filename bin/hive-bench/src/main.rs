@@ -8,8 +8,10 @@
 //! Scenarios: job round trip; throughput at 1, 16 and 64 clients; `worker_list` with 10, 50
 //! and 200 workers; delete of a worker that exits at once on SIGTERM (against its own exit
 //! time) and of one that ignores SIGTERM (against its grace); spawn-to-ready (against the
-//! worker's own exec-to-listening time); the hive's memory (idle, after 100 000 jobs, after
-//! retention) and its start-up time to the first `/health` answer.
+//! worker's own exec-to-listening time); 64 concurrent spawns; shutdown with 100 workers
+//! (against 100 workers' own parallel exit); restart with 200 live workers (`keep`); the
+//! hive's memory (idle, after 100 000 jobs, after retention) and its start-up time to the
+//! first `/health` answer. A p99 is shown only over 100 samples or more.
 //!
 //! # Layout
 //! - `client`: a minimal keep-alive HTTP/1.1 client.
@@ -33,6 +35,8 @@ use hive::BenchHive;
 use stats::{Row, median, millis, summary};
 
 const LIST: &str = r#"{"operation":"worker_list","hive_id":"localhost"}"#;
+/// The narration action of a spawn's ready line.
+const READY: &str = "worker_spawn_ready";
 
 /// Command-line flags.
 #[derive(Debug, Parser)]
@@ -116,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let hive = BenchHive::start(&bin_dir, &config)?;
 
-    eprintln!("1/6 job round trip ({} jobs)", args.round_trips);
+    eprintln!("1/9 job round trip ({} jobs)", args.round_trips);
     let mut connection = Connection::open(hive.addr).await?;
     for _ in 0..500 {
         connection.run(LIST).await?;
@@ -131,10 +135,10 @@ async fn main() -> anyhow::Result<()> {
         "job round trip (POST worker_list + stream to [DONE])",
         &samples,
     );
-    let met = row.median <= 1.0 && row.p99 <= 5.0;
+    let met = row.median <= 1.0 && row.p99.is_some_and(|p99| p99 <= 5.0);
     rows.push(row.target("median ≤ 1 ms, p99 ≤ 5 ms", met));
 
-    eprintln!("2/6 throughput");
+    eprintln!("2/9 throughput");
     for clients in [1usize, 16, 64] {
         let jobs_per_run = 1000 * clients.min(8);
         let mut rates = Vec::new();
@@ -150,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    eprintln!("3/6 worker_list with 10, 50, {} workers", args.workers);
+    eprintln!("3/9 worker_list with 10, 50, {} workers", args.workers);
     let mut list_medians = Vec::new();
     let mut spawned = 0usize;
     for count in [10, 50, args.workers] {
@@ -188,13 +192,14 @@ async fn main() -> anyhow::Result<()> {
     delete_all(hive.addr, spawned).await?;
 
     eprintln!(
-        "4/6 spawn-to-ready and graceful delete ({} each), the worker's own times",
+        "4/9 spawn-to-ready and graceful delete ({} each), the worker's own times",
         args.repeats
     );
+    let hive_url = format!("http://{}", hive.addr);
     let mut own_listen = Vec::new();
     let mut own_exit = Vec::new();
     for _ in 0..args.repeats {
-        let (listen, exit) = worker::own_times(&bin_dir)?;
+        let (listen, exit) = worker::own_times(&bin_dir, &hive_url)?;
         own_listen.push(listen);
         own_exit.push(exit);
     }
@@ -202,9 +207,8 @@ async fn main() -> anyhow::Result<()> {
     let mut delete_times = Vec::new();
     let mut connection = Connection::open(hive.addr).await?;
     for _ in 0..args.repeats {
-        let started = Instant::now();
-        let text = connection.run(&spawn_body("demo")).await?;
-        spawn_times.push(started.elapsed());
+        let (text, to_ready) = connection.run_until(&spawn_body("demo"), READY).await?;
+        spawn_times.push(to_ready);
         let id = ready_id(&text)?;
         let started = Instant::now();
         let text = connection.run(&delete_body(&id, None)).await?;
@@ -247,9 +251,8 @@ async fn main() -> anyhow::Result<()> {
             );
             for _ in 0..args.repeats.min(10) {
                 own.push(worker::llama_own_ready(server, &llama_model)?);
-                let started = Instant::now();
-                let text = connection.run(&body).await?;
-                through.push(started.elapsed());
+                let (text, to_ready) = connection.run_until(&body, READY).await?;
+                through.push(to_ready);
                 connection
                     .run(&delete_body(&ready_id(&text)?, None))
                     .await?;
@@ -271,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    eprintln!("5/6 delete of a SIGTERM-ignoring worker (grace 200 ms)");
+    eprintln!("5/9 delete of a SIGTERM-ignoring worker (grace 200 ms)");
     let grace_ms = 200;
     let mut stubborn = Vec::new();
     for _ in 0..args.repeats.min(10) {
@@ -290,13 +293,80 @@ async fn main() -> anyhow::Result<()> {
         &format!("≤ grace + 20 ms (is grace + {over:.1} ms)"),
         over <= 20.0,
     ));
+
+    eprintln!("6/9 64 concurrent spawns (5 times)");
+    let mut all_ready = Vec::new();
+    for _ in 0..5 {
+        let (elapsed, ids) = concurrent_spawns(hive.addr, 64).await?;
+        all_ready.push(elapsed);
+        delete_ids(hive.addr, ids).await?;
+    }
+    let row = millis(
+        "64 concurrent spawns: first POST → last ready line",
+        &all_ready,
+    );
+    let met = row.median <= 250.0;
+    rows.push(row.target("≤ 250 ms", met));
     hive.stop()?;
 
-    eprintln!("6/6 memory ({} jobs) and start-up", args.memory_jobs);
+    eprintln!("7/9 shutdown with 100 workers (3 times), and 100 workers' own parallel exit");
+    let mut own_exits = Vec::new();
+    let mut shutdowns = Vec::new();
+    for _ in 0..3 {
+        let mut hive = BenchHive::start(&bin_dir, &config)?;
+        own_exits.push(worker::own_parallel_exit(
+            &bin_dir,
+            &format!("http://{}", hive.addr),
+            100,
+        )?);
+        spawn_many(hive.addr, 100).await?;
+        shutdowns.push(hive.stop_timed()?);
+    }
+    rows.push(millis(
+        "100 demo workers' own exit, SIGTERM to all → last reaped",
+        &own_exits,
+    ));
+    let row = millis(
+        "hive shutdown with 100 workers (stop policy): SIGTERM → exit",
+        &shutdowns,
+    );
+    let over = row.median - median(&own_exits).as_secs_f64() * 1000.0;
+    rows.push(row.target(
+        &format!("≤ own + 100 ms (is own {over:+.1} ms)"),
+        over <= 100.0,
+    ));
+
+    eprintln!("8/9 restart with 200 live workers (keep policy, 5 times)");
+    let keep_config = format!("on_shutdown = \"keep\"\n{config}");
+    let mut hive = BenchHive::start(&bin_dir, &keep_config)?;
+    spawn_many(hive.addr, 200).await?;
+    let mut to_health = Vec::new();
+    let mut to_listed = Vec::new();
+    for _ in 0..5 {
+        hive.stop_timed()?;
+        let (exec, health) = hive.restart()?;
+        to_health.push(health);
+        to_listed.push(until_listed_ready(hive.addr, 200, exec).await?);
+    }
+    delete_all(hive.addr, 200).await?;
+    hive.stop()?;
+    let row = millis(
+        "restart with 200 live workers: exec → first /health",
+        &to_health,
+    );
+    let met = row.median <= 50.0;
+    rows.push(row.target("≤ 50 ms", met));
+    let row = millis(
+        "restart with 200 live workers: exec → worker_list shows 200 Ready",
+        &to_listed,
+    );
+    let met = row.median <= 500.0;
+    rows.push(row.target("≤ 500 ms", met));
+
+    eprintln!("9/9 memory ({} jobs) and start-up", args.memory_jobs);
     let retention_s = 5;
     let hive = BenchHive::start(&bin_dir, &format!("job_retention_s = {retention_s}\n"))?;
-    let mut connection = Connection::open(hive.addr).await?;
-    connection.run(LIST).await?;
+    // Idle: before any job or connection.
     let idle = hive.rss_kib()?;
     // Warm-up: the first jobs grow the allocator's and the runtime's fixed structures once.
     throughput(hive.addr, 64, 2_000).await?;
@@ -416,6 +486,77 @@ async fn spawn_many(addr: std::net::SocketAddr, count: usize) -> anyhow::Result<
     Ok(())
 }
 
+/// Spawns `count` demo workers at once, each on its own connection; returns the time from
+/// the first POST to the last ready line, and the workers' ids.
+async fn concurrent_spawns(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> anyhow::Result<(Duration, Vec<String>)> {
+    let mut connections = Vec::new();
+    for _ in 0..count {
+        connections.push(Connection::open(addr).await?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = connections
+        .into_iter()
+        .map(|mut connection| {
+            tokio::spawn(async move {
+                let posted = Instant::now();
+                let (text, to_ready) = connection.run_until(&spawn_body("demo"), READY).await?;
+                anyhow::Ok((posted + to_ready, ready_id(&text)?))
+            })
+        })
+        .collect();
+    let mut last = started;
+    let mut ids = Vec::new();
+    for task in tasks {
+        let (ready_at, id) = task.await??;
+        last = last.max(ready_at);
+        ids.push(id);
+    }
+    Ok((last - started, ids))
+}
+
+async fn delete_ids(addr: std::net::SocketAddr, ids: Vec<String>) -> anyhow::Result<()> {
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            tokio::spawn(async move {
+                let mut connection = Connection::open(addr).await?;
+                connection.run(&delete_body(&id, None)).await?;
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+/// Polls `worker_list` until it shows `count` workers, all ready; returns the time since
+/// `exec`.
+async fn until_listed_ready(
+    addr: std::net::SocketAddr,
+    count: usize,
+    exec: Instant,
+) -> anyhow::Result<Duration> {
+    let mut connection = Connection::open(addr).await?;
+    loop {
+        let text = connection.run(LIST).await?;
+        let ready = text
+            .lines()
+            .filter(|l| l.contains("worker_list_entry") && l.ends_with("| ready"))
+            .count();
+        if ready == count {
+            return Ok(exec.elapsed());
+        }
+        if exec.elapsed() > Duration::from_secs(30) {
+            bail!("only {ready} of {count} workers listed ready 30 s after the restart");
+        }
+    }
+}
+
 async fn delete_all(addr: std::net::SocketAddr, count: usize) -> anyhow::Result<()> {
     let next = Arc::new(AtomicUsize::new(1));
     let tasks: Vec<_> = (0..16)
@@ -485,12 +626,12 @@ fn print_table(rows: &[Row], notes: &[String]) {
     println!("|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!(
-            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {:.3} | {} | {:.3} | {:.3} | {} | {} |",
             row.name,
             row.unit,
             row.samples,
             row.median,
-            row.p99,
+            row.p99.map_or("—".to_owned(), |p99| format!("{p99:.3}")),
             row.min,
             row.max,
             row.target.as_deref().unwrap_or(""),

@@ -15,8 +15,8 @@ pub struct Row {
     pub samples: usize,
     /// Median.
     pub median: f64,
-    /// 99th percentile.
-    pub p99: f64,
+    /// 99th percentile; `None` with fewer than 100 samples (then only the max is shown).
+    pub p99: Option<f64>,
     /// Smallest.
     pub min: f64,
     /// Largest.
@@ -47,7 +47,7 @@ pub fn summary(name: &str, unit: &str, mut values: Vec<f64>) -> Row {
         } else {
             (values[n / 2 - 1] + values[n / 2]) / 2.0
         },
-        p99: at(0.99),
+        p99: (n >= 100).then(|| at(0.99)),
         min: values[0],
         max: values[n - 1],
         target: None,
@@ -85,10 +85,10 @@ mod tests {
         let row = summary("x", "ms", (1..=100).map(f64::from).collect());
         assert_eq!(
             (row.median, row.p99, row.min, row.max),
-            (50.5, 99.0, 1.0, 100.0)
+            (50.5, Some(99.0), 1.0, 100.0)
         );
         let row = summary("x", "ms", vec![3.0, 1.0, 2.0]);
-        assert_eq!((row.median, row.p99), (2.0, 3.0));
+        assert_eq!((row.median, row.p99, row.max), (2.0, None, 3.0));
         assert_eq!(
             median(&[Duration::from_millis(1), Duration::from_millis(3)]),
             Duration::from_millis(2)

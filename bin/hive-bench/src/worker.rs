@@ -10,35 +10,45 @@ use anyhow::bail;
 
 use crate::hive::free_port;
 
-/// Times one demo worker: from just before exec to its port accepting a connection, and
-/// from SIGTERM to its exit (reaped).
-pub fn own_times(bin_dir: &Path) -> anyhow::Result<(Duration, Duration)> {
-    let port = free_port()?;
-    let started = Instant::now();
-    let mut child = Command::new(bin_dir.join("rbee-demo-worker"))
-        .args([
-            "--worker-id",
-            "bench",
-            "--model",
-            "m",
-            "--port",
-            &port.to_string(),
-            "--heartbeat-ms",
-            "0",
-        ])
+/// The demo worker's flags as the hive passes them (the built-in `demo` type), so that the
+/// baseline does what the hive's workers do, heartbeats to `hive_url` included.
+fn demo_worker(bin_dir: &Path, port: u16, hive_url: &str) -> Command {
+    let mut command = Command::new(bin_dir.join("rbee-demo-worker"));
+    command
+        .args(["--worker-id", "bench", "--model", "bench", "--port"])
+        .arg(port.to_string())
+        .args(["--hive-url", hive_url])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let listening = loop {
+        .stderr(Stdio::null());
+    command
+}
+
+fn wait_listening(port: u16, started: Instant) -> anyhow::Result<Duration> {
+    loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break started.elapsed();
+            return Ok(started.elapsed());
         }
         if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
             bail!("the demo worker did not listen within 10 s");
         }
         std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// Times one demo worker: from just before exec to its port accepting a connection, and
+/// from SIGTERM to its exit (reaped).
+pub fn own_times(bin_dir: &Path, hive_url: &str) -> anyhow::Result<(Duration, Duration)> {
+    let port = free_port()?;
+    let started = Instant::now();
+    let mut child = demo_worker(bin_dir, port, hive_url).spawn()?;
+    let listening = match wait_listening(port, started) {
+        Ok(listening) => listening,
+        Err(error) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error);
+        }
     };
     let stop = Instant::now();
     nix::sys::signal::kill(
@@ -47,6 +57,30 @@ pub fn own_times(bin_dir: &Path) -> anyhow::Result<(Duration, Duration)> {
     )?;
     child.wait()?;
     Ok((listening, stop.elapsed()))
+}
+
+/// `count` demo workers started directly and, once all listen, sent SIGTERM one after the
+/// other: the time from the first SIGTERM to the last exit (reaped).
+pub fn own_parallel_exit(bin_dir: &Path, hive_url: &str, count: usize) -> anyhow::Result<Duration> {
+    let mut children = Vec::new();
+    for _ in 0..count {
+        let port = free_port()?;
+        children.push((demo_worker(bin_dir, port, hive_url).spawn()?, port));
+    }
+    for (_, port) in &children {
+        wait_listening(*port, Instant::now())?;
+    }
+    let started = Instant::now();
+    for (child, _) in &children {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+    }
+    for (child, _) in &mut children {
+        child.wait()?;
+    }
+    Ok(started.elapsed())
 }
 
 /// Times a `llama-server` started directly: from just before exec to its first `200` on
