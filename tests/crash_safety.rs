@@ -323,6 +323,68 @@ async fn a_second_sigterm_cuts_a_shutdown_short_after_the_leader_exited() {
     assert!(all_gone(&children));
 }
 
+#[tokio::test]
+async fn a_second_sigterm_during_a_long_delete_ends_the_hive_without_the_grace() {
+    let mut hive = TestHive::builder()
+        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
+        .start()
+        .await;
+    let record = hive.spawn_ready("stubborn").await;
+    let job = hive.submit(delete_body("worker-1", 3_600_000)).await;
+    hive.stream_until(&job, |l| l.contains("worker_delete_sigterm"))
+        .await;
+    // Both signals before the shutdown has reached its workers: the second one must still
+    // cut the delete's hour of grace short.
+    hive.signal(Signal::SIGTERM);
+    hive.signal(Signal::SIGTERM);
+    assert_eq!(hive.wait_exit(PATIENCE).and_then(|s| s.code()), Some(0));
+    assert!(!pid_alive(pid_of(&record)));
+}
+
+// Defect 1, the group id taken over: a group that emptied while the hive was down may be
+// someone else's by the time it starts again.
+#[tokio::test]
+async fn a_group_id_taken_by_another_program_while_the_hive_was_down_is_never_signalled() {
+    let mut hive = TestHive::start().await;
+    let record = hive.spawn_ready("demo").await;
+    hive.kill_hard();
+    signal_pid(pid_of(&record), Signal::SIGKILL);
+    wait_until("the worker is gone", PATIENCE, || {
+        !pid_alive(pid_of(&record))
+    })
+    .await;
+    // Another program's group whose leader has exited: `sh` leads a new session and group,
+    // starts `sleep` in it, and exits.
+    let output = std::process::Command::new("setsid")
+        .args(["sh", "-c", "sleep 86400 >/dev/null 2>&1 & echo $$"])
+        .output()
+        .expect("setsid");
+    let group: u32 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    wait_until("the foreign group's leader is gone", PATIENCE, || {
+        !pid_alive(group)
+    })
+    .await;
+    let stranger = group_members(group);
+    assert_eq!(stranger.len(), 1, "the foreign group is its sleep");
+    // The state file says the worker's group is that group (as if the id had been reused).
+    let path = hive.state_dir().join("workers.json");
+    let mut state = hive.state_file();
+    state["workers"][0]["pid"] = json!(group);
+    state["workers"][0]["pgid"] = json!(group);
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    hive.restart();
+    let worker = hive.worker("worker-1").await.expect("listed");
+    assert_eq!(worker["status"], json!({"Failed": {"reason": "lost"}}));
+    let lines = hive.run_job(delete_body("worker-1", 0)).await;
+    assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+    let survived = pid_alive(stranger[0]);
+    signal_pid(stranger[0], Signal::SIGKILL);
+    assert!(survived, "another program's process was signalled");
+}
+
 // Defect 5: a readiness answer from someone else counted.
 #[tokio::test]
 async fn a_health_answer_from_another_program_does_not_make_a_worker_ready() {
@@ -330,7 +392,7 @@ async fn a_health_answer_from_another_program_does_not_make_a_worker_ready() {
         .config(&demo_worker_type(
             "mute",
             &["--start-delay-ms", "600000"],
-            2.0,
+            6.0,
         ))
         .start()
         .await;
@@ -370,7 +432,7 @@ async fn a_health_answer_from_another_program_does_not_make_a_worker_ready() {
     );
     let error = error_line(&lines);
     assert!(
-        error.starts_with("[ERROR] worker-1 was not ready within 2s and was stopped")
+        error.starts_with("[ERROR] worker-1 was not ready within 6s and was stopped")
             && error.contains(&format!(
                 "port {port} is held by pid {}",
                 std::process::id()

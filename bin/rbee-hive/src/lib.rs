@@ -143,6 +143,21 @@ async fn serve(
     let jobs = state.jobs.clone();
     let jobs_for_tasks = state.jobs.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    // A second signal during the shutdown (`force`) cuts every stop short, those under way
+    // (a delete's) and those still to come (the shutdown's own), whatever phase the
+    // shutdown is in.
+    let (shutting_down_tx, shutting_down_rx) = tokio::sync::oneshot::channel::<()>();
+    let hurry = workers.clone();
+    let force_watch = tokio::spawn(async move {
+        if shutting_down_rx.await.is_err() {
+            return;
+        }
+        force.await;
+        tracing::warn!(
+            "second signal: killing the workers still stopping without waiting for their grace"
+        );
+        hurry.hurry_all();
+    });
     // Narration is many small writes: without TCP_NODELAY, Nagle's algorithm and the
     // client's delayed ACK hold lines back for up to 40 ms.
     let listener =
@@ -153,6 +168,7 @@ async fn serve(
         });
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
         shutdown.await;
+        let _ = shutting_down_tx.send(());
         let cancelled = jobs.begin_shutdown();
         tracing::info!("shutting down: stopped accepting, cancelled {cancelled} running job(s)");
         let _ = draining_tx.send(());
@@ -172,32 +188,22 @@ async fn serve(
     // Running jobs were cancelled when shutdown began; once their tasks have ended, every
     // spawn they abandoned has asked for its worker to be stopped.
     jobs_for_tasks.wait_for_tasks().await;
-    let finishing = async {
-        match policy {
-            ShutdownPolicy::Stop => {
-                let stopped = workers.stop_all().await;
-                tracing::info!("stopped {stopped} worker(s)");
-            }
-            ShutdownPolicy::Keep => {
-                // A stop that has begun (a delete, a cancelled spawn) finishes before exit;
-                // every other worker is left running.
-                let finished = workers.settle().await;
-                tracing::info!(
-                    "finished {finished} stop(s) under way; leaving {} worker(s) running for the next hive to adopt (on_shutdown = \"keep\")",
-                    workers.len()
-                );
-            }
+    match policy {
+        ShutdownPolicy::Stop => {
+            let stopped = workers.stop_all().await;
+            tracing::info!("stopped {stopped} worker(s)");
         }
-    };
-    tokio::pin!(finishing);
-    tokio::select! {
-        _ = &mut finishing => {}
-        _ = force => {
-            tracing::warn!("second signal: killing the workers still stopping without waiting for their grace");
-            workers.hurry_all();
-            finishing.await;
+        ShutdownPolicy::Keep => {
+            // A stop that has begun (a delete, a cancelled spawn) finishes before exit;
+            // every other worker is left running.
+            let finished = workers.settle().await;
+            tracing::info!(
+                "finished {finished} stop(s) under way; leaving {} worker(s) running for the next hive to adopt (on_shutdown = \"keep\")",
+                workers.len()
+            );
         }
     }
+    force_watch.abort();
     if let Err(error) = workers.flush().await {
         tracing::error!("the last state of the workers is not on disk: {error}");
     }

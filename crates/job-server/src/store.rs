@@ -137,16 +137,21 @@ impl JobStore {
         Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: Display + Send + 'static,
     {
-        if self.shared.shutting_down.load(Ordering::SeqCst) {
-            return Err(SubmitError::ShuttingDown);
-        }
         let id = JobId::generate();
         let job = Arc::new(Job::new(
             id.clone(),
             operation.to_owned(),
             self.shared.config.event_buffer,
         ));
-        self.shared.lock().by_id.insert(id.clone(), job.clone());
+        {
+            // Checked under the lock that `begin_shutdown` takes: a job is either refused or
+            // among those that the shutdown cancels, never neither.
+            let mut jobs = self.shared.lock();
+            if self.shared.shutting_down.load(Ordering::SeqCst) {
+                return Err(SubmitError::ShuttingDown);
+            }
+            jobs.by_id.insert(id.clone(), job.clone());
+        }
         let operation = run(JobContext { job: job.clone() });
         let shared = self.shared.clone();
         self.shared.tasks.spawn(async move {
@@ -214,8 +219,11 @@ impl JobStore {
 
     /// Refuses new jobs from now on and cancels every job still running; returns how many.
     pub fn begin_shutdown(&self) -> usize {
-        self.shared.shutting_down.store(true, Ordering::SeqCst);
-        let jobs: Vec<Arc<Job>> = self.shared.lock().by_id.values().cloned().collect();
+        let jobs: Vec<Arc<Job>> = {
+            let jobs = self.shared.lock();
+            self.shared.shutting_down.store(true, Ordering::SeqCst);
+            jobs.by_id.values().cloned().collect()
+        };
         jobs.iter().filter(|job| cancel_job(job).is_ok()).count()
     }
 

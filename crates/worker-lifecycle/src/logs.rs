@@ -3,7 +3,9 @@
 //! A log is created with `O_EXCL`, so a new worker never opens a file that another worker
 //! still writes (ids are never reused, and the id counter is raised past every log found at
 //! start-up, which also covers a state file that was lost). The log of every listed worker
-//! is kept; of removed workers, the most recent `keep` that are younger than `max_age`.
+//! is kept (a log is created by the worker's supervisor, so its worker is listed by then);
+//! of removed workers, the most recent `keep` that are younger than `max_age`. The log with
+//! the highest id is never removed: it carries the id counter through a lost state file.
 //! Pruning runs at start-up and after removals, at most once a second.
 
 use std::collections::HashSet;
@@ -67,9 +69,11 @@ pub(crate) fn highest_logged_id(dir: &Path) -> u64 {
 /// Removes the logs of removed workers beyond `retention`; returns how many.
 pub(crate) fn prune(dir: &Path, listed: &HashSet<u64>, retention: LogRetention) -> usize {
     let now = SystemTime::now();
-    let mut removed: Vec<(SystemTime, PathBuf)> = logs(dir)
+    let all = logs(dir);
+    let highest = all.iter().map(|(number, _)| *number).max();
+    let mut removed: Vec<(SystemTime, PathBuf)> = all
         .into_iter()
-        .filter(|(number, _)| !listed.contains(number))
+        .filter(|(number, _)| !listed.contains(number) && Some(*number) != highest)
         .filter_map(|(_, path)| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
         .collect();
     // Newest first.
@@ -139,10 +143,14 @@ mod tests {
             keep: 2,
             max_age: Duration::from_secs(3600),
         };
-        assert_eq!(prune(dir.path(), &listed, retention), 3);
-        let mut left: Vec<u64> = logs(dir.path()).into_iter().map(|(n, _)| n).collect();
-        left.sort();
-        assert_eq!(left, [1, 5, 6]);
+        // worker-1 is listed; worker-6 has the highest id; of 2..=5 the newest two stay.
+        assert_eq!(prune(dir.path(), &listed, retention), 2);
+        let left = || {
+            let mut left: Vec<u64> = logs(dir.path()).into_iter().map(|(n, _)| n).collect();
+            left.sort();
+            left
+        };
+        assert_eq!(left(), [1, 4, 5, 6]);
         assert!(dir.path().join("notes.txt").exists());
         let generous = LogRetention {
             keep: 100,
@@ -154,6 +162,6 @@ mod tests {
             max_age: Duration::from_secs(1),
         };
         assert_eq!(prune(dir.path(), &listed, strict), 2);
-        assert!(log_path(dir.path(), 1).exists());
+        assert_eq!(left(), [1, 6]);
     }
 }

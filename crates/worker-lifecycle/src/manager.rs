@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -21,7 +22,9 @@ use crate::error::LifecycleError;
 use crate::logs::{self, LogRetention};
 use crate::ports::{PortAllocator, PortLease};
 use crate::process::{self, LaunchSpec, MARKER_VAR, Members, ProcessInfo};
-use crate::record::{StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
+use crate::record::{
+    StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus,
+};
 use crate::registry::{Registry, Slot, format_id, parse_id};
 use crate::state_file::{PersistedState, StateDir};
 use crate::supervisor::{
@@ -129,6 +132,7 @@ impl WorkerManager {
                     default_grace: config.stop_grace,
                     shutdown: stop.clone(),
                     removed: removed.clone(),
+                    hurried: AtomicBool::new(false),
                 }),
                 ports: PortAllocator::new(config.ports.clone()),
                 catalog,
@@ -264,9 +268,10 @@ impl WorkerManager {
             return;
         }
         // The leader is gone (or its pid belongs to another process now).
+        let marker = self.marker(&record.id);
         let members = match record.start_ticks {
-            Some(start) => Members::scan(record.pgid, Some(start)),
-            None => Members::scan(0, None),
+            Some(start) => Members::survivors(record.pgid, start, &marker),
+            None => Members::none(),
         };
         self.restore_dead_leader(number, record, members, port);
     }
@@ -312,12 +317,30 @@ impl WorkerManager {
             record.pid,
             members.pids()
         );
-        let reason = stop.map_or(StopReason::Lost, |s| s.reason);
-        record.stop = None;
+        // The record says "stopping" from the first save on, so that a hive killed before
+        // the supervisor records its own stop still finds these processes next time.
+        let (reason, grace) = match &stop {
+            Some(stop) => (stop.reason, remaining_grace(stop)),
+            None => (StopReason::Lost, self.inner.config.stop_grace),
+        };
+        record.stop = Some(StopProgress {
+            reason,
+            grace_ms: grace.as_millis() as u64,
+            requested_at: Utc::now(),
+            sigterm_at: None,
+            sigkill_at: None,
+            finished_at: None,
+            stuck: Vec::new(),
+            detail: None,
+        });
         self.install(
             number,
             record,
-            Start::Survivors { members, reason },
+            Start::Survivors {
+                members,
+                reason,
+                grace,
+            },
             port,
             lost,
         );
@@ -326,7 +349,7 @@ impl WorkerManager {
     /// A reserved id whose process the state file does not know: the hive stopped between
     /// the reservation and saving the pid. The process is found by its marker.
     fn restore_unlaunched(&self, number: u64, mut record: WorkerRecord) {
-        let marker = format!("{}/{}", self.registry().instance(), record.id);
+        let marker = self.marker(&record.id);
         let marked = process::find_marked(&marker);
         let port = self.inner.ports.lease_exact(record.port);
         if let Some((pid, stat)) = marked.iter().find(|(pid, stat)| stat.pgid == *pid)
@@ -358,8 +381,13 @@ impl WorkerManager {
         record.pgid = pgid;
         record.pid = pgid;
         record.start_ticks = Some(first_start);
-        let members = Members::scan(pgid, Some(first_start));
+        let members = Members::survivors(pgid, first_start, &marker);
         self.restore_dead_leader(number, record, members, port);
+    }
+
+    /// What marks worker `id`'s processes (`RBEE_HIVE_WORKER=<instance>/<id>`).
+    fn marker(&self, id: &str) -> String {
+        format!("{}/{id}", self.registry().instance())
     }
 
     /// Every listed worker (ids whose process is not started yet are not listed).
@@ -404,8 +432,9 @@ impl WorkerManager {
     }
 
     /// Starts a worker and returns the handle of its start. Refused at once, with nothing
-    /// started and no id used, when the type, the device, the model file, the program or a
-    /// port is missing. The id is reserved on disk before the process starts.
+    /// started, when the type, the device, the model file, the program or a port is missing
+    /// (no id is used for those; a command that cannot be filled in uses one). The id is
+    /// reserved on disk before the process starts.
     pub async fn spawn(&self, request: &SpawnRequest) -> Result<Spawning, LifecycleError> {
         let inner = &self.inner;
         let template = inner.catalog.get(&request.worker_type)?.clone();
@@ -446,19 +475,12 @@ impl WorkerManager {
             .iter()
             .map(|(k, v)| Ok((k.clone(), fill(v)?)))
             .collect::<Result<_, LifecycleError>>()?;
-        env.push((
-            MARKER_VAR.to_owned(),
-            format!("{}/{id}", self.registry().instance()),
-        ));
+        env.push((MARKER_VAR.to_owned(), self.marker(&id)));
         let program = match early_program {
             Some(program) => program,
             None => catalog::resolve_program(&filled[0])?,
         };
         let log_path = logs::log_path(&inner.logs_dir, number);
-        let log = logs::create(&log_path).map_err(|source| LifecycleError::StateDir {
-            path: log_path.clone(),
-            source,
-        })?;
         let args = filled[1..].to_vec();
         let mut command = vec![program.display().to_string()];
         command.extend(args.iter().cloned());
@@ -487,7 +509,6 @@ impl WorkerManager {
             args,
             env,
             env_remove: template.env_remove.clone(),
-            log,
         };
         let (record, commands) = self.install(
             number,
@@ -613,8 +634,10 @@ impl WorkerManager {
         count
     }
 
-    /// Cuts every stop under way short: SIGKILL now (a second signal during shutdown).
+    /// Cuts every stop short, those under way and those that begin from now on: SIGKILL
+    /// without grace (a second signal during shutdown).
     pub fn hurry_all(&self) {
+        self.inner.context.hurried.store(true, Ordering::SeqCst);
         for slot in self.registry().slots() {
             let _ = slot.commands.send(Command::Hurry);
         }
@@ -684,7 +707,9 @@ impl Spawning {
 
     /// Waits until the worker is ready and that is on disk (its record), or has failed to
     /// start (why, with the end of its output). When this returns an error the worker's
-    /// processes are gone. Cancel-safe: it can be raced against a timer and called again.
+    /// processes are gone — except for [`LifecycleError::StateNotSaved`] (the ready worker
+    /// could not be recorded), after which dropping the handle stops it, as for any spawn
+    /// that did not succeed. Cancel-safe: it can be raced against a timer and called again.
     pub async fn ready(&mut self) -> Result<WorkerRecord, LifecycleError> {
         loop {
             let record = self.record.borrow_and_update().clone();
@@ -694,7 +719,8 @@ impl Spawning {
                     self.settled = true;
                     return Ok(record);
                 }
-                WorkerStatus::Stopped | WorkerStatus::Failed { .. } => {
+                // Failed, and whatever its group left is stopped too.
+                WorkerStatus::Stopped | WorkerStatus::Failed { .. } if !record.is_stopping() => {
                     self.settled = true;
                     return Err(self.failure(&record));
                 }
@@ -806,6 +832,14 @@ impl Stopping {
             _ => Ok(last),
         }
     }
+}
+
+/// What is left of a recorded stop's grace.
+fn remaining_grace(stop: &StopProgress) -> Duration {
+    let elapsed = (Utc::now() - stop.requested_at)
+        .to_std()
+        .unwrap_or_default();
+    Duration::from_millis(stop.grace_ms).saturating_sub(elapsed)
 }
 
 /// The record and `/proc` view of a worker whose process runs and has its recorded start

@@ -70,8 +70,6 @@ pub(crate) struct LaunchSpec {
     pub(crate) env: Vec<(String, String)>,
     /// Variables to remove (`PREFIX*` removes a prefix).
     pub(crate) env_remove: Vec<String>,
-    /// Where stdout and stderr go.
-    pub(crate) log: File,
 }
 
 /// A worker's leader process, owned by its supervisor.
@@ -90,15 +88,15 @@ enum Ownership {
     Adopted,
 }
 
-/// Starts a process as the leader of its own process group.
-pub(crate) fn launch(spec: LaunchSpec) -> std::io::Result<Leader> {
-    let stderr = spec.log.try_clone()?;
+/// Starts a process as the leader of its own process group, its output going to `log`.
+pub(crate) fn launch(spec: LaunchSpec, log: File) -> std::io::Result<Leader> {
+    let stderr = log.try_clone()?;
     let mut command = Command::new(&spec.program);
     command
         .args(&spec.args)
         .process_group(0)
         .stdin(Stdio::null())
-        .stdout(spec.log)
+        .stdout(log)
         .stderr(stderr);
     for pattern in &spec.env_remove {
         match pattern.strip_suffix('*') {
@@ -193,6 +191,15 @@ impl Leader {
         }
     }
 
+    /// Gives up on a leader that outlived SIGKILL: it is neither waited for nor signalled
+    /// again (a child of the hive stays unreaped, so its pid cannot be reused).
+    pub(crate) fn abandon(self) {
+        tracing::error!(
+            pid = self.pid,
+            "giving up on a process that outlived SIGKILL"
+        );
+    }
+
     /// Reaps the leader (the hive's own child) and returns how it ended. Call only after
     /// [`exited`](Self::exited). An adopted process was reaped by another: its status is
     /// unknown.
@@ -225,6 +232,25 @@ pub(crate) struct Members {
 }
 
 impl Members {
+    /// No process.
+    pub(crate) fn none() -> Self {
+        Self {
+            pgid: 0,
+            watched: Vec::new(),
+        }
+    }
+
+    /// What is left of a worker's group once its leader is gone: the members of group `pgid`
+    /// that started no earlier than the leader (`leader_start`) and carry the worker's
+    /// marker (`RBEE_HIVE_WORKER=<marker>`) — none if another process holds the leader's pid.
+    /// The marker matters once the group may have been empty: its id can then name an
+    /// unrelated group whose leader has exited too.
+    pub(crate) fn survivors(pgid: u32, leader_start: u64, marker: &str) -> Self {
+        let mut members = Self::scan(pgid, Some(leader_start));
+        members.watched.retain(|(pid, _)| has_marker(*pid, marker));
+        members
+    }
+
     /// The live members of group `pgid`, other than a process with pid `pgid`. With
     /// `leader_start`, only members that started no earlier than the leader, and none at
     /// all if a process that is not the leader holds the leader's pid (then the group id
@@ -306,17 +332,19 @@ impl Members {
 
 /// Live processes whose environment holds `RBEE_HIVE_WORKER=<marker>`, with their stat.
 pub(crate) fn find_marked(marker: &str) -> Vec<(u32, StatFields)> {
-    let needle = format!("{MARKER_VAR}={marker}");
     all_pids()
-        .filter(|pid| signallable(*pid).is_some())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-                env.split(|b| *b == 0)
-                    .any(|entry| entry == needle.as_bytes())
-            })
-        })
+        .filter(|pid| signallable(*pid).is_some() && has_marker(*pid, marker))
         .filter_map(|pid| Some((pid, stat_fields(pid).filter(|f| !f.zombie)?)))
         .collect()
+}
+
+/// Whether the environment `pid` was started with holds `RBEE_HIVE_WORKER=<marker>`.
+fn has_marker(pid: u32, marker: &str) -> bool {
+    let needle = format!("{MARKER_VAR}={marker}");
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+        env.split(|b| *b == 0)
+            .any(|entry| entry == needle.as_bytes())
+    })
 }
 
 fn all_pids() -> impl Iterator<Item = u32> {
@@ -684,16 +712,18 @@ mod tests {
     async fn launches_in_own_group_and_waits_by_event() {
         let dir = tempfile::tempdir().unwrap();
         let log = File::create(dir.path().join("log")).unwrap();
-        let leader = launch(LaunchSpec {
-            program: "/bin/sh".into(),
-            args: vec![
-                "-c".to_string(),
-                "echo hello; sleep 30 & exec sleep 30".to_string(),
-            ],
-            env: vec![(MARKER_VAR.into(), "test-instance/worker-1".into())],
-            env_remove: Vec::new(),
+        let leader = launch(
+            LaunchSpec {
+                program: "/bin/sh".into(),
+                args: vec![
+                    "-c".to_string(),
+                    "echo hello; sleep 30 & exec sleep 30".to_string(),
+                ],
+                env: vec![(MARKER_VAR.into(), "test-instance/worker-1".into())],
+                env_remove: Vec::new(),
+            },
             log,
-        })
+        )
         .unwrap();
         let pid = leader.pid();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

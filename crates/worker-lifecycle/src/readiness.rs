@@ -58,7 +58,12 @@ impl ProbeTarget {
         .await;
         match answer {
             Ok(Ok(response)) if response.status().is_success() => {
-                process::listener_is_held_by_group(self.port, self.pgid).map(|()| true)
+                // `/proc` scans: off the runtime's threads.
+                let (port, pgid) = (self.port, self.pgid);
+                tokio::task::spawn_blocking(move || process::listener_is_held_by_group(port, pgid))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the ownership check failed: {e}")))
+                    .map(|()| true)
             }
             _ => Ok(false),
         }

@@ -194,6 +194,11 @@ impl Registry {
         }
     }
 
+    /// The generation the state file holds.
+    pub(crate) fn durable_generation(&self) -> u64 {
+        self.shared.durable.borrow().saved
+    }
+
     /// Waits until every change made so far is on disk.
     pub(crate) async fn flush(&self) -> Result<(), LifecycleError> {
         self.wait_durable(self.generation()).await

@@ -14,6 +14,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,6 +23,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::logs;
 use crate::ports::PortLease;
 use crate::process::{self, LaunchSpec, Leader, Members, Sig};
 use crate::readiness::{self, Probe, ProbeTarget};
@@ -78,6 +80,9 @@ pub(crate) struct Context {
     pub(crate) shutdown: CancellationToken,
     /// Woken when a worker leaves the registry (its log may be pruned later).
     pub(crate) removed: Arc<Notify>,
+    /// Set by a second signal during shutdown: every stop under way, and every stop that
+    /// begins from then on, goes straight to SIGKILL.
+    pub(crate) hurried: AtomicBool,
 }
 
 /// How a supervisor begins.
@@ -89,10 +94,12 @@ pub(crate) enum Start {
         leader: Leader,
         resume: Option<(StopReason, Duration)>,
     },
-    /// Processes left by a leader that died while the hive was down: stop them.
+    /// Processes left by a leader that died while the hive was down: stop them (with what
+    /// is left of the grace of a stop that was under way).
     Survivors {
         members: Members,
         reason: StopReason,
+        grace: Duration,
     },
     /// Nothing runs any more; the record is kept until it is deleted.
     Ended,
@@ -114,6 +121,9 @@ struct StopPlan {
     reason: StopReason,
     requested: Instant,
     kill_at: Instant,
+    /// SIGTERM waits for the stop to be on disk (this generation), at most until this
+    /// instant; `None` once it was sent (or made moot by SIGKILL).
+    sigterm_after: Option<(u64, Instant)>,
     sigkill_sent: bool,
     give_up_at: Option<Instant>,
 }
@@ -181,14 +191,17 @@ impl Supervisor {
             Start::Adopted { leader, resume } => {
                 self.process = Proc::Leader(leader);
                 match resume {
-                    Some((reason, grace)) => self.begin_stop(reason, grace, None).await,
+                    Some((reason, grace)) => self.begin_stop(reason, grace, None),
                     None => self.probe_adopted(),
                 }
             }
-            Start::Survivors { members, reason } => {
+            Start::Survivors {
+                members,
+                reason,
+                grace,
+            } => {
                 self.process = Proc::Draining(members);
-                let grace = self.context.default_grace;
-                self.begin_stop(reason, grace, None).await;
+                self.begin_stop(reason, grace, None);
             }
             Start::Ended => self.process = Proc::Gone,
         }
@@ -196,28 +209,27 @@ impl Supervisor {
             if self.remove && matches!(self.process, Proc::Gone) {
                 break;
             }
+            // SIGKILL, like SIGTERM, only once the stop is on disk (or its wait is over).
             let kill_at = self
                 .plan
                 .as_ref()
-                .filter(|plan| !plan.sigkill_sent)
+                .filter(|plan| !plan.sigkill_sent && plan.sigterm_after.is_none())
                 .map(|plan| plan.kill_at);
-            let give_up_at = self
-                .plan
-                .as_ref()
-                .and_then(|plan| plan.give_up_at)
-                .filter(|_| matches!(self.process, Proc::Draining(_)));
+            let give_up_at = self.plan.as_ref().and_then(|plan| plan.give_up_at);
+            let sigterm_after = self.plan.as_ref().and_then(|plan| plan.sigterm_after);
             tokio::select! {
                 biased;
                 _ = self.context.shutdown.cancelled() => return,
                 command = self.commands.recv() => match command {
-                    Some(command) => self.on_command(command).await,
+                    Some(command) => self.on_command(command),
                     None => return,
                 },
-                _ = leader_exited(&self.process) => self.on_leader_exit().await,
+                _ = leader_exited(&self.process) => self.on_leader_exit(),
                 _ = members_gone(&self.process) => self.on_members_gone(),
+                _ = stop_recorded(&self.context.registry, sigterm_after) => self.terminate(),
                 _ = sleep_until_some(kill_at) => self.kill(),
                 _ = sleep_until_some(give_up_at) => self.give_up(),
-                probe = next_probe(&mut self.probe) => self.on_probe(probe).await,
+                probe = next_probe(&mut self.probe) => self.on_probe(probe),
             }
         }
         self.context.registry.remove(self.number);
@@ -268,7 +280,15 @@ impl Supervisor {
             return false;
         }
         let program = spec.program.display().to_string();
-        match process::launch(spec) {
+        // The log is created here, once the worker is listed (the log pruner keeps the logs
+        // of listed workers), and never over another worker's (`O_EXCL`).
+        let log_path = self.record.borrow().log_path.clone();
+        let launched = logs::create(&log_path)
+            .map_err(|e| format!("cannot create its log {}: {e}", log_path.display()))
+            .and_then(|log| {
+                process::launch(spec, log).map_err(|e| format!("cannot start {program}: {e}"))
+            });
+        match launched {
             Ok(leader) => {
                 let pid = leader.pid();
                 let start_ticks = process::stat_fields(pid).map(|f| f.start_ticks);
@@ -282,27 +302,19 @@ impl Supervisor {
                 self.probe = Some(Box::pin(readiness::until_ready(target, self.ready_timeout)));
                 true
             }
-            Err(error) => {
+            Err(reason) => {
                 self.publish(false, |record| {
-                    record.status = WorkerStatus::Failed {
-                        reason: format!("cannot start {program}: {error}"),
-                    };
+                    record.status = WorkerStatus::Failed { reason };
                 });
                 false
             }
         }
     }
 
-    async fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command) {
         match command {
-            Command::Stop { grace, reason } => self.on_stop(grace, reason).await,
-            Command::Hurry => {
-                if let Some(plan) = &mut self.plan
-                    && !plan.sigkill_sent
-                {
-                    plan.kill_at = Instant::now();
-                }
-            }
+            Command::Stop { grace, reason } => self.on_stop(grace, reason),
+            Command::Hurry => self.shorten(Duration::ZERO),
             Command::Heartbeat {
                 health,
                 state,
@@ -320,40 +332,58 @@ impl Supervisor {
         }
     }
 
-    async fn on_stop(&mut self, grace: Duration, reason: StopReason) {
+    fn on_stop(&mut self, grace: Duration, reason: StopReason) {
         self.remove |= reason.removes();
         if matches!(self.process, Proc::Gone | Proc::Pending) {
             // Nothing runs. The group was seen empty, so its id may already name another
             // group: it is never looked at again.
             return;
         }
-        if let Some(plan) = &mut self.plan {
-            let kill_at = Instant::now() + grace;
-            if kill_at < plan.kill_at && !plan.sigkill_sent {
-                plan.kill_at = kill_at;
-                let grace_ms = (kill_at - plan.requested).as_millis() as u64;
-                self.publish(false, |record| {
-                    if let Some(stop) = &mut record.stop {
-                        stop.grace_ms = grace_ms;
-                    }
-                });
+        match &mut self.plan {
+            Some(plan) => {
+                // A delete during another stop: the stop now also removes the worker, and
+                // the state file says so (a restarted hive resumes it as a delete).
+                if reason.removes() && !plan.reason.removes() {
+                    plan.reason = reason;
+                    self.publish(true, |record| {
+                        if let Some(stop) = &mut record.stop {
+                            stop.reason = reason;
+                        }
+                    });
+                }
+                self.shorten(grace);
             }
-            return;
+            None => self.begin_stop(reason, grace, None),
         }
-        self.begin_stop(reason, grace, None).await;
     }
 
-    async fn begin_stop(&mut self, reason: StopReason, grace: Duration, detail: Option<String>) {
+    /// Moves SIGKILL earlier: to `grace` after the stop was asked for, if that is sooner.
+    fn shorten(&mut self, grace: Duration) {
+        let Some(plan) = &mut self.plan else { return };
+        let kill_at = Instant::now() + grace;
+        if kill_at >= plan.kill_at || plan.sigkill_sent {
+            return;
+        }
+        plan.kill_at = kill_at;
+        let grace_ms = (kill_at - plan.requested).as_millis() as u64;
+        self.publish(false, |record| {
+            if let Some(stop) = &mut record.stop {
+                stop.grace_ms = grace_ms;
+            }
+        });
+    }
+
+    /// Records the stop (on disk before the first signal: a hive killed from here on
+    /// resumes it), then SIGTERM once the save is done ([`terminate`](Self::terminate)),
+    /// and SIGKILL at the end of the grace ([`kill`](Self::kill)).
+    fn begin_stop(&mut self, reason: StopReason, grace: Duration, detail: Option<String>) {
         let now = Instant::now();
+        let grace = match self.context.hurried.load(Ordering::SeqCst) {
+            true => Duration::ZERO,
+            false => grace,
+        };
         self.remove |= reason.removes();
         self.probe = None;
-        self.plan = Some(StopPlan {
-            reason,
-            requested: now,
-            kill_at: now + grace,
-            sigkill_sent: false,
-            give_up_at: None,
-        });
         let generation = self.publish(true, |record| {
             record.stop = Some(StopProgress {
                 reason,
@@ -366,21 +396,28 @@ impl Supervisor {
                 detail,
             });
         });
-        // On disk before the first signal: a hive killed from here on resumes the stop.
-        match tokio::time::timeout(
-            STOP_RECORD_WAIT,
-            self.context.registry.wait_durable(generation),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(worker = %self.id(), "stopping although the stop is not saved: {error}")
-            }
-            Err(_) => tracing::warn!(
-                worker = %self.id(),
-                "stopping although the stop is not saved after {STOP_RECORD_WAIT:?}"
-            ),
+        self.plan = Some(StopPlan {
+            reason,
+            requested: now,
+            kill_at: now + grace,
+            sigterm_after: Some((generation, now + STOP_RECORD_WAIT)),
+            sigkill_sent: false,
+            give_up_at: None,
+        });
+    }
+
+    /// SIGTERM to the group, once the stop is on disk (or after [`STOP_RECORD_WAIT`]: a
+    /// stop must not depend on a working disk).
+    fn terminate(&mut self) {
+        let Some(plan) = &mut self.plan else { return };
+        let Some((generation, _)) = plan.sigterm_after.take() else {
+            return;
+        };
+        if plan.sigkill_sent {
+            return;
+        }
+        if self.context.registry.durable_generation() < generation {
+            tracing::warn!(worker = %self.id(), "stopping although the stop is not saved yet");
         }
         if self.signal(Sig::Term) {
             self.publish(true, |record| {
@@ -403,6 +440,7 @@ impl Supervisor {
     fn kill(&mut self) {
         let Some(plan) = &mut self.plan else { return };
         plan.sigkill_sent = true;
+        plan.sigterm_after = None;
         plan.give_up_at = Some(Instant::now() + SIGKILL_WAIT);
         let grace_ms = (plan.kill_at - plan.requested).as_millis() as u64;
         if self.signal(Sig::Kill) {
@@ -416,7 +454,7 @@ impl Supervisor {
         }
     }
 
-    async fn on_leader_exit(&mut self) {
+    fn on_leader_exit(&mut self) {
         let Proc::Leader(leader) = std::mem::replace(&mut self.process, Proc::Gone) else {
             return;
         };
@@ -424,7 +462,15 @@ impl Supervisor {
         let exit = leader.reap();
         self.exit = Some(exit.clone());
         self.probe = None;
-        self.publish(true, |record| record.exit = Some(exit));
+        // The leader is gone: the status says so now, even while its group's other
+        // processes are still being stopped.
+        let status = self.final_status(self.plan.as_ref().map(|plan| plan.reason), &exit);
+        self.publish(true, |record| {
+            record.exit = Some(exit);
+            if record.status.can_become(&status) {
+                record.status = status;
+            }
+        });
         let members = self.survivors(pgid);
         if members.is_empty() {
             self.on_gone();
@@ -435,21 +481,26 @@ impl Supervisor {
         match &self.plan {
             None => {
                 let grace = self.context.default_grace;
-                self.begin_stop(StopReason::LeaderExited, grace, None).await;
+                self.begin_stop(StopReason::LeaderExited, grace, None);
             }
             Some(plan) if plan.sigkill_sent => {
                 self.signal(Sig::Kill);
             }
-            // They had SIGTERM with the whole group.
+            // They had SIGTERM with the whole group, or get it once the stop is saved.
             Some(_) => {}
         }
     }
 
-    /// The members of group `pgid` once its leader is gone.
+    /// The members of group `pgid` once its leader is gone: only processes that carry the
+    /// worker's marker (once the group was empty, its id may name someone else's group).
     fn survivors(&self, pgid: u32) -> Members {
-        match self.record.borrow().start_ticks {
-            Some(start) if process::group_has_members(pgid) => Members::scan(pgid, Some(start)),
-            _ => Members::scan(0, None),
+        let record = self.record.borrow();
+        let marker = format!("{}/{}", self.context.registry.instance(), record.id);
+        match record.start_ticks {
+            Some(start) if process::group_has_members(pgid) => {
+                Members::survivors(pgid, start, &marker)
+            }
+            _ => Members::none(),
         }
     }
 
@@ -470,12 +521,17 @@ impl Supervisor {
     }
 
     fn give_up(&mut self) {
-        let Proc::Draining(members) = &self.process else {
-            return;
+        self.stuck = match &self.process {
+            Proc::Draining(members) => members.still_running(),
+            // A leader that outlives SIGKILL (stuck in the kernel, as with a hung GPU
+            // driver): it stays the hive's unreaped child, and the stop is reported stuck.
+            Proc::Leader(leader) => vec![leader.pid()],
+            Proc::Pending | Proc::Gone => return,
         };
-        self.stuck = members.still_running();
         tracing::error!(worker = %self.id(), "not gone {SIGKILL_WAIT:?} after SIGKILL: {:?}", self.stuck);
-        self.process = Proc::Gone;
+        if let Proc::Leader(leader) = std::mem::replace(&mut self.process, Proc::Gone) {
+            leader.abandon();
+        }
         self.on_gone();
     }
 
@@ -545,7 +601,7 @@ impl Supervisor {
         self.publish(true, |record| record.status = next);
     }
 
-    async fn on_probe(&mut self, probe: Probe) {
+    fn on_probe(&mut self, probe: Probe) {
         self.probe = None;
         match probe {
             Probe::Ready => {
@@ -560,8 +616,7 @@ impl Supervisor {
             Probe::TimedOut { detail } => {
                 tracing::warn!(worker = %self.id(), "not ready within {:?}; stopping it", self.ready_timeout);
                 let grace = self.context.default_grace;
-                self.begin_stop(StopReason::ReadyTimeout, grace, detail)
-                    .await;
+                self.begin_stop(StopReason::ReadyTimeout, grace, detail);
             }
             Probe::Health(health) => {
                 self.publish(false, |record| record.health = Some(health));
@@ -615,6 +670,16 @@ async fn members_gone(process: &Proc) {
     match process {
         Proc::Draining(members) => members.all_gone().await,
         _ => std::future::pending().await,
+    }
+}
+
+/// Resolves once the state file holds `generation`, or at the deadline, whichever is first.
+async fn stop_recorded(registry: &Registry, sigterm_after: Option<(u64, Instant)>) {
+    match sigterm_after {
+        Some((generation, deadline)) => {
+            let _ = tokio::time::timeout_at(deadline, registry.wait_durable(generation)).await;
+        }
+        None => std::future::pending().await,
     }
 }
 
