@@ -60,6 +60,16 @@ struct Args {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench.json")]
     out: std::path::PathBuf,
+    /// Run only these scenarios (comma-separated): round-trip, throughput, list, spawn,
+    /// stubborn, concurrent, shutdown, restart, memory.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
 }
 
 fn spawn_body(worker: &str) -> String {
@@ -120,309 +130,328 @@ async fn main() -> anyhow::Result<()> {
     );
     let hive = BenchHive::start(&bin_dir, &config)?;
 
-    eprintln!("1/9 job round trip ({} jobs)", args.round_trips);
-    let mut connection = Connection::open(hive.addr).await?;
-    for _ in 0..500 {
-        connection.run(LIST).await?;
-    }
-    let mut samples = Vec::with_capacity(args.round_trips);
-    for _ in 0..args.round_trips {
-        let started = Instant::now();
-        connection.run(LIST).await?;
-        samples.push(started.elapsed());
-    }
-    let row = millis(
-        "job round trip (POST worker_list + stream to [DONE])",
-        &samples,
-    );
-    let met = row.median <= 1.0 && row.p99.is_some_and(|p99| p99 <= 5.0);
-    rows.push(row.target("median ≤ 1 ms, p99 ≤ 5 ms", met));
-
-    eprintln!("2/9 throughput");
-    for clients in [1usize, 16, 64] {
-        let jobs_per_run = 1000 * clients.min(8);
-        let mut rates = Vec::new();
-        for _ in 0..5 {
-            rates.push(throughput(hive.addr, clients, jobs_per_run).await?);
-        }
-        let row = summary(&format!("throughput, {clients} client(s)"), "jobs/s", rates);
-        rows.push(if clients == 64 {
-            let met = row.median >= 5000.0;
-            row.target("≥ 5000 jobs/s", met)
-        } else {
-            row
-        });
-    }
-
-    eprintln!("3/9 worker_list with 10, 50, {} workers", args.workers);
-    let mut list_medians = Vec::new();
-    let mut spawned = 0usize;
-    for count in [10, 50, args.workers] {
-        spawn_many(hive.addr, count - spawned).await?;
-        spawned = count;
+    if args.runs("round-trip") {
+        eprintln!("1/9 job round trip ({} jobs)", args.round_trips);
         let mut connection = Connection::open(hive.addr).await?;
-        let mut samples = Vec::new();
-        for _ in 0..200 {
-            let started = Instant::now();
-            let text = connection.run(LIST).await?;
-            samples.push(started.elapsed());
-            let entries = text.matches("worker_list_entry").count();
-            if entries != count {
-                bail!("worker_list showed {entries} workers, expected {count}");
-            }
+        for _ in 0..500 {
+            connection.run(LIST).await?;
         }
-        let row = millis(&format!("worker_list with {count} workers"), &samples);
-        list_medians.push((count, row.median));
-        rows.push(if count == args.workers {
-            let met = row.median <= 5.0;
-            row.target("median ≤ 5 ms (200 workers)", met)
-        } else {
-            row
-        });
+        let mut samples = Vec::with_capacity(args.round_trips);
+        for _ in 0..args.round_trips {
+            let started = Instant::now();
+            connection.run(LIST).await?;
+            samples.push(started.elapsed());
+        }
+        let row = millis(
+            "job round trip (POST worker_list + stream to [DONE])",
+            &samples,
+        );
+        let met = row.median <= 1.0 && row.p99.is_some_and(|p99| p99 <= 5.0);
+        rows.push(row.target("median ≤ 1 ms, p99 ≤ 5 ms", met));
     }
-    if let (Some((small, t_small)), Some((large, t_large))) =
-        (list_medians.first(), list_medians.last())
-    {
-        notes.push(format!(
+
+    if args.runs("throughput") {
+        eprintln!("2/9 throughput");
+        for clients in [1usize, 16, 64] {
+            let jobs_per_run = 1000 * clients.min(8);
+            let mut rates = Vec::new();
+            for _ in 0..5 {
+                rates.push(throughput(hive.addr, clients, jobs_per_run).await?);
+            }
+            let row = summary(&format!("throughput, {clients} client(s)"), "jobs/s", rates);
+            rows.push(if clients == 64 {
+                let met = row.median >= 5000.0;
+                row.target("≥ 5000 jobs/s", met)
+            } else {
+                row
+            });
+        }
+    }
+
+    if args.runs("list") {
+        eprintln!("3/9 worker_list with 10, 50, {} workers", args.workers);
+        let mut list_medians = Vec::new();
+        let mut spawned = 0usize;
+        for count in [10, 50, args.workers] {
+            spawn_many(hive.addr, count - spawned).await?;
+            spawned = count;
+            let mut connection = Connection::open(hive.addr).await?;
+            let mut samples = Vec::new();
+            for _ in 0..200 {
+                let started = Instant::now();
+                let text = connection.run(LIST).await?;
+                samples.push(started.elapsed());
+                let entries = text.matches("worker_list_entry").count();
+                if entries != count {
+                    bail!("worker_list showed {entries} workers, expected {count}");
+                }
+            }
+            let row = millis(&format!("worker_list with {count} workers"), &samples);
+            list_medians.push((count, row.median));
+            rows.push(if count == args.workers {
+                let met = row.median <= 5.0;
+                row.target("median ≤ 5 ms (200 workers)", met)
+            } else {
+                row
+            });
+        }
+        if let (Some((small, t_small)), Some((large, t_large))) =
+            (list_medians.first(), list_medians.last())
+        {
+            notes.push(format!(
             "worker_list cost per worker: {:.1} µs ((median at {large} − median at {small}) / {})",
             (t_large - t_small) * 1000.0 / (large - small) as f64,
             large - small
         ));
-    }
-    delete_all(hive.addr, spawned).await?;
-
-    eprintln!(
-        "4/9 spawn-to-ready and graceful delete ({} each), the worker's own times",
-        args.repeats
-    );
-    let hive_url = format!("http://{}", hive.addr);
-    let mut own_listen = Vec::new();
-    let mut own_exit = Vec::new();
-    for _ in 0..args.repeats {
-        let (listen, exit) = worker::own_times(&bin_dir, &hive_url)?;
-        own_listen.push(listen);
-        own_exit.push(exit);
-    }
-    let mut spawn_times = Vec::new();
-    let mut delete_times = Vec::new();
-    let mut connection = Connection::open(hive.addr).await?;
-    for _ in 0..args.repeats {
-        let (text, to_ready) = connection.run_until(&spawn_body("demo"), READY).await?;
-        spawn_times.push(to_ready);
-        let id = ready_id(&text)?;
-        let started = Instant::now();
-        let text = connection.run(&delete_body(&id, None)).await?;
-        delete_times.push(started.elapsed());
-        if text.contains("worker_delete_sigkill") {
-            bail!("a graceful delete needed SIGKILL");
         }
+        delete_all(hive.addr, spawned).await?;
     }
-    rows.push(millis("demo worker's own exec → listening", &own_listen));
-    let row = millis(
-        "spawn-to-ready through the hive (POST → ready line)",
-        &spawn_times,
-    );
-    let over = row.median - median(&own_listen).as_secs_f64() * 1000.0;
-    rows.push(row.target(
-        &format!("≤ own + 20 ms (is own + {over:.1} ms)"),
-        over <= 20.0,
-    ));
-    rows.push(millis("demo worker's own SIGTERM → exit", &own_exit));
-    let row = millis(
-        "graceful delete through the hive (POST → [DONE])",
-        &delete_times,
-    );
-    let over = row.median - median(&own_exit).as_secs_f64() * 1000.0;
-    rows.push(row.target(
-        &format!("≤ own + 5 ms (is own + {over:.1} ms)"),
-        over <= 5.0,
-    ));
 
-    match &llama {
-        Some(server) => {
-            eprintln!(
-                "   llama-server on the tiny model: its own exec → healthy, and through the hive"
-            );
-            let mut own = Vec::new();
-            let mut through = Vec::new();
-            let body = format!(
-                r#"{{"operation":"worker_spawn","hive_id":"localhost","model":{:?},"worker":"llama","device":0}}"#,
-                llama_model.display().to_string()
-            );
-            for _ in 0..args.repeats.min(10) {
-                own.push(worker::llama_own_ready(server, &llama_model)?);
-                let (text, to_ready) = connection.run_until(&body, READY).await?;
-                through.push(to_ready);
-                connection
-                    .run(&delete_body(&ready_id(&text)?, None))
-                    .await?;
+    if args.runs("spawn") {
+        eprintln!(
+            "4/9 spawn-to-ready and graceful delete ({} each), the worker's own times",
+            args.repeats
+        );
+        let hive_url = format!("http://{}", hive.addr);
+        let mut own_listen = Vec::new();
+        let mut own_exit = Vec::new();
+        for _ in 0..args.repeats {
+            let (listen, exit) = worker::own_times(&bin_dir, &hive_url)?;
+            own_listen.push(listen);
+            own_exit.push(exit);
+        }
+        let mut spawn_times = Vec::new();
+        let mut delete_times = Vec::new();
+        let mut connection = Connection::open(hive.addr).await?;
+        for _ in 0..args.repeats {
+            let (text, to_ready) = connection.run_until(&spawn_body("demo"), READY).await?;
+            spawn_times.push(to_ready);
+            let id = ready_id(&text)?;
+            let started = Instant::now();
+            let text = connection.run(&delete_body(&id, None)).await?;
+            delete_times.push(started.elapsed());
+            if text.contains("worker_delete_sigkill") {
+                bail!("a graceful delete needed SIGKILL");
             }
-            rows.push(millis(
-                "llama-server (tiny model), own exec → healthy",
-                &own,
-            ));
-            let row = millis("llama-server spawn-to-ready through the hive", &through);
-            let over = row.median - median(&own).as_secs_f64() * 1000.0;
-            rows.push(row.target(
-                &format!("≤ own + 20 ms (is own + {over:.1} ms)"),
-                over <= 20.0,
-            ));
-            notes.push(format!("llama-server: {}", server.display()));
         }
-        None => {
-            notes.push("llama-server not found: its spawn-to-ready rows were skipped".to_owned())
+        rows.push(millis("demo worker's own exec → listening", &own_listen));
+        let row = millis(
+            "spawn-to-ready through the hive (POST → ready line)",
+            &spawn_times,
+        );
+        let over = row.median - median(&own_listen).as_secs_f64() * 1000.0;
+        rows.push(row.target(
+            &format!("≤ own + 20 ms (is own + {over:.1} ms)"),
+            over <= 20.0,
+        ));
+        rows.push(millis("demo worker's own SIGTERM → exit", &own_exit));
+        let row = millis(
+            "graceful delete through the hive (POST → [DONE])",
+            &delete_times,
+        );
+        let over = row.median - median(&own_exit).as_secs_f64() * 1000.0;
+        rows.push(row.target(
+            &format!("≤ own + 5 ms (is own + {over:.1} ms)"),
+            over <= 5.0,
+        ));
+
+        match &llama {
+            Some(server) => {
+                eprintln!(
+                    "   llama-server on the tiny model: its own exec → healthy, and through the hive"
+                );
+                let mut own = Vec::new();
+                let mut through = Vec::new();
+                let body = format!(
+                    r#"{{"operation":"worker_spawn","hive_id":"localhost","model":{:?},"worker":"llama","device":0}}"#,
+                    llama_model.display().to_string()
+                );
+                for _ in 0..args.repeats.min(10) {
+                    own.push(worker::llama_own_ready(server, &llama_model)?);
+                    let (text, to_ready) = connection.run_until(&body, READY).await?;
+                    through.push(to_ready);
+                    connection
+                        .run(&delete_body(&ready_id(&text)?, None))
+                        .await?;
+                }
+                rows.push(millis(
+                    "llama-server (tiny model), own exec → healthy",
+                    &own,
+                ));
+                let row = millis("llama-server spawn-to-ready through the hive", &through);
+                let over = row.median - median(&own).as_secs_f64() * 1000.0;
+                rows.push(row.target(
+                    &format!("≤ own + 20 ms (is own + {over:.1} ms)"),
+                    over <= 20.0,
+                ));
+                notes.push(format!("llama-server: {}", server.display()));
+            }
+            None => notes
+                .push("llama-server not found: its spawn-to-ready rows were skipped".to_owned()),
         }
     }
 
-    eprintln!("5/9 delete of a SIGTERM-ignoring worker (grace 200 ms)");
-    let grace_ms = 200;
-    let mut stubborn = Vec::new();
-    for _ in 0..args.repeats.min(10) {
-        let text = connection.run(&spawn_body("stubborn")).await?;
-        let id = ready_id(&text)?;
+    if args.runs("stubborn") {
+        let mut connection = Connection::open(hive.addr).await?;
+        eprintln!("5/9 delete of a SIGTERM-ignoring worker (grace 200 ms)");
+        let grace_ms = 200;
+        let mut stubborn = Vec::new();
+        for _ in 0..args.repeats.min(10) {
+            let text = connection.run(&spawn_body("stubborn")).await?;
+            let id = ready_id(&text)?;
+            let started = Instant::now();
+            let text = connection.run(&delete_body(&id, Some(grace_ms))).await?;
+            stubborn.push(started.elapsed());
+            if !text.contains("worker_delete_sigkill") {
+                bail!("a SIGTERM-ignoring worker was not SIGKILLed");
+            }
+        }
+        let row = millis("delete, worker ignores SIGTERM (grace 200 ms)", &stubborn);
+        let over = row.median - grace_ms as f64;
+        rows.push(row.target(
+            &format!("≤ grace + 20 ms (is grace + {over:.1} ms)"),
+            over <= 20.0,
+        ));
+    }
+
+    if args.runs("concurrent") {
+        eprintln!("6/9 64 concurrent spawns (5 times)");
+        let mut all_ready = Vec::new();
+        for _ in 0..5 {
+            let (elapsed, ids) = concurrent_spawns(hive.addr, 64).await?;
+            all_ready.push(elapsed);
+            delete_ids(hive.addr, ids).await?;
+        }
+        let row = millis(
+            "64 concurrent spawns: first POST → last ready line",
+            &all_ready,
+        );
+        let met = row.median <= 250.0;
+        rows.push(row.target("≤ 250 ms", met));
+    }
+
+    hive.stop()?;
+
+    if args.runs("shutdown") {
+        eprintln!("7/9 shutdown with 100 workers (3 times), and 100 workers' own parallel exit");
+        let mut own_exits = Vec::new();
+        let mut shutdowns = Vec::new();
+        for _ in 0..3 {
+            let mut hive = BenchHive::start(&bin_dir, &config)?;
+            own_exits.push(worker::own_parallel_exit(
+                &bin_dir,
+                &format!("http://{}", hive.addr),
+                100,
+            )?);
+            spawn_many(hive.addr, 100).await?;
+            shutdowns.push(hive.stop_timed()?);
+        }
+        rows.push(millis(
+            "100 demo workers' own exit, SIGTERM to all → last reaped",
+            &own_exits,
+        ));
+        let row = millis(
+            "hive shutdown with 100 workers (stop policy): SIGTERM → exit",
+            &shutdowns,
+        );
+        let over = row.median - median(&own_exits).as_secs_f64() * 1000.0;
+        rows.push(row.target(
+            &format!("≤ own + 100 ms (is own {over:+.1} ms)"),
+            over <= 100.0,
+        ));
+    }
+
+    if args.runs("restart") {
+        eprintln!("8/9 restart with 200 live workers (keep policy, 5 times)");
+        let keep_config = format!("on_shutdown = \"keep\"\n{config}");
+        let mut hive = BenchHive::start(&bin_dir, &keep_config)?;
+        spawn_many(hive.addr, 200).await?;
+        let mut to_health = Vec::new();
+        let mut to_listed = Vec::new();
+        for _ in 0..5 {
+            hive.stop_timed()?;
+            let (exec, health) = hive.restart()?;
+            to_health.push(health);
+            to_listed.push(until_listed_ready(hive.addr, 200, exec).await?);
+        }
+        delete_all(hive.addr, 200).await?;
+        hive.stop()?;
+        let row = millis(
+            "restart with 200 live workers: exec → first /health",
+            &to_health,
+        );
+        let met = row.median <= 50.0;
+        rows.push(row.target("≤ 50 ms", met));
+        let row = millis(
+            "restart with 200 live workers: exec → worker_list shows 200 Ready",
+            &to_listed,
+        );
+        let met = row.median <= 500.0;
+        rows.push(row.target("≤ 500 ms", met));
+    }
+
+    if args.runs("memory") {
+        eprintln!("9/9 memory ({} jobs) and start-up", args.memory_jobs);
+        let retention_s = 5;
+        let hive = BenchHive::start(&bin_dir, &format!("job_retention_s = {retention_s}\n"))?;
+        // Idle: before any job or connection.
+        let idle = hive.rss_kib()?;
+        // Warm-up: the first jobs grow the allocator's and the runtime's fixed structures once.
+        throughput(hive.addr, 64, 2_000).await?;
+        wait_for_retention(hive.addr, retention_s).await?;
+        let warm = hive.rss_kib()?;
         let started = Instant::now();
-        let text = connection.run(&delete_body(&id, Some(grace_ms))).await?;
-        stubborn.push(started.elapsed());
-        if !text.contains("worker_delete_sigkill") {
-            bail!("a SIGTERM-ignoring worker was not SIGKILLed");
-        }
-    }
-    let row = millis("delete, worker ignores SIGTERM (grace 200 ms)", &stubborn);
-    let over = row.median - grace_ms as f64;
-    rows.push(row.target(
-        &format!("≤ grace + 20 ms (is grace + {over:.1} ms)"),
-        over <= 20.0,
-    ));
-
-    eprintln!("6/9 64 concurrent spawns (5 times)");
-    let mut all_ready = Vec::new();
-    for _ in 0..5 {
-        let (elapsed, ids) = concurrent_spawns(hive.addr, 64).await?;
-        all_ready.push(elapsed);
-        delete_ids(hive.addr, ids).await?;
-    }
-    let row = millis(
-        "64 concurrent spawns: first POST → last ready line",
-        &all_ready,
-    );
-    let met = row.median <= 250.0;
-    rows.push(row.target("≤ 250 ms", met));
-    hive.stop()?;
-
-    eprintln!("7/9 shutdown with 100 workers (3 times), and 100 workers' own parallel exit");
-    let mut own_exits = Vec::new();
-    let mut shutdowns = Vec::new();
-    for _ in 0..3 {
-        let mut hive = BenchHive::start(&bin_dir, &config)?;
-        own_exits.push(worker::own_parallel_exit(
-            &bin_dir,
-            &format!("http://{}", hive.addr),
-            100,
-        )?);
-        spawn_many(hive.addr, 100).await?;
-        shutdowns.push(hive.stop_timed()?);
-    }
-    rows.push(millis(
-        "100 demo workers' own exit, SIGTERM to all → last reaped",
-        &own_exits,
-    ));
-    let row = millis(
-        "hive shutdown with 100 workers (stop policy): SIGTERM → exit",
-        &shutdowns,
-    );
-    let over = row.median - median(&own_exits).as_secs_f64() * 1000.0;
-    rows.push(row.target(
-        &format!("≤ own + 100 ms (is own {over:+.1} ms)"),
-        over <= 100.0,
-    ));
-
-    eprintln!("8/9 restart with 200 live workers (keep policy, 5 times)");
-    let keep_config = format!("on_shutdown = \"keep\"\n{config}");
-    let mut hive = BenchHive::start(&bin_dir, &keep_config)?;
-    spawn_many(hive.addr, 200).await?;
-    let mut to_health = Vec::new();
-    let mut to_listed = Vec::new();
-    for _ in 0..5 {
-        hive.stop_timed()?;
-        let (exec, health) = hive.restart()?;
-        to_health.push(health);
-        to_listed.push(until_listed_ready(hive.addr, 200, exec).await?);
-    }
-    delete_all(hive.addr, 200).await?;
-    hive.stop()?;
-    let row = millis(
-        "restart with 200 live workers: exec → first /health",
-        &to_health,
-    );
-    let met = row.median <= 50.0;
-    rows.push(row.target("≤ 50 ms", met));
-    let row = millis(
-        "restart with 200 live workers: exec → worker_list shows 200 Ready",
-        &to_listed,
-    );
-    let met = row.median <= 500.0;
-    rows.push(row.target("≤ 500 ms", met));
-
-    eprintln!("9/9 memory ({} jobs) and start-up", args.memory_jobs);
-    let retention_s = 5;
-    let hive = BenchHive::start(&bin_dir, &format!("job_retention_s = {retention_s}\n"))?;
-    // Idle: before any job or connection.
-    let idle = hive.rss_kib()?;
-    // Warm-up: the first jobs grow the allocator's and the runtime's fixed structures once.
-    throughput(hive.addr, 64, 2_000).await?;
-    wait_for_retention(hive.addr, retention_s).await?;
-    let warm = hive.rss_kib()?;
-    let started = Instant::now();
-    let per_client = args.memory_jobs.div_ceil(64);
-    throughput(hive.addr, 64, per_client * 64).await?;
-    let after_jobs = hive.rss_kib()?;
-    let jobs_elapsed = started.elapsed();
-    wait_for_retention(hive.addr, retention_s).await?;
-    let after_retention = hive.rss_kib()?;
-    hive.stop()?;
-    let mib = |kib: u64| kib as f64 / 1024.0;
-    rows.push(
-        summary("hive memory, idle (just started)", "MiB", vec![mib(idle)])
-            .target("≤ 15 MiB", mib(idle) <= 15.0),
-    );
-    rows.push(summary(
-        "hive memory, idle after a 2 000-job warm-up and retention",
-        "MiB",
-        vec![mib(warm)],
-    ));
-    rows.push(summary(
-        &format!("hive memory right after {} more jobs", args.memory_jobs),
-        "MiB",
-        vec![mib(after_jobs)],
-    ));
-    let within = mib(after_retention) <= mib(warm) * 1.10;
-    rows.push(
-        summary(
-            "hive memory after their retention passed",
+        let per_client = args.memory_jobs.div_ceil(64);
+        throughput(hive.addr, 64, per_client * 64).await?;
+        let after_jobs = hive.rss_kib()?;
+        let jobs_elapsed = started.elapsed();
+        wait_for_retention(hive.addr, retention_s).await?;
+        let after_retention = hive.rss_kib()?;
+        hive.stop()?;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        rows.push(
+            summary("hive memory, idle (just started)", "MiB", vec![mib(idle)])
+                .target("≤ 15 MiB", mib(idle) <= 15.0),
+        );
+        rows.push(summary(
+            "hive memory, idle after a 2 000-job warm-up and retention",
             "MiB",
-            vec![mib(after_retention)],
-        )
-        .target(
-            &format!(
-                "within 10 % of idle after warm-up ({:+.1} %)",
-                (mib(after_retention) / mib(warm) - 1.0) * 100.0
+            vec![mib(warm)],
+        ));
+        rows.push(summary(
+            &format!("hive memory right after {} more jobs", args.memory_jobs),
+            "MiB",
+            vec![mib(after_jobs)],
+        ));
+        let within = mib(after_retention) <= mib(warm) * 1.10;
+        rows.push(
+            summary(
+                "hive memory after their retention passed",
+                "MiB",
+                vec![mib(after_retention)],
+            )
+            .target(
+                &format!(
+                    "within 10 % of idle after warm-up ({:+.1} %)",
+                    (mib(after_retention) / mib(warm) - 1.0) * 100.0
+                ),
+                within,
             ),
-            within,
-        ),
-    );
-    notes.push(format!(
+        );
+        notes.push(format!(
         "memory scenario: {} jobs at 64 clients in {:.1} s, retention {retention_s} s; memory measured 2 s after the \
          last finished job was freed (the allocator returns freed pages after 1 s)",
         args.memory_jobs,
         jobs_elapsed.as_secs_f64()
     ));
-    let mut startups = Vec::new();
-    for _ in 0..10 {
-        startups.push(hive::startup_to_health(&bin_dir)?);
+        let mut startups = Vec::new();
+        for _ in 0..10 {
+            startups.push(hive::startup_to_health(&bin_dir)?);
+        }
+        let row = millis("start-up: exec → first /health answer", &startups);
+        let met = row.median <= 50.0;
+        rows.push(row.target("≤ 50 ms", met));
     }
-    let row = millis("start-up: exec → first /health answer", &startups);
-    let met = row.median <= 50.0;
-    rows.push(row.target("≤ 50 ms", met));
 
     print_table(&rows, &notes);
     let json = serde_json::json!({
@@ -554,6 +583,7 @@ async fn until_listed_ready(
         if exec.elapsed() > Duration::from_secs(30) {
             bail!("only {ready} of {count} workers listed ready 30 s after the restart");
         }
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

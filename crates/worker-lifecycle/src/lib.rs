@@ -28,6 +28,7 @@
 //! - `process`: process groups, pidfds, signals, `/proc` proofs (survivors, markers,
 //!   listening sockets).
 //! - `readiness`: health probing until `Ready`.
+//! - `sockets`: which sockets listen on a port (`sock_diag`, or `/proc/net/tcp`).
 //! - `ports`: ports from a range, held until the process is gone.
 //! - `catalog`: worker types, command templates, program lookup.
 //! - `logs`: worker log files and their retention.
@@ -44,6 +45,7 @@ mod process;
 mod readiness;
 mod record;
 mod registry;
+mod sockets;
 mod state_file;
 mod supervisor;
 

@@ -133,6 +133,7 @@ impl WorkerManager {
                     shutdown: stop.clone(),
                     removed: removed.clone(),
                     hurried: AtomicBool::new(false),
+                    adopted_checks: Arc::new(tokio::sync::Semaphore::new(2)),
                 }),
                 ports: PortAllocator::new(config.ports.clone()),
                 catalog,

@@ -16,7 +16,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -410,7 +409,7 @@ pub(crate) fn stat_fields(pid: u32) -> Option<StatFields> {
 /// Whether the socket that accepts connections to `127.0.0.1:port` is held by a process of
 /// group `pgid`. `Err` says who holds it instead (or that nobody listens).
 pub(crate) fn listener_is_held_by_group(port: u16, pgid: u32) -> Result<(), String> {
-    let listeners = accepting_listeners(port);
+    let listeners = crate::sockets::accepting_listeners(port);
     if listeners.is_empty() {
         return Err(format!("no socket listens on port {port}"));
     }
@@ -439,68 +438,6 @@ pub(crate) fn listener_is_held_by_group(port: u16, pgid: u32) -> Result<(), Stri
             ),
         }),
     }
-}
-
-/// The inodes of the listening sockets that the kernel would hand a connection to
-/// `127.0.0.1:port`: the best-matching kind present (a socket bound to 127.0.0.1 beats one
-/// bound to the wildcard; IPv4 beats IPv6), all of them if several share it (`SO_REUSEPORT`).
-fn accepting_listeners(port: u16) -> Vec<u64> {
-    let mut found: Vec<(u8, u64)> = Vec::new();
-    for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        let Ok(table) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        found.extend(
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| parse_listener(line, v6, port)),
-        );
-    }
-    let Some(best) = found.iter().map(|(rank, _)| *rank).min() else {
-        return Vec::new();
-    };
-    found
-        .into_iter()
-        .filter(|(rank, _)| *rank == best)
-        .map(|(_, inode)| inode)
-        .collect()
-}
-
-/// One line of `/proc/net/tcp{,6}`: `(rank, inode)` of a listening socket on `port` that
-/// accepts connections to 127.0.0.1 (rank 0 is the kernel's first choice).
-fn parse_listener(line: &str, v6: bool, port: u16) -> Option<(u8, u64)> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let (address, local_port) = fields.get(1)?.split_once(':')?;
-    const LISTEN: &str = "0A";
-    if u16::from_str_radix(local_port, 16).ok()? != port || *fields.get(3)? != LISTEN {
-        return None;
-    }
-    let inode: u64 = fields.get(9)?.parse().ok()?;
-    // Addresses are printed as 32-bit words in host byte order.
-    let words: Vec<u32> = (0..address.len() / 8)
-        .map(|i| u32::from_str_radix(address.get(i * 8..i * 8 + 8)?, 16).ok())
-        .collect::<Option<_>>()?;
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    let rank = if v6 {
-        let octets: [u8; 16] = bytes.try_into().ok()?;
-        let ip = Ipv6Addr::from(octets);
-        if ip.to_ipv4_mapped() == Some(Ipv4Addr::LOCALHOST) {
-            1
-        } else if ip.is_unspecified() {
-            3
-        } else {
-            return None;
-        }
-    } else {
-        let octets: [u8; 4] = bytes.try_into().ok()?;
-        match Ipv4Addr::from(octets) {
-            Ipv4Addr::LOCALHOST => 0,
-            Ipv4Addr::UNSPECIFIED => 2,
-            _ => return None,
-        }
-    };
-    Some((rank, inode))
 }
 
 fn holds_socket(pid: u32, inode: u64) -> bool {
@@ -668,27 +605,6 @@ mod tests {
         assert_eq!(log_tail(&dir.path().join("missing"), 2), "");
     }
 
-    #[test]
-    fn parses_listeners_of_both_tables() {
-        let v4 = "   0: 0100007F:2382 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(parse_listener(v4, false, 0x2382), Some((0, 4242)));
-        assert_eq!(parse_listener(v4, false, 0x2383), None);
-        let any = v4.replace("0100007F", "00000000");
-        assert_eq!(parse_listener(&any, false, 0x2382), Some((2, 4242)));
-        let connected = v4.replace(" 0A ", " 01 ");
-        assert_eq!(parse_listener(&connected, false, 0x2382), None);
-        let elsewhere = v4.replace("0100007F", "0A00000A");
-        assert_eq!(parse_listener(&elsewhere, false, 0x2382), None);
-        let v6_any = "   0: 00000000000000000000000000000000:2382 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(parse_listener(v6_any, true, 0x2382), Some((3, 77)));
-        let v6_mapped = v6_any.replacen(
-            "00000000000000000000000000000000",
-            "0000000000000000FFFF00000100007F",
-            1,
-        );
-        assert_eq!(parse_listener(&v6_mapped, true, 0x2382), Some((1, 77)));
-    }
-
     #[tokio::test]
     async fn a_listener_is_proven_only_for_the_group_that_holds_it() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -696,7 +612,10 @@ mod tests {
         // This test process holds the socket; its own group is the test's group.
         let own_group = nix::unistd::getpgrp().as_raw() as u32;
         let own = std::process::id();
-        assert!(holds_socket(own, accepting_listeners(port)[0]));
+        assert!(holds_socket(
+            own,
+            crate::sockets::accepting_listeners(port)[0]
+        ));
         // No process has this pid (pids stay below 2^22).
         let error = listener_is_held_by_group(port, 4_000_000_000).unwrap_err();
         assert!(

@@ -103,15 +103,13 @@ impl Registry {
         *self.shared.generation.borrow()
     }
 
-    /// Takes the next id number (never handed out again; saved with the next save).
+    /// Takes the next id number (never handed out again). It reaches the disk with the
+    /// insertion of its worker, which follows at once (an id whose worker never gets
+    /// inserted was never shown to anyone).
     pub(crate) fn reserve_number(&self) -> u64 {
-        let number = {
-            let mut slots = self.lock();
-            slots.last_id += 1;
-            slots.last_id
-        };
-        self.bump();
-        number
+        let mut slots = self.lock();
+        slots.last_id += 1;
+        slots.last_id
     }
 
     /// Raises the id counter to at least `last_id` (ids survive restarts).
@@ -314,6 +312,8 @@ mod tests {
                 .write_state(state_dir.clone(), stop.clone()),
         );
         let number = registry.reserve_number();
+        // The insertion of its worker is what counts the change.
+        registry.bump();
         registry.flush().await.unwrap();
         // Once the flush returns, the reservation is in the file.
         assert_eq!(state_dir.load().unwrap().last_id, number);

@@ -83,6 +83,9 @@ pub(crate) struct Context {
     /// Set by a second signal during shutdown: every stop under way, and every stop that
     /// begins from then on, goes straight to SIGKILL.
     pub(crate) hurried: AtomicBool,
+    /// Bounds the health checks of adopted workers that run at once: after a restart with
+    /// hundreds of workers they would otherwise crowd out the first requests.
+    pub(crate) adopted_checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// How a supervisor begins.
@@ -263,9 +266,13 @@ impl Supervisor {
 
     fn probe_adopted(&mut self) {
         let target = self.probe_target();
+        let checks = self.context.adopted_checks.clone();
         self.probe = Some(match self.record.borrow().status {
             WorkerStatus::Starting => Box::pin(readiness::until_ready(target, self.ready_timeout)),
-            _ => Box::pin(readiness::check_adopted(target)),
+            _ => Box::pin(async move {
+                let _permit = checks.acquire_owned().await;
+                readiness::check_adopted(target).await
+            }),
         });
     }
 
