@@ -440,6 +440,21 @@ impl TestHive {
             .collect()
     }
 
+    /// The `rbee-hive` client, pointed at this hive (`RBEE_HIVE_URL`, and the token file
+    /// when the hive has a token); add the subcommand and its arguments.
+    pub fn cli(&self) -> Command {
+        let mut command = Command::new(binaries::program("rbee-hive"));
+        command
+            .env("RBEE_HIVE_URL", format!("http://{}", self.addr))
+            .env_remove("RBEE_HIVE_HIVE_ID")
+            .env_remove("RBEE_HIVE_TOKEN_FILE")
+            .stdin(Stdio::null());
+        if self.token.is_some() {
+            command.env("RBEE_HIVE_TOKEN_FILE", self.dir.path().join("token"));
+        }
+        command
+    }
+
     /// Processes (other than the hive) that carry this hive's tag.
     pub fn tagged_processes(&self) -> Vec<u32> {
         let hive = self.child.as_ref().map(Child::id);

@@ -11,7 +11,6 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
 use serde::{Deserialize, Serialize};
 use worker_lifecycle::WorkerTypeConfig;
 
@@ -20,14 +19,9 @@ pub const DEFAULT_PORT: u16 = 7835;
 /// The hive id used in narration when none is configured.
 pub const DEFAULT_HIVE_ID: &str = "localhost";
 
-/// Command-line flags; each also has an environment variable.
-#[derive(Debug, Parser, Default)]
-#[command(
-    name = "rbee-hive",
-    version,
-    about = "rbee-hive: the worker manager daemon of an rbee cluster"
-)]
-pub struct Cli {
+/// The daemon's flags (`rbee-hive [serve] …`); each also has an environment variable.
+#[derive(Debug, clap::Args, Default)]
+pub struct ServeArgs {
     /// TCP port to listen on (0 picks a free one) [default: 7835]
     #[arg(long, env = "RBEE_HIVE_PORT")]
     pub port: Option<u16>,
@@ -227,7 +221,7 @@ fn default_state_dir() -> PathBuf {
 
 impl Config {
     /// Merges flags (and their environment variables) over the config file over defaults.
-    pub fn load(cli: Cli) -> Result<Self, ConfigError> {
+    pub fn load(cli: ServeArgs) -> Result<Self, ConfigError> {
         let file = match &cli.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -404,7 +398,7 @@ mod tests {
 
     #[test]
     fn defaults_work_with_nothing_configured() {
-        let config = Config::load(Cli::default()).unwrap();
+        let config = Config::load(ServeArgs::default()).unwrap();
         assert_eq!(config.port, 7835);
         assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(config.effective_hive_id(), "localhost");
@@ -419,7 +413,7 @@ mod tests {
             "hive.toml",
             "port = 9000\nhive_id = \"from-file\"\njob_retention_s = 5\n",
         );
-        let config = Config::load(Cli {
+        let config = Config::load(ServeArgs {
             config: Some(file),
             port: Some(9001),
             ..Default::default()
@@ -440,7 +434,7 @@ mod tests {
             "worker_ports = \"9500-9509\"\nstop_grace_ms = 250\non_shutdown = \"keep\"\n\
              [workers.slow]\ncommand = [\"rbee-demo-worker\", \"--port\", \"{port}\"]\nready_timeout_s = 3\n",
         );
-        let config = Config::load(Cli {
+        let config = Config::load(ServeArgs {
             config: Some(file),
             ..Default::default()
         })
@@ -451,7 +445,7 @@ mod tests {
         assert_eq!(config.workers["slow"].ready_timeout_s, Some(3.0));
         assert!(config.to_toml().contains("[workers.slow]"));
         let bad = write(&dir, "bad.toml", "worker_ports = \"9600-9500\"\n");
-        let error = Config::load(Cli {
+        let error = Config::load(ServeArgs {
             config: Some(bad),
             ..Default::default()
         })
@@ -463,7 +457,7 @@ mod tests {
     fn unknown_file_keys_are_errors() {
         let dir = temp_dir("unknown");
         let file = write(&dir, "hive.toml", "prot = 9000\n");
-        let error = Config::load(Cli {
+        let error = Config::load(ServeArgs {
             config: Some(file),
             ..Default::default()
         })
@@ -476,7 +470,7 @@ mod tests {
 
     #[test]
     fn exposed_bind_needs_a_token() {
-        let config = Config::load(Cli {
+        let config = Config::load(ServeArgs {
             bind: Some("0.0.0.0".parse().unwrap()),
             ..Default::default()
         })
@@ -487,7 +481,7 @@ mod tests {
         ));
         let dir = temp_dir("token");
         let token = write(&dir, "token", "s3cret\n");
-        let config = Config::load(Cli {
+        let config = Config::load(ServeArgs {
             bind: Some("0.0.0.0".parse().unwrap()),
             token_file: Some(token),
             ..Default::default()
@@ -502,7 +496,7 @@ mod tests {
     fn empty_token_file_is_refused() {
         let dir = temp_dir("empty-token");
         let token = write(&dir, "token", "  \n");
-        let error = Config::load(Cli {
+        let error = Config::load(ServeArgs {
             token_file: Some(token),
             ..Default::default()
         })

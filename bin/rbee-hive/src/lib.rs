@@ -13,9 +13,11 @@
 //! - [`http`]: routes, token check, error mapping, streams.
 //! - [`jobs`]: the operation enum, its router, one file per operation.
 //! - [`capabilities`]: GPU and CPU detection for `/capabilities`.
+//! - [`cli`]: the command line: the daemon, the client subcommands, the demo worker mode.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod capabilities;
+pub mod cli;
 pub mod config;
 pub mod http;
 pub mod jobs;
@@ -61,6 +63,12 @@ impl AppState {
             queen_url: config.queen_url.clone(),
             worker_types: config.workers.clone(),
             llama_server: config.llama_server.clone(),
+            // The built-in `demo` type runs this very executable in its demo-worker mode,
+            // so the quick start needs no second build.
+            demo_worker: std::env::current_exe()
+                .ok()
+                .filter(|exe| exe.file_name().is_some_and(|name| name == "rbee-hive"))
+                .map(|exe| vec![exe.display().to_string(), "demo-worker".to_owned()]),
             devices: Arc::new(capabilities::DetectedDevices {
                 nvidia_smi: config.nvidia_smi.clone(),
             }),

@@ -1,6 +1,11 @@
-//! The `rbee-hive` daemon: flags → config, tracing, bind, run. Everything else is in the library.
+//! The `rbee-hive` executable: the daemon (flags → config, tracing, bind, run), the client
+//! subcommands, and the demo worker mode. Everything else is in the library.
+
+use std::process::ExitCode;
 
 use anyhow::Context;
+use rbee_hive::cli::Command;
+use rbee_hive::config::{Config, ServeArgs};
 
 /// jemalloc, with its background thread, gives freed memory back to the system, so the
 /// hive's memory returns near its idle level once finished jobs pass their retention;
@@ -17,14 +22,30 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static JEMALLOC_CONF: &[u8; 60] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-use clap::Parser;
-use rbee_hive::config::{Cli, Config};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let print_config = cli.print_config;
-    let config = Config::load(cli).context("invalid configuration")?;
+async fn main() -> ExitCode {
+    match rbee_hive::cli::parse(std::env::args_os()).command {
+        Command::Serve(args) => match serve(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("Error: {error:?}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::DemoWorker(args) => {
+            let own = std::env::current_exe().expect("own executable");
+            let relaunch = [own.into_os_string(), "demo-worker".into()];
+            let code = rbee_demo_worker::run(args, &relaunch).await;
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        client => rbee_hive::cli::commands::run(client).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let print_config = args.print_config;
+    let config = Config::load(args).context("invalid configuration")?;
     if print_config {
         print!("{}", config.to_toml());
         return Ok(());
@@ -38,11 +59,31 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     config.check_exposure()?;
+    // Said at once, so that a config that was not read (a forgotten `--` after `cargo run`
+    // passes `--config` to cargo) is visible.
+    tracing::info!(
+        "config file: {}; state dir: {}",
+        config.config_file.as_ref().map_or(
+            "none (defaults, flags and RBEE_HIVE_* variables only)".to_owned(),
+            |p| p.display().to_string()
+        ),
+        config.state_dir.display()
+    );
     let signals =
         rbee_hive::shutdown::Signals::install().context("cannot listen for SIGTERM/SIGINT")?;
-    let listener = tokio::net::TcpListener::bind((config.bind, config.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
+    let listener = match tokio::net::TcpListener::bind((config.bind, config.port)).await {
+        Ok(listener) => listener,
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "cannot listen on {}:{}: the address is in use (another rbee-hive? give this one \
+             another port with --port)",
+            config.bind,
+            config.port
+        ),
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port));
+        }
+    };
     let hive = rbee_hive::Hive::start(listener, config)?;
     // The one line on stdout, printed once the hive is ready: scripts and tests read the
     // bound port from it.

@@ -190,14 +190,22 @@ pub(crate) struct Catalog {
 
 impl Catalog {
     /// The built-in types, replaced or extended by `configured`. Every template is checked.
-    /// `llama_server`, when given, is the program of the built-in `llama` type.
+    /// `llama_server`, when given, is the program of the built-in `llama` type;
+    /// `demo_worker`, when given, the command that starts the demo worker (program and
+    /// leading arguments, such as the hive's own executable and `demo-worker`).
     pub(crate) fn new(
         configured: &BTreeMap<String, WorkerTypeConfig>,
         llama_server: Option<&Path>,
+        demo_worker: Option<&[String]>,
     ) -> Result<Self, LifecycleError> {
         let mut types = builtin_types();
         if let (Some(program), Some(llama)) = (llama_server, types.get_mut("llama")) {
             llama.command[0] = program.display().to_string();
+        }
+        if let (Some(prefix), Some(demo)) = (demo_worker, types.get_mut("demo"))
+            && !prefix.is_empty()
+        {
+            demo.command.splice(0..1, prefix.iter().cloned());
         }
         for (name, config) in configured {
             types.insert(name.clone(), template_from_config(name, config)?);
@@ -361,10 +369,27 @@ fn builtin_types() -> BTreeMap<String, WorkerTemplate> {
     ])
 }
 
+/// How to get the program of worker type `name`, for a "program not found" message.
+pub(crate) fn program_hint(name: &str) -> String {
+    match name {
+        "cpu" | "cuda" | "metal" => format!(
+            "llm-worker-rbee-{name} is built from the rbee repository (https://github.com/veighnsche/llama-orch); \
+             put it beside rbee-hive or on PATH, or set `command` in [workers.{name}]"
+        ),
+        "llama" => "install llama.cpp's llama-server (README, \"Real workers\") and set \
+                    `llama_server = \"/path/to/llama-server\"` in the config file"
+            .to_owned(),
+        "demo" => "build it with `cargo build --release` (rbee-hive runs it itself unless \
+                   [workers.demo] replaces the built-in type)"
+            .to_owned(),
+        other => format!("check `command` in [workers.{other}] of the config file"),
+    }
+}
+
 /// Finds a worker program: a path with a `/` is used as given; a bare name is looked up
 /// beside the hive's own executable first (where `cargo build` and rbee installs put the
-/// workers), then on `PATH`.
-pub(crate) fn resolve_program(program: &str) -> Result<PathBuf, LifecycleError> {
+/// workers), then on `PATH`. `type_name` picks the hint of the error.
+pub(crate) fn resolve_program(program: &str, type_name: &str) -> Result<PathBuf, LifecycleError> {
     if program.contains('/') {
         let path = PathBuf::from(program);
         return if is_executable(&path) {
@@ -373,6 +398,7 @@ pub(crate) fn resolve_program(program: &str) -> Result<PathBuf, LifecycleError> 
             Err(LifecycleError::ProgramNotFound {
                 program: program.to_owned(),
                 searched: program.to_owned(),
+                hint: program_hint(type_name),
             })
         };
     }
@@ -399,6 +425,7 @@ pub(crate) fn resolve_program(program: &str) -> Result<PathBuf, LifecycleError> 
     Err(LifecycleError::ProgramNotFound {
         program: program.to_owned(),
         searched: searched.join(" or "),
+        hint: program_hint(type_name),
     })
 }
 
@@ -445,7 +472,7 @@ mod tests {
 
     #[test]
     fn builtins_follow_the_protocol() {
-        let catalog = Catalog::new(&BTreeMap::new(), None).unwrap();
+        let catalog = Catalog::new(&BTreeMap::new(), None, None).unwrap();
         let cuda = catalog.get("cuda").unwrap();
         let command: Vec<String> = cuda
             .command
@@ -473,8 +500,12 @@ mod tests {
         );
         assert_eq!(llama.env_remove, ["LLAMA_ARG_*"]);
         assert!(!catalog.get("demo").unwrap().model_is_path);
-        let with_path =
-            Catalog::new(&BTreeMap::new(), Some(Path::new("/opt/llama/llama-server"))).unwrap();
+        let with_path = Catalog::new(
+            &BTreeMap::new(),
+            Some(Path::new("/opt/llama/llama-server")),
+            None,
+        )
+        .unwrap();
         assert_eq!(
             with_path.get("llama").unwrap().command[0],
             "/opt/llama/llama-server"
@@ -494,7 +525,7 @@ mod tests {
             "[workers.cpu]\ncommand = [\"/opt/w\", \"{port}\"]\nready_timeout_s = 2.5\n\
              [workers.custom]\ncommand = [\"x\"]\ndevice = \"gpu\"\n",
         );
-        let catalog = Catalog::new(&configured, None).unwrap();
+        let catalog = Catalog::new(&configured, None, None).unwrap();
         assert_eq!(catalog.get("cpu").unwrap().command, ["/opt/w", "{port}"]);
         assert_eq!(
             catalog.get("cpu").unwrap().ready_timeout,
@@ -504,13 +535,13 @@ mod tests {
 
         let bad = parse("[workers.bad]\ncommand = [\"x\", \"{modle}\"]\n");
         assert!(
-            Catalog::new(&bad, None)
+            Catalog::new(&bad, None, None)
                 .unwrap_err()
                 .to_string()
                 .contains("unknown placeholder {modle}")
         );
         let empty = parse("[workers.bad]\ncommand = []\n");
-        assert!(Catalog::new(&empty, None).is_err());
+        assert!(Catalog::new(&empty, None, None).is_err());
     }
 
     fn toml_from_str<T: serde::de::DeserializeOwned>(text: &str) -> T {
@@ -519,15 +550,23 @@ mod tests {
 
     #[test]
     fn resolves_programs() {
-        assert!(resolve_program("sh").unwrap().ends_with("sh"));
-        assert!(resolve_program("/bin/sh").is_ok());
-        let error = resolve_program("no-such-worker-program")
+        assert!(resolve_program("sh", "custom").unwrap().ends_with("sh"));
+        assert!(resolve_program("/bin/sh", "custom").is_ok());
+        let error = resolve_program("no-such-worker-program", "custom")
             .unwrap_err()
             .to_string();
         assert!(
             error.contains("no-such-worker-program") && error.contains("PATH"),
             "{error}"
         );
+        let cuda = resolve_program("llm-worker-rbee-cuda", "cuda")
+            .unwrap_err()
+            .to_string();
+        assert!(cuda.contains("built from the rbee repository"), "{cuda}");
+        let llama = resolve_program("/nowhere/llama-server", "llama")
+            .unwrap_err()
+            .to_string();
+        assert!(llama.contains("llama_server = "), "{llama}");
     }
 }
 

@@ -33,14 +33,14 @@ pub enum LifecycleError {
         reason: String,
     },
     /// The worker program is not installed.
-    #[error(
-        "worker program '{program}' not found ({searched}); install it or set `command` in the config's [workers.<type>]"
-    )]
+    #[error("worker program '{program}' not found ({searched}); {hint}")]
     ProgramNotFound {
         /// The program.
         program: String,
         /// Where the hive looked.
         searched: String,
+        /// How to get it.
+        hint: String,
     },
     /// The model file does not exist.
     #[error("model file '{path}' does not exist or is not readable: {reason}")]
@@ -79,7 +79,7 @@ pub enum LifecycleError {
         source: std::io::Error,
     },
     /// Another hive uses this state dir.
-    #[error("state dir {path} is in use by another rbee-hive{}; two hives cannot share one state dir", holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    #[error("state dir {path} is in use by another rbee-hive{}; two hives cannot share one state dir: give this one its own with --state-dir", holder.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
     StateDirLocked {
         /// The state dir.
         path: PathBuf,

@@ -58,6 +58,9 @@ pub struct LifecycleConfig {
     pub worker_types: BTreeMap<String, WorkerTypeConfig>,
     /// The `llama-server` program of the built-in `llama` type (default: found on `PATH`).
     pub llama_server: Option<PathBuf>,
+    /// The command that starts the demo worker, for the built-in `demo` type (default
+    /// `rbee-demo-worker`; the daemon runs its own executable as `… demo-worker`).
+    pub demo_worker: Option<Vec<String>>,
     /// The devices a spawn may name.
     pub devices: Arc<dyn DeviceInventory>,
     /// How many logs of removed workers are kept.
@@ -100,7 +103,11 @@ impl WorkerManager {
     /// Nothing is signalled that is not proven to be a worker's. Must be called within a
     /// Tokio runtime.
     pub fn new(config: LifecycleConfig) -> Result<Self, LifecycleError> {
-        let catalog = Catalog::new(&config.worker_types, config.llama_server.as_deref())?;
+        let catalog = Catalog::new(
+            &config.worker_types,
+            config.llama_server.as_deref(),
+            config.demo_worker.as_deref(),
+        )?;
         let state_dir = Arc::new(StateDir::lock(&config.state_dir)?);
         let logs_dir = config.state_dir.join("workers");
         std::fs::create_dir_all(&logs_dir).map_err(|source| LifecycleError::StateDir {
@@ -445,7 +452,10 @@ impl WorkerManager {
         self.check_device(&template, request.device_ordinal).await?;
         let early_program = match template.command[0].contains('{') {
             true => None,
-            false => Some(catalog::resolve_program(&template.command[0])?),
+            false => Some(catalog::resolve_program(
+                &template.command[0],
+                &template.name,
+            )?),
         };
         let port = inner.ports.lease()?;
         let number = self.registry().reserve_number();
@@ -479,7 +489,7 @@ impl WorkerManager {
         env.push((MARKER_VAR.to_owned(), self.marker(&id)));
         let program = match early_program {
             Some(program) => program,
-            None => catalog::resolve_program(&filled[0])?,
+            None => catalog::resolve_program(&filled[0], &template.name)?,
         };
         let log_path = logs::log_path(&inner.logs_dir, number);
         let args = filled[1..].to_vec();

@@ -16,14 +16,19 @@ pub mod stream;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 use crate::capabilities::{self, Capabilities};
 use error::ApiError;
+
+/// The response header that names the hive's id (the `hive_id` its jobs accept);
+/// `server` names its version (`rbee-hive/<version>`).
+pub const HIVE_ID_HEADER: &str = "x-rbee-hive-id";
 
 /// The hive's router, ready to serve.
 pub fn app(state: AppState) -> Router {
@@ -43,8 +48,26 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(protected)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            identify,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Says which hive answered: its version and id, on every response (the CLI's `status`
+/// shows them, and its other subcommands address jobs to that id).
+async fn identify(State(state): State<AppState>, mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::SERVER,
+        HeaderValue::from_static(concat!("rbee-hive/", env!("CARGO_PKG_VERSION"))),
+    );
+    if let Ok(id) = HeaderValue::from_str(state.config.effective_hive_id()) {
+        headers.insert(HIVE_ID_HEADER, id);
+    }
+    response
 }
 
 async fn health() -> impl IntoResponse {

@@ -103,10 +103,15 @@ pub async fn run(
     }
 }
 
+/// Narrates a failed spawn in one line: the worker's last output lines come once, in the
+/// job's failure reason (`failed:` and `[ERROR]`), not a third time here.
 fn spawn_error(job: &JobContext, error: OperationFailure) -> OperationFailure {
+    let text = error.to_string();
+    let first = text.lines().next().unwrap_or_default();
+    let first = first.strip_suffix("; last output:").unwrap_or(first);
     NARRATE
         .action("worker_spawn_error")
-        .context(&error)
+        .context(first)
         .human("❌ Spawn failed: {}")
         .error()
         .emit_to(job);

@@ -1,0 +1,411 @@
+//! The client side of the protocol: submit an operation, follow its job's stream
+//! (`?format=ndjson`: one JSON event per line), and what can go wrong, with its exit code.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::cli::ClientArgs;
+
+/// Why a client subcommand did not succeed; each has its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// No hive answers at the URL (exit 3).
+    #[error("no rbee-hive at {url} ({reason}); start one with `rbee-hive`")]
+    Unreachable {
+        /// The hive's URL.
+        url: String,
+        /// What the connection said.
+        reason: String,
+    },
+    /// The hive refused the request (exit 2).
+    #[error("the hive refused the request ({status} {code}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The error code of the JSON body.
+        code: String,
+        /// The error text of the JSON body.
+        message: String,
+    },
+    /// The request could not be made as given (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The job failed (exit 1).
+    #[error("{reason}")]
+    JobFailed {
+        /// The job.
+        job_id: String,
+        /// Its failure reason.
+        reason: String,
+    },
+    /// The job was cancelled (exit 1).
+    #[error("job {job_id} was cancelled")]
+    JobCancelled {
+        /// The job.
+        job_id: String,
+    },
+    /// Ctrl-C while following (exit 130); the job goes on.
+    #[error(
+        "stopped following {job_id}; the job goes on. Follow it again with `rbee-hive follow {job_id}`, \
+         or cancel it with `rbee-hive cancel {job_id}`"
+    )]
+    Interrupted {
+        /// The job.
+        job_id: String,
+    },
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::JobFailed { .. } | Self::JobCancelled { .. } => 1,
+            Self::Refused { .. } | Self::Usage(_) => 2,
+            Self::Unreachable { .. } => 3,
+            Self::Interrupted { .. } => 130,
+        }
+    }
+}
+
+/// One event of a job's stream.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// A narration line.
+    Narration {
+        /// `info`, `warn` or `error`.
+        level: String,
+        /// The actor (`hv-router`, `job-exec`, …).
+        actor: String,
+        /// The action (`worker_spawn_ready`, …).
+        action: String,
+        /// The human text.
+        human: String,
+    },
+    /// The operation's result object.
+    Result(Value),
+    /// The end: `succeeded`, `failed` or `cancelled`, with the failure reason.
+    Done {
+        /// The final state.
+        state: String,
+        /// Why it failed.
+        error: Option<String>,
+    },
+}
+
+/// A hive, as a client sees it.
+#[derive(Debug, Clone)]
+pub struct HiveClient {
+    base: String,
+    http: reqwest::Client,
+    hive_id: Option<String>,
+}
+
+impl HiveClient {
+    /// A client for the hive at `args.hive`, sending the token from `args.token_file`.
+    pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(path) = &args.token_file {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot read the token file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+                CliError::Usage(format!(
+                    "the token file {} holds characters a header cannot carry",
+                    path.display()
+                ))
+            })?;
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| CliError::Usage(format!("cannot make an HTTP client: {e}")))?;
+        Ok(Self {
+            base: args.hive.trim_end_matches('/').to_owned(),
+            http,
+            hive_id: args.hive_id.clone(),
+        })
+    }
+
+    /// The hive's URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn unreachable(&self, error: &reqwest::Error) -> CliError {
+        // The operating system's word for it is an `io::Error` somewhere down the chain.
+        let mut source = std::error::Error::source(error);
+        let mut io = None;
+        while let Some(cause) = source {
+            if let Some(found) = cause.downcast_ref::<std::io::Error>() {
+                io = Some(found);
+            }
+            source = cause.source();
+        }
+        let reason = match io {
+            Some(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                "connection refused".to_owned()
+            }
+            Some(io) => io.to_string(),
+            None if error.is_timeout() => "no answer within 5 s".to_owned(),
+            None => error.to_string(),
+        };
+        CliError::Unreachable {
+            url: self.base.clone(),
+            reason,
+        }
+    }
+
+    /// Turns a non-2xx answer into [`CliError::Refused`] with the hive's JSON error.
+    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, CliError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<Value>(&body) {
+            Ok(json) if json["error"].is_string() => (
+                json["code"].as_str().unwrap_or("error").to_owned(),
+                json["error"].as_str().unwrap_or_default().to_owned(),
+            ),
+            _ => (
+                "not_rbee_hive".to_owned(),
+                format!(
+                    "{} answered without an rbee-hive error body; is it an rbee-hive?",
+                    self.base
+                ),
+            ),
+        };
+        Err(CliError::Refused {
+            status: status.as_u16(),
+            code,
+            message,
+        })
+    }
+
+    /// `GET path`, its body as JSON.
+    pub async fn get_json(&self, path: &str) -> Result<Value, CliError> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let response = self.check(response).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| CliError::Usage(format!("the hive answered {path} with no JSON: {e}")))
+    }
+
+    /// `GET /health`: the hive's version and id (from its response headers).
+    pub async fn health(&self) -> Result<(String, String), CliError> {
+        let response = self
+            .http
+            .get(format!("{}/health", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let response = self.check(response).await?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let version = header("server");
+        let hive_id = header(crate::http::HIVE_ID_HEADER);
+        Ok((version, hive_id))
+    }
+
+    /// The `hive_id` to put in operations: the one given, else the one the hive reports.
+    pub async fn hive_id(&self) -> Result<String, CliError> {
+        if let Some(id) = &self.hive_id {
+            return Ok(id.clone());
+        }
+        let (_, id) = self.health().await?;
+        Ok(if id.is_empty() {
+            crate::config::DEFAULT_HIVE_ID.to_owned()
+        } else {
+            id
+        })
+    }
+
+    /// Submits an operation; returns the job id.
+    pub async fn submit(&self, operation: &Value) -> Result<String, CliError> {
+        let response = self
+            .http
+            .post(format!("{}/v1/jobs", self.base))
+            .json(operation)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let answer: Value = self
+            .check(response)
+            .await?
+            .json()
+            .await
+            .map_err(|e| CliError::Usage(format!("the hive's answer is not JSON: {e}")))?;
+        answer["job_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| CliError::Usage(format!("the hive's answer has no job_id: {answer}")))
+    }
+
+    /// Cancels a job.
+    pub async fn cancel(&self, job_id: &str) -> Result<(), CliError> {
+        let response = self
+            .http
+            .delete(format!("{}/v1/jobs/{job_id}", self.base))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        self.check(response).await.map(drop)
+    }
+
+    /// Follows a job's stream, calling `on_event` with each event (and `on_line` with each
+    /// raw NDJSON line) as it arrives; returns the result object, if any, once the job has
+    /// succeeded. Ctrl-C stops following ([`CliError::Interrupted`]).
+    pub async fn follow(
+        &self,
+        job_id: &str,
+        mut on_event: impl FnMut(&JobEvent),
+        mut on_line: impl FnMut(&str),
+    ) -> Result<Option<Value>, CliError> {
+        let following = async {
+            let response = self
+                .http
+                .get(format!(
+                    "{}/v1/jobs/{job_id}/stream?format=ndjson",
+                    self.base
+                ))
+                .send()
+                .await
+                .map_err(|e| self.unreachable(&e))?;
+            if response.status() == StatusCode::NOT_FOUND {
+                return Err(self
+                    .check(response)
+                    .await
+                    .err()
+                    .unwrap_or(CliError::Usage(format!("job {job_id} not found"))));
+            }
+            let response = self.check(response).await?;
+            let mut body = response.bytes_stream();
+            let mut pending = Vec::new();
+            let mut result = None;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| self.unreachable(&e))?;
+                pending.extend_from_slice(&chunk);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = pending.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line[..end]).into_owned();
+                    on_line(&line);
+                    let Some(event) = parse_event(&line) else {
+                        continue;
+                    };
+                    on_event(&event);
+                    match event {
+                        JobEvent::Result(value) => result = Some(value),
+                        JobEvent::Done { state, error } => {
+                            return match state.as_str() {
+                                "succeeded" => Ok(result),
+                                "cancelled" => Err(CliError::JobCancelled {
+                                    job_id: job_id.to_owned(),
+                                }),
+                                _ => Err(CliError::JobFailed {
+                                    job_id: job_id.to_owned(),
+                                    reason: error.unwrap_or_else(|| "the job failed".to_owned()),
+                                }),
+                            };
+                        }
+                        JobEvent::Narration { .. } => {}
+                    }
+                }
+            }
+            Err(CliError::Unreachable {
+                url: self.base.clone(),
+                reason: format!("the stream of {job_id} ended before the job did"),
+            })
+        };
+        tokio::select! {
+            outcome = following => outcome,
+            _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted { job_id: job_id.to_owned() }),
+        }
+    }
+}
+
+/// One NDJSON line of a stream: `{"event": "narration"|"result"|"done", "data": …}`.
+pub fn parse_event(line: &str) -> Option<JobEvent> {
+    let value: Value = serde_json::from_str(line).ok()?;
+    let data = &value["data"];
+    let text = |key: &str| data[key].as_str().unwrap_or("").to_owned();
+    match value["event"].as_str()? {
+        "narration" => Some(JobEvent::Narration {
+            level: text("level"),
+            actor: text("actor"),
+            action: text("action"),
+            human: text("human"),
+        }),
+        "result" => Some(JobEvent::Result(data.clone())),
+        "done" => Some(JobEvent::Done {
+            state: text("state"),
+            error: data["error"].as_str().map(str::to_owned),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_three_kinds_of_event() {
+        let narration = r#"{"event":"narration","id":1,"data":{"seq":1,"actor":"hv-router","action":"worker_list_start","level":"info","human":"📋 Listing workers","fields":{}}}"#;
+        assert!(matches!(
+            parse_event(narration),
+            Some(JobEvent::Narration { ref human, ref action, .. }) if human == "📋 Listing workers" && action == "worker_list_start"
+        ));
+        let result = r#"{"event":"result","id":2,"data":{"workers":[]}}"#;
+        assert!(
+            matches!(parse_event(result), Some(JobEvent::Result(v)) if v["workers"].is_array())
+        );
+        let done = r#"{"event":"done","data":{"state":"failed","error":"worker 'x' not found"}}"#;
+        assert!(matches!(
+            parse_event(done),
+            Some(JobEvent::Done { ref state, error: Some(ref e) }) if state == "failed" && e == "worker 'x' not found"
+        ));
+        assert!(parse_event("not json").is_none());
+    }
+
+    #[test]
+    fn exit_codes() {
+        let failed = CliError::JobFailed {
+            job_id: "j".into(),
+            reason: "r".into(),
+        };
+        assert_eq!(failed.exit_code(), 1);
+        assert_eq!(
+            CliError::Unreachable {
+                url: "u".into(),
+                reason: "r".into()
+            }
+            .exit_code(),
+            3
+        );
+        assert_eq!(CliError::Usage("u".into()).exit_code(), 2);
+        assert_eq!(
+            CliError::Interrupted { job_id: "j".into() }.exit_code(),
+            130
+        );
+    }
+}
