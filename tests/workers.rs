@@ -40,7 +40,7 @@ async fn spawn_becomes_ready_and_list_and_get_show_a_true_pid_and_port() {
     );
     assert!(
         lines.iter().any(
-            |l| l.contains("worker_spawn_command: Command: ") && l.contains("rbee-demo-worker")
+            |l| l.contains("worker_spawn_command: Command: ") && l.contains("rbee-hive demo-worker")
         )
     );
     assert!(
@@ -53,7 +53,7 @@ async fn spawn_becomes_ready_and_list_and_get_show_a_true_pid_and_port() {
     let (pid, port) = (pid_of(&record), port_of(&record));
     assert!(pid_alive(pid));
     assert!(
-        cmdline(pid).contains("rbee-demo-worker --worker-id worker-1"),
+        cmdline(pid).contains("rbee-hive demo-worker --worker-id worker-1"),
         "{}",
         cmdline(pid)
     );

@@ -61,7 +61,7 @@ struct Args {
     #[arg(long, default_value = "bench.json")]
     out: std::path::PathBuf,
     /// Run only these scenarios (comma-separated): round-trip, throughput, list, spawn,
-    /// stubborn, concurrent, shutdown, restart, memory.
+    /// cli, stubborn, concurrent, shutdown, restart, memory.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -291,6 +291,54 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    if args.runs("cli") {
+        eprintln!(
+            "5/9 the command line: `rbee-hive ps` with 10 workers, `rbee-hive spawn` against HTTP"
+        );
+        let ids: Vec<String> = {
+            let mut ids = Vec::new();
+            let mut connection = Connection::open(hive.addr).await?;
+            for _ in 0..10 {
+                let text = connection.run(&spawn_body("demo")).await?;
+                ids.push(ready_id(&text)?);
+            }
+            ids
+        };
+        let url = format!("http://{}", hive.addr);
+        let mut ps = Vec::new();
+        for _ in 0..args.repeats {
+            ps.push(cli_run(&bin_dir, &url, &["ps"])?.0);
+        }
+        let row = millis("`rbee-hive ps` with 10 workers: exec → exit", &ps);
+        let met = row.median <= 10.0;
+        rows.push(row.target("≤ 10 ms", met));
+        delete_ids(hive.addr, ids).await?;
+        let mut through_cli = Vec::new();
+        let mut through_http = Vec::new();
+        let mut connection = Connection::open(hive.addr).await?;
+        for _ in 0..args.repeats {
+            let (elapsed, id) = cli_run(&bin_dir, &url, &["spawn", "bench", "-q"])?;
+            through_cli.push(elapsed);
+            connection.run(&delete_body(id.trim(), None)).await?;
+            let started = Instant::now();
+            let text = connection.run(&spawn_body("demo")).await?;
+            through_http.push(started.elapsed());
+            connection
+                .run(&delete_body(&ready_id(&text)?, None))
+                .await?;
+        }
+        rows.push(millis(
+            "spawn through HTTP (POST → end of the stream)",
+            &through_http,
+        ));
+        let row = millis("`rbee-hive spawn -q`: exec → exit", &through_cli);
+        let over = row.median - median(&through_http).as_secs_f64() * 1000.0;
+        rows.push(row.target(
+            &format!("≤ HTTP + 10 ms (is HTTP {over:+.1} ms)"),
+            over <= 10.0,
+        ));
+    }
+
     if args.runs("stubborn") {
         let mut connection = Connection::open(hive.addr).await?;
         eprintln!("5/9 delete of a SIGTERM-ignoring worker (grace 200 ms)");
@@ -513,6 +561,32 @@ async fn spawn_many(addr: std::net::SocketAddr, count: usize) -> anyhow::Result<
         task.await??;
     }
     Ok(())
+}
+
+/// Runs the `rbee-hive` client with `args` against `url`; returns exec → exit and its
+/// stdout, failing unless it exits 0.
+fn cli_run(
+    bin_dir: &std::path::Path,
+    url: &str,
+    args: &[&str],
+) -> anyhow::Result<(Duration, String)> {
+    let started = Instant::now();
+    let output = std::process::Command::new(bin_dir.join("rbee-hive"))
+        .args(args)
+        .env("RBEE_HIVE_URL", url)
+        .env_remove("RBEE_HIVE_TOKEN_FILE")
+        .env_remove("RBEE_HIVE_HIVE_ID")
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let elapsed = started.elapsed();
+    if !output.status.success() {
+        bail!(
+            "rbee-hive {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok((elapsed, String::from_utf8(output.stdout)?))
 }
 
 /// Spawns `count` demo workers at once, each on its own connection; returns the time from

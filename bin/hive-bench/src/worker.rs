@@ -10,12 +10,20 @@ use anyhow::bail;
 
 use crate::hive::free_port;
 
-/// The demo worker's flags as the hive passes them (the built-in `demo` type), so that the
-/// baseline does what the hive's workers do, heartbeats to `hive_url` included.
+/// The demo worker as the hive starts it (the built-in `demo` type: its own executable in
+/// demo-worker mode, with the same flags), so that the baseline does what the hive's
+/// workers do, heartbeats to `hive_url` included.
 fn demo_worker(bin_dir: &Path, port: u16, hive_url: &str) -> Command {
-    let mut command = Command::new(bin_dir.join("rbee-demo-worker"));
+    let mut command = Command::new(bin_dir.join("rbee-hive"));
     command
-        .args(["--worker-id", "bench", "--model", "bench", "--port"])
+        .args([
+            "demo-worker",
+            "--worker-id",
+            "bench",
+            "--model",
+            "bench",
+            "--port",
+        ])
         .arg(port.to_string())
         .args(["--hive-url", hive_url])
         .stdin(Stdio::null())

@@ -114,6 +114,10 @@ pub async fn run(args: Args, relaunch: &[std::ffi::OsString]) -> i32 {
 
 async fn serve(args: Args, relaunch: &[std::ffi::OsString], name: String) -> i32 {
     let started = Instant::now();
+    // Listening for SIGTERM before anything else: a SIGTERM that came after the port was
+    // bound but before a listener existed would be caught by the handler and lost (the
+    // process would neither die nor stop).
+    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
     for _ in 0..args.children {
         let Some((program, leading)) = relaunch.split_first() else {
             eprintln!("{name}: cannot start a child process: no command to start it with");
@@ -134,7 +138,20 @@ async fn serve(args: Args, relaunch: &[std::ffi::OsString], name: String) -> i32
     }
     if args.start_delay_ms > 0 {
         println!("{name}: starting slowly ({} ms)", args.start_delay_ms);
-        tokio::time::sleep(Duration::from_millis(args.start_delay_ms)).await;
+        let delay = tokio::time::sleep(Duration::from_millis(args.start_delay_ms));
+        tokio::pin!(delay);
+        loop {
+            tokio::select! {
+                _ = &mut delay => break,
+                _ = terminate.recv() => {
+                    if !args.ignore_sigterm {
+                        println!("{name}: SIGTERM received while starting, stopping");
+                        return 0;
+                    }
+                    println!("{name}: ignoring SIGTERM, as asked");
+                }
+            }
+        }
     }
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, args.port));
     let listener = match tokio::net::TcpListener::bind(address).await {
@@ -164,7 +181,12 @@ async fn serve(args: Args, relaunch: &[std::ffi::OsString], name: String) -> i32
         .route("/health", get(|| async { "ok" }))
         .route("/v1/inference", post(inference))
         .with_state(Worker { args: args.clone() });
-    let shutdown = stop_signal(name.clone(), args.ignore_sigterm, args.stop_delay_ms);
+    let shutdown = stop_signal(
+        terminate,
+        name.clone(),
+        args.ignore_sigterm,
+        args.stop_delay_ms,
+    );
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -192,8 +214,12 @@ async fn inference(
     }))
 }
 
-async fn stop_signal(name: String, ignore: bool, delay_ms: u64) {
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
+async fn stop_signal(
+    mut terminate: tokio::signal::unix::Signal,
+    name: String,
+    ignore: bool,
+    delay_ms: u64,
+) {
     loop {
         terminate.recv().await;
         if ignore {
