@@ -89,6 +89,60 @@ async fn the_children_of_a_worker_that_died_while_the_hive_was_down_are_stopped(
     );
 }
 
+#[tokio::test]
+async fn a_stop_of_what_an_exited_leader_left_is_resumed_after_a_crash() {
+    let mut hive = TestHive::builder()
+        .config("stop_grace_ms = 3600000")
+        .config(&demo_worker_type(
+            "orphaner",
+            &[
+                "--children",
+                "2",
+                "--children-ignore-sigterm",
+                "--exit-after-ms",
+                "1000",
+                "--exit-code",
+                "3",
+            ],
+            10.0,
+        ))
+        .start()
+        .await;
+    let record = hive.spawn_ready("orphaner").await;
+    let leader = pid_of(&record);
+    let children = children_of(leader).await;
+    wait_until("the leader exits on its own", PATIENCE, || {
+        !pid_alive(leader)
+    })
+    .await;
+    // Whenever the state file says the leader exited, it also says that what it left is
+    // being stopped: never one without the other.
+    wait_until("the exit is saved", PATIENCE, || {
+        hive.state_file()["workers"][0]["exit"].is_object()
+    })
+    .await;
+    let saved = hive.state_file();
+    assert_eq!(
+        saved["workers"][0]["stop"]["reason"], "leader_exited",
+        "{saved}"
+    );
+    assert!(
+        saved["workers"][0]["stop"]["finished_at"].is_null(),
+        "{saved}"
+    );
+    assert!(
+        !all_gone(&children),
+        "an hour of grace, and they ignore SIGTERM"
+    );
+    hive.kill_hard();
+    hive.restart();
+    // The next hive resumes the stop (with what is left of the grace), and a delete with
+    // no grace cuts it short.
+    let lines = hive.run_job(delete_body("worker-1", 0)).await;
+    assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+    assert!(all_gone(&children));
+}
+
 // Defect 2: a delete cut by a `keep` shutdown was abandoned.
 #[tokio::test]
 async fn a_delete_cut_by_a_keep_shutdown_finishes_before_the_hive_exits() {

@@ -39,9 +39,10 @@ async fn spawn_becomes_ready_and_list_and_get_show_a_true_pid_and_port() {
         "[hv-router ] worker_spawn_start: 🚀 Spawning demo worker for model 'test-model' on device 0 on hive 'localhost'"
     );
     assert!(
-        lines.iter().any(
-            |l| l.contains("worker_spawn_command: Command: ") && l.contains("rbee-hive demo-worker")
-        )
+        lines
+            .iter()
+            .any(|l| l.contains("worker_spawn_command: Command: ")
+                && l.contains("rbee-hive demo-worker"))
     );
     assert!(
         lines[lines.len() - 2]

@@ -391,7 +391,15 @@ impl Supervisor {
         };
         self.remove |= reason.removes();
         self.probe = None;
+        // When the leader has exited already, its exit and status go in the same change.
+        let exited = self
+            .exit
+            .clone()
+            .map(|exit| (self.final_status(Some(reason), &exit), exit));
         let generation = self.publish(true, |record| {
+            if let Some((status, exit)) = exited {
+                apply_exit(record, exit, status);
+            }
             record.stop = Some(StopProgress {
                 reason,
                 grace_ms: grace.as_millis() as u64,
@@ -466,18 +474,8 @@ impl Supervisor {
             return;
         };
         let pgid = leader.pid();
-        let exit = leader.reap();
-        self.exit = Some(exit.clone());
+        self.exit = Some(leader.reap());
         self.probe = None;
-        // The leader is gone: the status says so now, even while its group's other
-        // processes are still being stopped.
-        let status = self.final_status(self.plan.as_ref().map(|plan| plan.reason), &exit);
-        self.publish(true, |record| {
-            record.exit = Some(exit);
-            if record.status.can_become(&status) {
-                record.status = status;
-            }
-        });
         let members = self.survivors(pgid);
         if members.is_empty() {
             self.on_gone();
@@ -486,16 +484,31 @@ impl Supervisor {
         tracing::info!(worker = %self.id(), "the leader exited; stopping what is left of its group: {:?}", members.pids());
         self.process = Proc::Draining(members);
         match &self.plan {
+            // The exit and the stop of what the leader left reach the record (and the state
+            // file) in one change: a record that says "exited" without "stopping" would
+            // let a restarted hive leave these processes running.
             None => {
                 let grace = self.context.default_grace;
                 self.begin_stop(StopReason::LeaderExited, grace, None);
             }
-            Some(plan) if plan.sigkill_sent => {
-                self.signal(Sig::Kill);
+            Some(plan) => {
+                if plan.sigkill_sent {
+                    self.signal(Sig::Kill);
+                }
+                // They had SIGTERM with the whole group, or get it once the stop is saved.
+                self.publish_exit();
             }
-            // They had SIGTERM with the whole group, or get it once the stop is saved.
-            Some(_) => {}
         }
+    }
+
+    /// Records how the leader ended and the status that follows (its group may still be
+    /// stopping).
+    fn publish_exit(&self) {
+        let Some(exit) = self.exit.clone() else {
+            return;
+        };
+        let status = self.final_status(self.plan.as_ref().map(|plan| plan.reason), &exit);
+        self.publish(true, |record| apply_exit(record, exit, status));
     }
 
     /// The members of group `pgid` once its leader is gone: only processes that carry the
@@ -629,6 +642,14 @@ impl Supervisor {
                 self.publish(false, |record| record.health = Some(health));
             }
         }
+    }
+}
+
+/// Writes a leader's exit and the status that follows into a record.
+fn apply_exit(record: &mut WorkerRecord, exit: WorkerExit, status: WorkerStatus) {
+    record.exit = Some(exit);
+    if record.status.can_become(&status) {
+        record.status = status;
     }
 }
 
