@@ -480,8 +480,11 @@ impl Soak {
     /// pointed at a sentinel of the test (as if the pid had been reused).
     fn plant_sentinel_on_dead_pid(&mut self) {
         let path = self.hive.state_dir().join("workers.json");
-        let mut state: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        // A hive killed right after it started may not have written its state file yet.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let mut state: Value = serde_json::from_str(&text).unwrap();
         let candidates: Vec<usize> = state["workers"]
             .as_array()
             .unwrap()
