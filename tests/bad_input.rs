@@ -124,8 +124,8 @@ fn cases(job_id: &str) -> Vec<Case> {
         ),
         post(
             "operation of the orchestrator",
-            r#"{"operation":"model_download","hive_id":"h"}"#,
-            bad("unsupported_operation"),
+            r#"{"operation":"worker_build","hive_id":"h"}"#,
+            Expect::FailedJob("operation 'worker_build' is not run by this rbee-hive"),
         ),
         post(
             "operation in capitals",
@@ -573,12 +573,27 @@ async fn another_hive_id_is_refused_when_the_hive_has_one() {
         .arg("box-a")
         .start()
         .await;
-    let (status, answer) = hive
-        .post_job(&serde_json::json!({"operation": "worker_list", "hive_id": "box-b"}))
+    // Well-formed: a job that fails with the reason, and changes nothing.
+    let lines = hive
+        .run_job(serde_json::json!({"operation": "worker_spawn", "hive_id": "box-b", "model": "m", "worker": "demo", "device": 0}))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(answer["code"], "wrong_hive");
-    assert_eq!(hive.job_count().await, 0);
+    assert_eq!(
+        lines[lines.len() - 2],
+        "[ERROR] this hive is 'box-a', not 'box-b'; address it as 'box-a'"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("worker_spawn_start")),
+        "{lines:#?}"
+    );
+    let listed = hive
+        .job_result(serde_json::json!({"operation": "worker_list", "hive_id": "box-a"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["workers"],
+        serde_json::json!([]),
+        "nothing was started"
+    );
 }
 
 #[tokio::test]

@@ -400,41 +400,47 @@ async fn a_pid_that_is_not_a_managed_worker_fails_and_is_never_signalled() {
 }
 
 #[tokio::test]
-async fn operations_of_the_orchestrator_are_refused_at_post_with_the_supported_list() {
-    let hive = TestHive::start().await;
-    for operation in [
-        "worker_binary_list",
-        "worker_binary_get",
-        "worker_binary_delete",
-        "model_list",
-        "model_get",
-        "model_delete",
-        "model_download",
-        "worker_download",
-        "worker_build",
-    ] {
-        // The upstream client of that era sees only that it could not parse the answer…
-        let mut connection = UpstreamConnection::connect(&hive).await;
-        let submitted = connection
-            .submit(&json!({"operation": operation, "hive_id": "localhost"}))
-            .await;
-        assert_eq!(submitted, Err("Failed to parse job response".to_owned()));
-        // … while the answer itself is a 400 that names the operation and what is supported.
-        let (status, answer) = hive
-            .post_job(&json!({"operation": operation, "hive_id": "localhost"}))
-            .await;
-        assert_eq!(status.as_u16(), 400);
-        assert_eq!(answer["code"], "unsupported_operation");
-        let message = answer["error"].as_str().unwrap();
-        assert!(message.contains(&format!("'{operation}'")), "{message}");
-        assert!(
-            message.contains(
-                "worker_spawn, worker_list, worker_get, worker_delete, worker_process_list"
-            ),
-            "{message}"
-        );
+async fn every_refusal_reaches_the_keeper_with_its_reason() {
+    let hive = TestHive::builder()
+        .arg("--hive-id")
+        .arg("gpu-box")
+        .start()
+        .await;
+    // Operations of the upstream that this hive does not run, and a hive_id that is not
+    // this hive's: the keeper shows the hive's reason (PROTOCOL §8), where a 400 showed it
+    // nothing.
+    let refused = [
+        (
+            json!({"operation": "worker_build", "hive_id": "gpu-box"}),
+            "operation 'worker_build' is not run by this rbee-hive; supported operations: worker_spawn,",
+        ),
+        (
+            json!({"operation": "worker_download", "hive_id": "gpu-box"}),
+            "operation 'worker_download' is not run by this rbee-hive",
+        ),
+        (
+            json!({"operation": "hive_install", "hive_id": "gpu-box"}),
+            "operation 'hive_install' is not run by this rbee-hive",
+        ),
+        (
+            json!({"operation": "worker_process_list", "hive_id": "tap"}),
+            "this hive is 'gpu-box', not 'tap'; address it as 'gpu-box'",
+        ),
+    ];
+    for (operation, reason) in refused {
+        let view = keeper(&hive, operation.clone()).await.unwrap();
+        match &view.outcome {
+            JobOutcome::Failure(shown) => assert!(shown.starts_with(reason), "{shown}"),
+            other => panic!("{operation}: {other:?}"),
+        }
+        assert!(view.keeper_says_failed, "{operation}");
     }
-    assert_eq!(hive.job_count().await, 0);
+    // A name no rbee version knows is a client bug: still a 400.
+    let (status, answer) = hive
+        .post_job(&json!({"operation": "frobnicate", "hive_id": "gpu-box"}))
+        .await;
+    assert_eq!(status.as_u16(), 400);
+    assert_eq!(answer["code"], "unknown_operation");
 }
 
 #[tokio::test]

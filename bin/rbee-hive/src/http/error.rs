@@ -15,14 +15,6 @@ pub enum ApiError {
     /// The body is not a valid operation.
     #[error(transparent)]
     BadOperation(#[from] OperationError),
-    /// The job names another hive than the one explicitly configured.
-    #[error("this hive is '{configured}', not '{requested}'")]
-    WrongHive {
-        /// This hive's id.
-        configured: String,
-        /// The id in the request.
-        requested: String,
-    },
     /// The body is larger than the limit.
     #[error("the request body is larger than {limit} bytes")]
     BodyTooLarge {
@@ -109,7 +101,6 @@ impl ApiError {
     fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             Self::BadOperation(e) => (StatusCode::BAD_REQUEST, e.code()),
-            Self::WrongHive { .. } => (StatusCode::BAD_REQUEST, "wrong_hive"),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::BodyUnreadable(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
             Self::UnsupportedMediaType { .. } => {

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::http::error::ApiError;
-use crate::jobs::{Operation, router};
+use crate::jobs::{Operation, OperationError, router};
 
 /// The answer to a submitted job.
 #[derive(Debug, Serialize)]
@@ -34,21 +34,45 @@ pub async fn submit(
     }
     require_json(&headers)?;
     let body = read_limited(&headers, body, state.config.body_limit_bytes).await?;
-    let operation = Operation::parse(&body)?;
-    if let Some(configured) = &state.config.hive_id
-        && configured != operation.hive_id()
-    {
-        return Err(ApiError::WrongHive {
-            configured: configured.clone(),
-            requested: operation.hive_id().to_owned(),
-        });
-    }
-    let services = state.services.clone();
-    let job_id = state.jobs.submit(operation.name(), move |job| {
-        router::dispatch(operation, job, services)
-    })?;
+    let job_id = match Operation::parse(&body) {
+        Ok(operation) => match refusal(&state, &operation) {
+            Some(reason) => refuse(&state, operation.name(), reason)?,
+            None => {
+                let services = state.services.clone();
+                state.jobs.submit(operation.name(), move |job| {
+                    router::dispatch(operation, job, services)
+                })?
+            }
+        },
+        // Well-formed but not run here: a job that fails with the reason (PROTOCOL §8), so
+        // that the upstream clients, which read only streams, show it.
+        Err(OperationError::UnsupportedOperation { name }) => {
+            let reason = OperationError::UnsupportedOperation { name: name.clone() }.to_string();
+            refuse(&state, &name, reason)?
+        }
+        Err(error) => return Err(error.into()),
+    };
     let sse_url = format!("/v1/jobs/{job_id}/stream");
     Ok(Json(Submitted { job_id, sse_url }))
+}
+
+/// Why a valid operation is not run here: it names another hive than the one this hive was
+/// explicitly told it is.
+fn refusal(state: &AppState, operation: &Operation) -> Option<String> {
+    let configured = state.config.hive_id.as_ref()?;
+    (configured != operation.hive_id()).then(|| {
+        format!(
+            "this hive is '{configured}', not '{}'; address it as '{configured}'",
+            operation.hive_id()
+        )
+    })
+}
+
+/// Starts a job that fails at once with `reason`.
+fn refuse(state: &AppState, operation: &str, reason: String) -> Result<JobId, ApiError> {
+    Ok(state
+        .jobs
+        .submit(operation, move |_| async move { Err::<(), String>(reason) })?)
 }
 
 /// `GET /v1/jobs`: every kept job's status, oldest first.

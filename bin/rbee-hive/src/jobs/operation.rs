@@ -95,8 +95,10 @@ pub fn supported_operations() -> String {
         .join(", ")
 }
 
-/// Operations the upstream orchestrator of that era may forward that belong elsewhere
-/// (worker binaries and models are the orchestrator's business, not this hive's).
+/// Operations of the rbee upstream that this hive does not run (PROTOCOL §8). A request for
+/// one parses (it is well-formed) and becomes a job that fails with the reason, because the
+/// upstream job client shows only what arrives in a stream. Names starting with `hive_` or
+/// `queen_` are upstream operations too.
 pub const UPSTREAM_ONLY_OPERATIONS: &[&str] = &[
     "worker_binary_list",
     "worker_binary_get",
@@ -107,7 +109,26 @@ pub const UPSTREAM_ONLY_OPERATIONS: &[&str] = &[
     "model_download",
     "worker_download",
     "worker_build",
+    "worker_install",
+    "worker_uninstall",
+    "infer",
+    "status",
 ];
+
+/// Whether `name` is an operation of the rbee upstream that this hive does not run.
+pub fn is_upstream_only(name: &str) -> bool {
+    UPSTREAM_ONLY_OPERATIONS.contains(&name)
+        || ["hive_", "queen_"]
+            .iter()
+            .any(|prefix| name.strip_prefix(prefix).is_some_and(is_snake_case))
+}
+
+fn is_snake_case(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
 
 /// The longest string accepted in any field.
 pub const MAX_FIELD_LEN: usize = 4096;
@@ -135,7 +156,7 @@ pub enum OperationError {
     MissingOperation,
     /// An rbee operation that this hive does not perform.
     #[error(
-        "operation '{name}' is not handled by rbee-hive (it manages worker processes only); supported operations: {}",
+        "operation '{name}' is not run by this rbee-hive; supported operations: {}",
         supported_operations()
     )]
     UnsupportedOperation {
@@ -249,7 +270,7 @@ impl Operation {
         };
         let kind = match name.parse::<OperationKind>() {
             Ok(kind) => kind,
-            Err(_) if UPSTREAM_ONLY_OPERATIONS.contains(&name) => {
+            Err(_) if is_upstream_only(name) => {
                 return Err(OperationError::UnsupportedOperation {
                     name: name.to_owned(),
                 });
@@ -687,7 +708,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "operation 'model_list' is not handled by rbee-hive (it manages worker processes only); \
+                "operation 'model_list' is not run by this rbee-hive; \
                  supported operations: {supported}"
             )
         );
