@@ -201,7 +201,7 @@ fn cases(job_id: &str) -> Vec<Case> {
         post(
             "grace_ms is huge",
             r#"{"operation":"worker_delete","hive_id":"h","id":"worker-1","grace_ms":18446744073709551615}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `grace_ms` must be at most 3600000"),
         ),
         // Missing fields
         post(
@@ -231,45 +231,45 @@ fn cases(job_id: &str) -> Vec<Case> {
                 r#"{{"operation":"worker_list","hive_id":"{}"}}"#,
                 &long[..300]
             ),
-            bad("invalid_field"),
+            Expect::FailedJob("field `hive_id` is longer than 256 bytes"),
         ),
         post(
             "model over 4096 bytes",
             format!(
                 r#"{{"operation":"worker_spawn","hive_id":"h","model":"{long}","worker":"demo","device":0}}"#
             ),
-            bad("invalid_field"),
+            Expect::FailedJob("field `model` is longer than 4096 bytes"),
         ),
         post(
             "empty id",
             r#"{"operation":"worker_get","hive_id":"h","id":""}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `id` must not be empty"),
         ),
         post(
             "empty hive_id",
             r#"{"operation":"worker_list","hive_id":""}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `hive_id` must not be empty"),
         ),
         // Unicode and control characters
         post(
             "NUL in hive_id",
             r#"{"operation":"worker_list","hive_id":"a\u0000b"}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `hive_id` must not contain control characters"),
         ),
         post(
             "newline in hive_id",
             r#"{"operation":"worker_list","hive_id":"a\nb"}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `hive_id` must not contain control characters"),
         ),
         post(
             "escape sequence in model",
             spawn_model("\\u001b[31mred"),
-            bad("invalid_field"),
+            Expect::FailedJob("field `model` must not contain control characters"),
         ),
         post(
             "NUL in id",
             r#"{"operation":"worker_delete","hive_id":"h","id":"worker-1\u0000"}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `id` must not contain control characters"),
         ),
         post(
             "lone surrogate",
@@ -279,12 +279,12 @@ fn cases(job_id: &str) -> Vec<Case> {
         post(
             "right-to-left override in id",
             r#"{"operation":"worker_get","hive_id":"h","id":"worker-\u202e1"}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `id` must be a worker id"),
         ),
         post(
             "id with spaces",
             r#"{"operation":"worker_get","hive_id":"h","id":"worker 1"}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `id` must be a worker id"),
         ),
         // Ids with path tricks: refused as unknown workers, nothing touched
         post(
@@ -316,17 +316,17 @@ fn cases(job_id: &str) -> Vec<Case> {
         post(
             "model starting with -",
             spawn_model("--help"),
-            bad("invalid_field"),
+            Expect::FailedJob("field `model` must not start with '-'"),
         ),
         post(
             "model that is a flag",
             spawn_model("-rf"),
-            bad("invalid_field"),
+            Expect::FailedJob("field `model` must not start with '-'"),
         ),
         post(
             "worker type with a path",
             r#"{"operation":"worker_spawn","hive_id":"h","model":"m","worker":"../../bin/sh","device":0}"#,
-            bad("invalid_field"),
+            Expect::FailedJob("field `worker` must be a worker type name"),
         ),
         post(
             "unknown worker type",

@@ -278,17 +278,32 @@ async fn the_upstream_client_drives_spawn_process_list_get_and_delete() {
             "[qn-fwd    ] forward_data   : [hv-router ] worker_proc_list_result: Found 1 worker process(es)".to_string(),
         ]
     );
+    // Upstream's template order: PID | MB | CPU | elapsed | command, each filled.
     let entry = &list.printed[2];
+    let fields: Vec<&str> = entry
+        .split_once("worker_proc_list_entry:   ")
+        .unwrap_or_else(|| panic!("{entry}"))
+        .1
+        .split(" | ")
+        .collect();
+    assert_eq!(fields.len(), 5, "{entry}");
+    assert_eq!(fields[0], format!("PID {pid}"), "{entry}");
+    let megabytes = fields[1]
+        .strip_suffix(" MB")
+        .unwrap_or_else(|| panic!("{entry}"));
+    assert!(megabytes.parse::<f64>().unwrap() > 0.0, "{entry}");
+    let cpu = fields[2]
+        .strip_suffix("% CPU")
+        .unwrap_or_else(|| panic!("{entry}"));
+    assert!(cpu.parse::<f64>().is_ok(), "{entry}");
     assert!(
-        entry.contains(&format!(
-            "worker_proc_list_entry:   PID {pid} | worker-1 | "
-        )),
-        "{entry}"
+        fields[3]
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ':' || c == '-'),
+        "elapsed as ps shows it: {entry}"
     );
     assert!(
-        entry.contains("rbee-demo-worker --worker-id worker-1")
-            && entry.contains("MB |")
-            && entry.contains("% CPU |"),
+        fields[4].contains("rbee-demo-worker --worker-id worker-1"),
         "{entry}"
     );
 

@@ -153,8 +153,9 @@ async fn two_llama_workers_run_at_once() {
 async fn a_model_that_is_not_gguf_fails_with_the_servers_own_error() {
     let server = llama_server();
     let hive = llama_hive(&server).await;
+    // The GGUF magic passes the hive's check; the rest is not a model.
     let not_a_model = hive.dir.path().join("notes.gguf");
-    std::fs::write(&not_a_model, "this is a text file, not a model\n").unwrap();
+    std::fs::write(&not_a_model, "GGUF this is a text file, not a model\n").unwrap();
     let lines = hive
         .run_job(spawn_llama(not_a_model.to_str().unwrap()))
         .await;
@@ -174,35 +175,102 @@ async fn a_model_that_is_not_gguf_fails_with_the_servers_own_error() {
 }
 
 #[tokio::test]
-async fn a_missing_model_fails_at_once_before_any_process_starts() {
-    // No llama-server is needed: the model is checked first.
+async fn the_program_is_checked_before_the_model() {
+    // No llama-server is needed: without its program, every model gets the same answer.
     let hive = TestHive::builder()
         .config("llama_server = \"/nonexistent/llama-server\"")
         .start()
         .await;
-    let lines = hive.run_job(spawn_llama("/nonexistent/model.gguf")).await;
-    let error = lines
-        .iter()
-        .find(|l| l.starts_with("[ERROR] "))
-        .unwrap_or_else(|| panic!("{lines:#?}"));
-    assert!(
-        error.starts_with(
-            "[ERROR] model file '/nonexistent/model.gguf' does not exist or is not readable"
-        ),
-        "{error}"
-    );
-    assert!(
-        !lines.iter().any(|l| l.contains("worker_spawn_process")),
-        "nothing was started: {lines:#?}"
-    );
+    for model in ["/nonexistent/model.gguf", "/etc/hostname", "/root"] {
+        let lines = hive.run_job(spawn_llama(model)).await;
+        let error = lines
+            .iter()
+            .find(|l| l.starts_with("[ERROR] "))
+            .unwrap_or_else(|| panic!("{lines:#?}"));
+        assert!(
+            error.starts_with("[ERROR] worker program '/nonexistent/llama-server' not found"),
+            "{error}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("worker_spawn_process")),
+            "nothing was started: {lines:#?}"
+        );
+    }
     assert!(hive.workers().await.is_empty());
-    let directory = hive
-        .run_job(spawn_llama(hive.dir.path().to_str().unwrap()))
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(llama_server),
+    ignore = "needs llama-server: run .ci/run once, or set RBEE_LLAMA_SERVER"
+)]
+async fn a_missing_model_fails_at_once_and_says_the_same_for_any_unusable_path() {
+    let hive = llama_hive(&llama_server()).await;
+    let mut reasons = Vec::new();
+    for model in [
+        "/nonexistent/model.gguf".to_owned(),
+        hive.dir.path().display().to_string(),
+        "/etc/hostname".to_owned(),
+    ] {
+        let lines = hive.run_job(spawn_llama(&model)).await;
+        let error = lines
+            .iter()
+            .find(|l| l.starts_with("[ERROR] "))
+            .unwrap_or_else(|| panic!("{lines:#?}"));
+        assert!(
+            !lines.iter().any(|l| l.contains("worker_spawn_process")),
+            "nothing was started: {lines:#?}"
+        );
+        reasons.push(error.replace(&model, "<path>"));
+    }
+    assert_eq!(
+        reasons[0],
+        "[ERROR] model '<path>' cannot be used: it is not a readable GGUF model file; give a model catalog id or the path of a .gguf file the hive can read"
+    );
+    assert!(reasons.iter().all(|r| *r == reasons[0]), "{reasons:#?}");
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(llama_server),
+    ignore = "needs llama-server: run .ci/run once, or set RBEE_LLAMA_SERVER"
+)]
+async fn a_downloaded_model_spawns_by_catalog_id() {
+    let files = file_server::FileServer::start().await;
+    files.add("tiny-llama.gguf", std::fs::read(tiny_model()).unwrap());
+    let hive = TestHive::builder()
+        .config(&format!(
+            "llama_server = {:?}\nhf_endpoint = {:?}",
+            llama_server().display().to_string(),
+            files.url("/")
+        ))
+        .start()
+        .await;
+    let lines = hive
+        .run_job(json!({"operation": "model_download", "hive_id": "localhost", "model": "someone/tiny:tiny-llama.gguf", "id": "tiny"}))
         .await;
     assert!(
-        directory
-            .iter()
-            .any(|l| l.contains("it is not a regular file")),
-        "{directory:#?}"
+        lines.iter().any(|l| l.contains("model_download_complete")),
+        "{lines:#?}"
     );
+    let lines = hive.run_job(spawn_llama("tiny")).await;
+    assert!(
+        lines.iter().any(|l| l.contains("worker_spawn_ready")),
+        "{lines:#?}"
+    );
+    let record = hive.worker("worker-1").await.expect("registered");
+    assert!(
+        record["model_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("/catalog/models/tiny/tiny-llama.gguf"),
+        "{record}"
+    );
+    let answer = completion(record["port"].as_u64().unwrap()).await;
+    assert!(answer["content"].is_string(), "{answer}");
+    let pid = record["pid"].as_u64().unwrap() as u32;
+    hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": "worker-1"}))
+        .await;
+    assert!(!pid_alive(pid));
 }

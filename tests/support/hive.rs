@@ -98,6 +98,11 @@ pub struct TestHive {
 }
 
 impl TestHive {
+    /// Its catalog folder (`<dir>/catalog`).
+    pub fn catalog_dir(&self) -> PathBuf {
+        self.dir.path().join("catalog")
+    }
+
     /// A hive with default settings.
     pub async fn start() -> Self {
         Self::builder().start().await
@@ -128,6 +133,11 @@ impl TestHive {
             None => dir.path().join("no-nvidia-smi").display().to_string(),
         };
         config.push_str(&format!("nvidia_smi = {nvidia_smi:?}\n"));
+        // Never the user's ~/.cache/rbee: each test hive has a catalog of its own.
+        config.push_str(&format!(
+            "catalog_dir = {:?}\n",
+            dir.path().join("catalog").display().to_string()
+        ));
         config.push_str(&options.config.join("\n"));
         std::fs::write(dir.path().join("hive.toml"), config).expect("write config");
         if let Some(token) = &options.token {
@@ -497,6 +507,9 @@ fn launch(
         "RBEE_HIVE_HIVE_ID",
         "RBEE_HIVE_TOKEN_FILE",
         "RBEE_HIVE_CONFIG",
+        "RBEE_HIVE_CATALOG_DIR",
+        "HF_ENDPOINT",
+        "HF_TOKEN",
     ] {
         command.env_remove(key);
     }

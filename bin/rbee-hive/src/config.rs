@@ -16,6 +16,8 @@ use worker_lifecycle::WorkerTypeConfig;
 
 /// Default TCP port, as in rbee.
 pub const DEFAULT_PORT: u16 = 7835;
+/// The public Hugging Face hub.
+pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
 /// The hive id used in narration when none is configured.
 pub const DEFAULT_HIVE_ID: &str = "localhost";
 
@@ -34,6 +36,9 @@ pub struct ServeArgs {
     /// Directory for worker logs and the state file [default: $XDG_STATE_HOME/rbee-hive]
     #[arg(long, env = "RBEE_HIVE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Model and worker-binary catalog [default: $XDG_CACHE_HOME/rbee or ~/.cache/rbee]
+    #[arg(long, env = "RBEE_HIVE_CATALOG_DIR")]
+    pub catalog_dir: Option<PathBuf>,
     /// This hive's id; when set, jobs naming another hive_id are refused [default: localhost]
     #[arg(long, env = "RBEE_HIVE_HIVE_ID")]
     pub hive_id: Option<String>,
@@ -55,6 +60,9 @@ struct FileConfig {
     port: Option<u16>,
     bind: Option<IpAddr>,
     state_dir: Option<PathBuf>,
+    catalog_dir: Option<PathBuf>,
+    hf_endpoint: Option<String>,
+    download_stall_timeout_s: Option<u64>,
     hive_id: Option<String>,
     queen_url: Option<String>,
     token_file: Option<PathBuf>,
@@ -140,6 +148,13 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// Worker logs and the state file live here.
     pub state_dir: PathBuf,
+    /// The model and worker-binary catalogs live here (upstream's layout).
+    pub catalog_dir: PathBuf,
+    /// The Hugging Face endpoint that `owner/repo:file` downloads resolve against
+    /// (`HF_ENDPOINT` overrides the file).
+    pub hf_endpoint: String,
+    /// A download that receives nothing for this long fails (it can be resumed).
+    pub download_stall_timeout_s: u64,
     /// The hive id given explicitly; `None` accepts any `hive_id` in jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hive_id: Option<String>,
@@ -188,6 +203,9 @@ impl Default for Config {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             config_file: None,
             state_dir: default_state_dir(),
+            catalog_dir: catalog::default_catalog_dir(),
+            hf_endpoint: DEFAULT_HF_ENDPOINT.to_owned(),
+            download_stall_timeout_s: 60,
             hive_id: None,
             queen_url: None,
             token_file: None,
@@ -237,6 +255,18 @@ impl Config {
                 .state_dir
                 .or(file.state_dir)
                 .unwrap_or(defaults.state_dir),
+            catalog_dir: cli
+                .catalog_dir
+                .or(file.catalog_dir)
+                .unwrap_or(defaults.catalog_dir),
+            hf_endpoint: std::env::var("HF_ENDPOINT")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or(file.hf_endpoint)
+                .unwrap_or(defaults.hf_endpoint),
+            download_stall_timeout_s: file
+                .download_stall_timeout_s
+                .unwrap_or(defaults.download_stall_timeout_s),
             hive_id: cli.hive_id.or(file.hive_id),
             queen_url: cli.queen_url.or(file.queen_url),
             token_file,
@@ -277,6 +307,13 @@ impl Config {
             });
         }
         self.worker_port_range()?;
+        self.hf_endpoint_url()?;
+        if self.download_stall_timeout_s == 0 {
+            return Err(ConfigError::Invalid {
+                key: "download_stall_timeout_s",
+                reason: "must be at least 1".into(),
+            });
+        }
         if self.stop_grace_ms > 3_600_000 {
             return Err(ConfigError::Invalid {
                 key: "stop_grace_ms",
@@ -309,6 +346,23 @@ impl Config {
     /// The hive id used in narration: the configured one, or `localhost`.
     pub fn effective_hive_id(&self) -> &str {
         self.hive_id.as_deref().unwrap_or(DEFAULT_HIVE_ID)
+    }
+
+    /// `hf_endpoint` as a URL (http or https).
+    pub fn hf_endpoint_url(&self) -> Result<reqwest::Url, ConfigError> {
+        let invalid = |reason: String| ConfigError::Invalid {
+            key: "hf_endpoint",
+            reason,
+        };
+        let url = reqwest::Url::parse(&self.hf_endpoint)
+            .map_err(|e| invalid(format!("{:?} is not a URL: {e}", self.hf_endpoint)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!(
+                "{:?} must be an http(s) URL",
+                self.hf_endpoint
+            )));
+        }
+        Ok(url)
     }
 
     /// The worker port range parsed from `worker_ports` (`"9100-9199"`).

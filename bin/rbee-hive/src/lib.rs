@@ -74,7 +74,22 @@ impl AppState {
             }),
             logs: config.worker_log_retention(),
         })?;
-        let services = OperationServices { workers };
+        let models = catalog::ModelCatalog::new(&config.catalog_dir);
+        let downloads = catalog::Downloader::new(
+            models.clone(),
+            catalog::DownloaderConfig {
+                hub_endpoint: config.hf_endpoint_url()?,
+                hub_token: std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()),
+                stall_timeout: Duration::from_secs(config.download_stall_timeout_s),
+                user_agent: format!("rbee-hive/{}", env!("CARGO_PKG_VERSION")),
+            },
+        )?;
+        let services = OperationServices {
+            workers,
+            worker_binaries: catalog::WorkerCatalog::new(&config.catalog_dir),
+            models,
+            downloads,
+        };
         Ok(Self {
             config: Arc::new(config),
             jobs,
@@ -95,6 +110,9 @@ pub enum HiveError {
     /// The worker lifecycle could not start (state dir, worker types).
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    /// The downloader could not start.
+    #[error(transparent)]
+    Download(#[from] catalog::DownloadError),
 }
 
 /// A hive ready to serve: its listener bound, its state dir locked, its workers adopted.

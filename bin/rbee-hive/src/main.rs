@@ -62,12 +62,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Said at once, so that a config that was not read (a forgotten `--` after `cargo run`
     // passes `--config` to cargo) is visible.
     tracing::info!(
-        "config file: {}; state dir: {}",
+        "config file: {}; state dir: {}; catalog: {}",
         config.config_file.as_ref().map_or(
             "none (defaults, flags and RBEE_HIVE_* variables only)".to_owned(),
             |p| p.display().to_string()
         ),
-        config.state_dir.display()
+        config.state_dir.display(),
+        config.catalog_dir.display()
     );
     let signals =
         rbee_hive::shutdown::Signals::install().context("cannot listen for SIGTERM/SIGINT")?;

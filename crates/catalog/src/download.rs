@@ -264,8 +264,19 @@ impl Downloader {
             counters,
             folder,
         };
+        // On disk before the caller hears of the transfer, so that a list right after
+        // shows it.
+        if let Err(error) = inner
+            .catalog
+            .write_entry(&run.entry(0, ArtifactStatus::Downloading))
+        {
+            let _ = std::fs::remove_file(run.folder.join(disk::DOWNLOAD_LOCK));
+            return Err(error.into());
+        }
         tokio::spawn(async move {
             let outcome = run.run(cancel).await;
+            // Removed while still held, so that no other downloader locks a file about to go.
+            let _ = std::fs::remove_file(run.folder.join(disk::DOWNLOAD_LOCK));
             drop(lock);
             let mut transfers = run.inner.transfers.lock().expect("transfers lock");
             if transfers
@@ -346,12 +357,9 @@ impl Run {
 
     async fn run(&self, cancel: CancellationToken) -> Result<Downloaded, DownloadError> {
         let catalog = &self.inner.catalog;
-        let result = match catalog.write_entry(&self.entry(0, ArtifactStatus::Downloading)) {
-            Err(error) => Err(error.into()),
-            Ok(()) => tokio::select! {
-                result = self.transfer() => result,
-                () = cancel.cancelled() => Err(DownloadError::Cancelled),
-            },
+        let result = tokio::select! {
+            result = self.transfer() => result,
+            () = cancel.cancelled() => Err(DownloadError::Cancelled),
         };
         if let Err(error) = &result {
             if !error.keeps_partial() {
@@ -496,7 +504,6 @@ impl Run {
         disk::sync_dir(&self.folder).map_err(|e| DownloadError::io("sync", &self.folder, e))?;
         let entry = self.entry(written, ArtifactStatus::Available);
         self.inner.catalog.write_entry(&entry)?;
-        let _ = std::fs::remove_file(self.folder.join(disk::DOWNLOAD_LOCK));
         Ok(Downloaded {
             entry,
             transferred: written - offset,

@@ -59,6 +59,11 @@ impl ModelCatalog {
         }
     }
 
+    /// Whether entry `id` exists (in any status).
+    pub fn contains(&self, id: &CatalogId) -> bool {
+        self.read_entry(id).is_ok_and(|entry| entry.is_some())
+    }
+
     /// Removes entry `id` and everything in its folder; refused while it downloads.
     pub fn remove(&self, id: &CatalogId) -> Result<Entry<ModelArtifact>, CatalogError> {
         let entry = self.get(id)?;

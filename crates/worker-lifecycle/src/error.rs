@@ -42,13 +42,15 @@ pub enum LifecycleError {
         /// How to get it.
         hint: String,
     },
-    /// The model file does not exist.
-    #[error("model file '{path}' does not exist or is not readable: {reason}")]
+    /// The model is not a file the hive can give the worker. One message whatever the cause
+    /// (missing, a folder, unreadable, not GGUF), so that a client cannot probe which paths
+    /// exist; the cause goes to the daemon's log.
+    #[error(
+        "model '{path}' cannot be used: it is not a readable GGUF model file; give a model catalog id or the path of a .gguf file the hive can read"
+    )]
     ModelNotFound {
         /// The path.
         path: String,
-        /// The cause.
-        reason: String,
     },
     /// Every port of the range is held or in use.
     #[error(

@@ -76,6 +76,8 @@ pub struct SpawnRequest {
     pub worker_type: String,
     /// The device ordinal.
     pub device_ordinal: u32,
+    /// The program to run instead of the type's own (a worker binary from the catalog).
+    pub program: Option<PathBuf>,
 }
 
 /// The workers of one hive and the processes behind them. A cheap `Clone` handle; when the
@@ -430,6 +432,11 @@ impl WorkerManager {
             .ok_or_else(refused)
     }
 
+    /// Whether worker type `name` takes a model file path (`model_is_path`).
+    pub fn model_is_path(&self, name: &str) -> Result<bool, LifecycleError> {
+        Ok(self.inner.catalog.get(name)?.model_is_path)
+    }
+
     /// Every worker whose process is running and still provably the worker, with what
     /// `/proc` says about it.
     pub fn running_processes(&self) -> Vec<(WorkerRecord, ProcessInfo)> {
@@ -446,17 +453,19 @@ impl WorkerManager {
     pub async fn spawn(&self, request: &SpawnRequest) -> Result<Spawning, LifecycleError> {
         let inner = &self.inner;
         let template = inner.catalog.get(&request.worker_type)?.clone();
-        if template.model_is_path {
-            check_model_file(&request.model)?;
-        }
-        self.check_device(&template, request.device_ordinal).await?;
-        let early_program = match template.command[0].contains('{') {
-            true => None,
-            false => Some(catalog::resolve_program(
+        // The program first: a missing program is the same answer whatever the model.
+        let early_program = match (&request.program, template.command[0].contains('{')) {
+            (Some(program), _) => Some(program.clone()),
+            (None, true) => None,
+            (None, false) => Some(catalog::resolve_program(
                 &template.command[0],
                 &template.name,
             )?),
         };
+        if template.model_is_path {
+            check_model_file(&request.model)?;
+        }
+        self.check_device(&template, request.device_ordinal).await?;
         let port = inner.ports.lease()?;
         let number = self.registry().reserve_number();
         let id = format_id(number);
@@ -865,19 +874,31 @@ fn running_process(record: WorkerRecord) -> Option<(WorkerRecord, ProcessInfo)> 
     Some((record, info))
 }
 
-/// A model that must be a file: it exists, is a regular file, and can be opened.
+/// A model that must be a file: a regular file the hive can open that starts with the GGUF
+/// magic. Every failure gives the same error (the cause is logged), so that a client cannot
+/// learn which paths exist.
 fn check_model_file(model: &str) -> Result<(), LifecycleError> {
-    let refuse = |reason: String| LifecycleError::ModelNotFound {
-        path: model.to_owned(),
-        reason,
+    use std::io::Read;
+    let check = || -> Result<(), String> {
+        let metadata = std::fs::metadata(Path::new(model)).map_err(|e| e.to_string())?;
+        if !metadata.is_file() {
+            return Err("not a regular file".to_owned());
+        }
+        let mut magic = [0u8; 4];
+        std::fs::File::open(model)
+            .and_then(|mut file| file.read_exact(&mut magic))
+            .map_err(|e| e.to_string())?;
+        if &magic != b"GGUF" {
+            return Err("no GGUF magic at its start".to_owned());
+        }
+        Ok(())
     };
-    let metadata = std::fs::metadata(Path::new(model)).map_err(|e| refuse(e.to_string()))?;
-    if !metadata.is_file() {
-        return Err(refuse("it is not a regular file".to_owned()));
-    }
-    std::fs::File::open(model)
-        .map(drop)
-        .map_err(|e| refuse(e.to_string()))
+    check().map_err(|reason| {
+        tracing::info!(model, %reason, "spawn refused: unusable model file");
+        LifecycleError::ModelNotFound {
+            path: model.to_owned(),
+        }
+    })
 }
 
 fn looks_like_bind_failure(output: &str) -> bool {

@@ -50,6 +50,12 @@ pub async fn submit(
             let reason = OperationError::UnsupportedOperation { name: name.clone() }.to_string();
             refuse(&state, &name, reason)?
         }
+        // A field of the right type whose value is refused (a model that reads as a flag, an
+        // empty id, …) is not a syntax error of the client: the reason goes in a stream too.
+        Err(error @ OperationError::InvalidValue { .. }) => {
+            let name = operation_name(&body).unwrap_or("unknown");
+            refuse(&state, name, error.to_string())?
+        }
         Err(error) => return Err(error.into()),
     };
     let sse_url = format!("/v1/jobs/{job_id}/stream");
@@ -66,6 +72,15 @@ fn refusal(state: &AppState, operation: &Operation) -> Option<String> {
             operation.hive_id()
         )
     })
+}
+
+/// The operation name of a body that parsed as far as its fields: one of the known names.
+fn operation_name(body: &[u8]) -> Option<&'static str> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    let name = value.get("operation")?.as_str()?;
+    name.parse::<crate::jobs::OperationKind>()
+        .ok()
+        .map(|kind| kind.name())
 }
 
 /// Starts a job that fails at once with `reason`.

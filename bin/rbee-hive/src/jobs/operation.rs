@@ -77,6 +77,57 @@ pub enum Operation {
         /// The process id (only this hive's workers are stopped).
         pid: u64,
     },
+    /// List the worker binaries of the catalog.
+    WorkerBinaryList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one worker-binary catalog entry.
+    WorkerBinaryGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The entry id (upstream calls it `worker_type`).
+        worker_type: String,
+    },
+    /// Remove one worker-binary catalog entry.
+    WorkerBinaryDelete {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The entry id (upstream calls it `worker_type`).
+        worker_type: String,
+    },
+    /// List the models of the catalog.
+    ModelList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one model of the catalog.
+    ModelGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The catalog id.
+        id: String,
+    },
+    /// Remove a model from the catalog (refused while a worker uses it, unless `force`).
+    ModelDelete {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The catalog id.
+        id: String,
+        /// Delete even when workers use it.
+        force: bool,
+    },
+    /// Download a model into the catalog.
+    ModelDownload {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// An `http(s)://` URL or a Hugging Face reference `owner/repo:file.gguf`.
+        model: String,
+        /// The catalog id (default: from the file name).
+        id: Option<String>,
+        /// The expected sha256 of the file.
+        sha256: Option<String>,
+    },
 }
 
 impl OperationKind {
@@ -100,13 +151,6 @@ pub fn supported_operations() -> String {
 /// upstream job client shows only what arrives in a stream. Names starting with `hive_` or
 /// `queen_` are upstream operations too.
 pub const UPSTREAM_ONLY_OPERATIONS: &[&str] = &[
-    "worker_binary_list",
-    "worker_binary_get",
-    "worker_binary_delete",
-    "model_list",
-    "model_get",
-    "model_delete",
-    "model_download",
     "worker_download",
     "worker_build",
     "worker_install",
@@ -237,7 +281,14 @@ impl Operation {
             | Self::WorkerDelete { hive_id, .. }
             | Self::WorkerProcessList { hive_id }
             | Self::WorkerProcessGet { hive_id, .. }
-            | Self::WorkerProcessDelete { hive_id, .. } => hive_id,
+            | Self::WorkerProcessDelete { hive_id, .. }
+            | Self::WorkerBinaryList { hive_id }
+            | Self::WorkerBinaryGet { hive_id, .. }
+            | Self::WorkerBinaryDelete { hive_id, .. }
+            | Self::ModelList { hive_id }
+            | Self::ModelGet { hive_id, .. }
+            | Self::ModelDelete { hive_id, .. }
+            | Self::ModelDownload { hive_id, .. } => hive_id,
         }
     }
 
@@ -315,12 +366,47 @@ impl Operation {
                 hive_id: f.hive_id()?,
                 pid: f.required_pid()?,
             },
+            OperationKind::WorkerBinaryList => Self::WorkerBinaryList {
+                hive_id: f.hive_id()?,
+            },
+            OperationKind::WorkerBinaryGet => Self::WorkerBinaryGet {
+                hive_id: f.hive_id()?,
+                worker_type: f.required_string("worker_type", CATALOG_ID)?,
+            },
+            OperationKind::WorkerBinaryDelete => Self::WorkerBinaryDelete {
+                hive_id: f.hive_id()?,
+                worker_type: f.required_string("worker_type", CATALOG_ID)?,
+            },
+            OperationKind::ModelList => Self::ModelList {
+                hive_id: f.hive_id()?,
+            },
+            OperationKind::ModelGet => Self::ModelGet {
+                hive_id: f.hive_id()?,
+                id: f.required_string("id", CATALOG_ID)?,
+            },
+            OperationKind::ModelDelete => Self::ModelDelete {
+                hive_id: f.hive_id()?,
+                id: f.required_string("id", CATALOG_ID)?,
+                force: f.optional_bool("force")?,
+            },
+            OperationKind::ModelDownload => Self::ModelDownload {
+                hive_id: f.hive_id()?,
+                model: f.required_string(
+                    "model",
+                    "an http(s):// URL or a Hugging Face reference 'owner/repo:file.gguf'",
+                )?,
+                id: f.optional_string("id", CATALOG_ID)?,
+                sha256: f.optional_string("sha256", "64 hexadecimal digits")?,
+            },
         };
         Ok(operation)
     }
 }
 
 const DUPLICATE_KEY: &str = "duplicate key `";
+
+/// What a catalog id field holds (its rules are checked by the catalog, in the job).
+const CATALOG_ID: &str = "a catalog id string such as \"tinyllama\"";
 
 /// The top level of a request body, read in one pass that refuses duplicated keys.
 enum TopLevel {
@@ -406,6 +492,29 @@ impl Fields<'_> {
             Some(other) => Err(OperationError::WrongType {
                 field,
                 expected,
+                got: type_name(other).to_owned(),
+            }),
+        }
+    }
+
+    fn optional_string(
+        &self,
+        field: &'static str,
+        expected: &'static str,
+    ) -> Result<Option<String>, OperationError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.required_string(field, expected).map(Some),
+        }
+    }
+
+    fn optional_bool(&self, field: &'static str) -> Result<bool, OperationError> {
+        match self.map.get(field) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(value)) => Ok(*value),
+            Some(other) => Err(OperationError::WrongType {
+                field,
+                expected: "true or false",
                 got: type_name(other).to_owned(),
             }),
         }
@@ -656,7 +765,7 @@ mod tests {
         for kind in OperationKind::VARIANTS {
             let body = serde_json::json!({
                 "operation": kind.name(), "hive_id": "h", "id": "worker-1", "model": "m",
-                "worker": "cpu", "device": 0, "pid": 42,
+                "worker": "cpu", "device": 0, "pid": 42, "worker_type": "cpu-llm",
             });
             let operation = Operation::parse(body.to_string().as_bytes()).unwrap();
             assert_eq!(operation.kind(), *kind);
@@ -697,22 +806,62 @@ mod tests {
     #[test]
     fn unknown_operation_lists_supported_ones() {
         let supported = "worker_spawn, worker_list, worker_get, worker_delete, \
-                         worker_process_list, worker_process_get, worker_process_delete";
+                         worker_process_list, worker_process_get, worker_process_delete, \
+                         worker_binary_list, worker_binary_get, worker_binary_delete, \
+                         model_list, model_get, model_delete, model_download";
         let err = parse(r#"{"operation":"frobnicate","hive_id":"h"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("unknown operation 'frobnicate'; supported operations: {supported}")
         );
         assert_eq!(err.code(), "unknown_operation");
-        let err = parse(r#"{"operation":"model_list","hive_id":"h"}"#).unwrap_err();
+        let err = parse(r#"{"operation":"worker_build","hive_id":"h"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
-                "operation 'model_list' is not run by this rbee-hive; \
+                "operation 'worker_build' is not run by this rbee-hive; \
                  supported operations: {supported}"
             )
         );
         assert_eq!(err.code(), "unsupported_operation");
+    }
+
+    #[test]
+    fn catalog_operations_take_upstreams_fields() {
+        assert_eq!(
+            parse(r#"{"operation":"model_delete","hive_id":"h","id":"tiny","force":true}"#),
+            Ok(Operation::ModelDelete {
+                hive_id: "h".into(),
+                id: "tiny".into(),
+                force: true
+            })
+        );
+        assert_eq!(
+            parse(
+                r#"{"operation":"model_download","hive_id":"h","model":"TheBloke/TinyLlama-GGUF"}"#
+            ),
+            Ok(Operation::ModelDownload {
+                hive_id: "h".into(),
+                model: "TheBloke/TinyLlama-GGUF".into(),
+                id: None,
+                sha256: None
+            })
+        );
+        assert_eq!(
+            parse(
+                r#"{"operation":"worker_binary_get","hive_id":"h","worker_type":"cpu-llm-worker-rbee-v0.1.0-linux"}"#
+            ),
+            Ok(Operation::WorkerBinaryGet {
+                hive_id: "h".into(),
+                worker_type: "cpu-llm-worker-rbee-v0.1.0-linux".into()
+            })
+        );
+        let err = parse(r#"{"operation":"model_delete","hive_id":"h","id":"x","force":"yes"}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "field `force` must be true or false, got a string"
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The job router: one exhaustive match from [`Operation`] to its handler. There is no
 //! wildcard arm, so a new operation does not compile until it is routed here.
 
+use catalog::{CatalogError, DownloadError, Downloader, ModelCatalog, WorkerCatalog};
 use job_server::JobContext;
 use worker_lifecycle::{LifecycleError, WorkerManager};
 
@@ -12,6 +13,12 @@ use crate::jobs::ops;
 pub struct OperationServices {
     /// The hive's workers.
     pub workers: WorkerManager,
+    /// The model catalog.
+    pub models: ModelCatalog,
+    /// The worker-binary catalog.
+    pub worker_binaries: WorkerCatalog,
+    /// Model downloads into the model catalog.
+    pub downloads: Downloader,
 }
 
 /// Why an operation failed; its text is the job's failure reason.
@@ -20,6 +27,33 @@ pub enum OperationFailure {
     /// The worker lifecycle refused or failed.
     #[error(transparent)]
     Lifecycle(#[from] LifecycleError),
+    /// A catalog refused or failed.
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A download failed.
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    /// A model that running workers use.
+    #[error(
+        "model '{id}' is in use by {}; stop them first, or delete with \"force\": true",
+        workers.join(", ")
+    )]
+    ModelInUse {
+        /// The model's id.
+        id: String,
+        /// The workers using it.
+        workers: Vec<String>,
+    },
+    /// A spawn's model is neither a catalog id nor a path.
+    #[error("model '{model}' is not in the catalog ({dir}) and is not a file path; {known}")]
+    UnknownModel {
+        /// The model as given.
+        model: String,
+        /// The model catalog folder.
+        dir: std::path::PathBuf,
+        /// The catalog's ids, as a phrase.
+        known: String,
+    },
 }
 
 /// Runs `operation` as the job `job`.
@@ -52,6 +86,33 @@ pub async fn dispatch(
         }
         Operation::WorkerProcessDelete { hive_id, pid } => {
             ops::worker_process_delete::run(&job, &services, &hive_id, pid).await
+        }
+        Operation::WorkerBinaryList { hive_id } => {
+            ops::worker_binary_list::run(&job, &services, &hive_id).await
+        }
+        Operation::WorkerBinaryGet {
+            hive_id,
+            worker_type,
+        } => ops::worker_binary_get::run(&job, &services, &hive_id, &worker_type).await,
+        Operation::WorkerBinaryDelete {
+            hive_id,
+            worker_type,
+        } => ops::worker_binary_delete::run(&job, &services, &hive_id, &worker_type).await,
+        Operation::ModelList { hive_id } => ops::model_list::run(&job, &services, &hive_id).await,
+        Operation::ModelGet { hive_id, id } => {
+            ops::model_get::run(&job, &services, &hive_id, &id).await
+        }
+        Operation::ModelDelete { hive_id, id, force } => {
+            ops::model_delete::run(&job, &services, &hive_id, &id, force).await
+        }
+        Operation::ModelDownload {
+            hive_id,
+            model,
+            id,
+            sha256,
+        } => {
+            let request = catalog::DownloadRequest { model, id, sha256 };
+            ops::model_download::run(&job, &services, &hive_id, request).await
         }
     }
 }

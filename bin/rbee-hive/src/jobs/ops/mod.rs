@@ -1,6 +1,13 @@
 //! One module per operation; the module, the [`Operation`](crate::jobs::Operation) variant
 //! and the operation name share one name.
 
+pub mod model_delete;
+pub mod model_download;
+pub mod model_get;
+pub mod model_list;
+pub mod worker_binary_delete;
+pub mod worker_binary_get;
+pub mod worker_binary_list;
 pub mod worker_delete;
 pub mod worker_get;
 pub mod worker_list;

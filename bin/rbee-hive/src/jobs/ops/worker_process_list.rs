@@ -35,12 +35,11 @@ pub async fn run(
         NARRATE
             .action("worker_proc_list_entry")
             .context(info.pid)
-            .context(&record.id)
-            .context(&info.command)
             .context(format!("{:.1}", info.memory_kb as f64 / 1024.0))
             .context(info.cpu_percent)
             .context(&info.elapsed)
-            .human("  PID {} | {} | {} | {} MB | {}% CPU | {}")
+            .context(&info.command)
+            .human("  PID {} | {} MB | {}% CPU | {} | {}")
             .emit_to(job);
         entries.push(json!({
             "pid": info.pid,

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use catalog::CatalogId;
 use job_server::JobContext;
 use tokio::time::{Instant, MissedTickBehavior};
 use worker_lifecycle::SpawnRequest;
@@ -35,10 +36,23 @@ pub async fn run(
         .context(hive_id)
         .human("🚀 Spawning {} worker for model '{}' on device {} on hive '{}'")
         .emit_to(job);
+    let model = match resolve_model(services, model, worker) {
+        Ok(model) => model,
+        Err(error) => return Err(spawn_error(job, error)),
+    };
+    let program = services.worker_binaries.binary_for(worker);
+    if let Some(program) = &program {
+        NARRATE
+            .action("worker_spawn_binary")
+            .context(program.display())
+            .human("Worker binary from the catalog: {}")
+            .emit_to(job);
+    }
     let request = SpawnRequest {
-        model: model.to_owned(),
+        model,
         worker_type: worker.to_owned(),
         device_ordinal: device,
+        program,
     };
     let started = Instant::now();
     let mut spawning = match services.workers.spawn(&request).await {
@@ -100,6 +114,45 @@ pub async fn run(
             Ok(())
         }
         Err(error) => Err(spawn_error(job, error.into())),
+    }
+}
+
+/// What the worker is given as `{model}`: for a type that takes a file, a catalog id
+/// becomes its model file, and a name that is neither an id nor a path is refused with the
+/// catalog's ids; other types get the model as given (a catalog id stays an id).
+fn resolve_model(
+    services: &OperationServices,
+    model: &str,
+    worker: &str,
+) -> Result<String, OperationFailure> {
+    let Ok(takes_path) = services.workers.model_is_path(worker) else {
+        // An unknown type: the lifecycle's refusal names the known ones.
+        return Ok(model.to_owned());
+    };
+    if !takes_path {
+        return Ok(model.to_owned());
+    }
+    let catalog = &services.models;
+    match CatalogId::parse(model) {
+        Ok(id) if catalog.contains(&id) => Ok(catalog.model_file(&id)?.display().to_string()),
+        _ if model.contains('/') => Ok(model.to_owned()),
+        _ => {
+            let ids: Vec<String> = catalog
+                .list()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|entry| entry.artifact.id)
+                .collect();
+            Err(OperationFailure::UnknownModel {
+                model: model.to_owned(),
+                dir: catalog.dir().to_path_buf(),
+                known: if ids.is_empty() {
+                    "the catalog is empty (download one with model_download)".to_owned()
+                } else {
+                    format!("known ids: {}", ids.join(", "))
+                },
+            })
+        }
     }
 }
 

@@ -1,0 +1,95 @@
+//! `model_delete`: removes a model's catalog folder. Refused while a worker that is not
+//! gone uses the model (by its id, or by a path inside its folder) unless `force` is set.
+
+use std::path::Path;
+
+use catalog::CatalogId;
+use job_server::JobContext;
+
+use crate::jobs::NARRATE;
+use crate::jobs::router::{OperationFailure, OperationServices};
+
+/// Deletes model `id`.
+pub async fn run(
+    job: &JobContext,
+    services: &OperationServices,
+    hive_id: &str,
+    id: &str,
+    force: bool,
+) -> Result<(), OperationFailure> {
+    NARRATE
+        .action("model_delete_start")
+        .context(id)
+        .context(hive_id)
+        .human("🗑️  Deleting model '{}' on hive '{}'")
+        .emit_to(job);
+    match delete(job, services, id, force) {
+        Ok(()) => {
+            NARRATE
+                .action("model_delete_complete")
+                .context(id)
+                .human("✅ Model '{}' deleted successfully")
+                .emit_to(job);
+            Ok(())
+        }
+        Err(error) => {
+            NARRATE
+                .action("model_delete_error")
+                .context(id)
+                .context(&error)
+                .human("❌ Failed to delete model '{}': {}")
+                .error()
+                .emit_to(job);
+            Err(error)
+        }
+    }
+}
+
+fn delete(
+    job: &JobContext,
+    services: &OperationServices,
+    id: &str,
+    force: bool,
+) -> Result<(), OperationFailure> {
+    let id = CatalogId::parse(id)?;
+    // Found first, so that an unknown id says so rather than "not in use".
+    services.models.get(&id)?;
+    let users = workers_using(services, &id);
+    if !users.is_empty() {
+        if !force {
+            return Err(OperationFailure::ModelInUse {
+                id: id.to_string(),
+                workers: users,
+            });
+        }
+        NARRATE
+            .action("model_delete_forced")
+            .context(&id)
+            .context(users.join(", "))
+            .human("⚠️  Deleting model '{}' although {} use it (force)")
+            .emit_to(job);
+    }
+    let entry = services.models.remove(&id)?;
+    job.publish_result(serde_json::to_value(&entry).unwrap_or_default());
+    Ok(())
+}
+
+/// The workers not yet gone whose model is `id` or a file in its folder.
+fn workers_using(services: &OperationServices, id: &CatalogId) -> Vec<String> {
+    let folder = services.models.folder(id).canonicalize().ok();
+    services
+        .workers
+        .list()
+        .into_iter()
+        .filter(|worker| worker.exit.is_none())
+        .filter(|worker| {
+            worker.model_id == id.as_str()
+                || folder.as_ref().is_some_and(|folder| {
+                    Path::new(&worker.model_id)
+                        .canonicalize()
+                        .is_ok_and(|path| path.starts_with(folder))
+                })
+        })
+        .map(|worker| worker.id)
+        .collect()
+}

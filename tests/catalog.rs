@@ -1,0 +1,730 @@
+//! Model and worker-binary catalogs and model downloads (issue 12), end to end: a real hive,
+//! a local HTTP file server with fault switches (`crates/file-server`), real files on disk.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use file_server::{FileServer, Switches};
+use rbee_hive_e2e::os::pid_alive;
+use rbee_hive_e2e::{TestHive, binaries};
+use serde_json::{Value, json};
+
+fn tiny_model() -> Vec<u8> {
+    std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-llama.gguf"
+    ))
+    .expect("the tiny GGUF fixture")
+}
+
+fn op(operation: &str, fields: Value) -> Value {
+    let mut body = json!({"operation": operation, "hive_id": "localhost"});
+    for (key, value) in fields.as_object().expect("fields object") {
+        body[key] = value.clone();
+    }
+    body
+}
+
+fn download(model: &str) -> Value {
+    op("model_download", json!({"model": model}))
+}
+
+/// A hive whose hub endpoint is `server`.
+async fn hive_with_hub(server: &FileServer) -> TestHive {
+    TestHive::builder()
+        .config(&format!("hf_endpoint = {:?}", server.url("/")))
+        .start()
+        .await
+}
+
+fn error_of(lines: &[String]) -> Option<&str> {
+    lines.iter().find_map(|l| l.strip_prefix("[ERROR] "))
+}
+
+fn succeeded(lines: &[String]) -> bool {
+    error_of(lines).is_none() && lines.last().map(String::as_str) == Some("[DONE]")
+}
+
+async fn model_entries(hive: &TestHive) -> Vec<Value> {
+    let result = hive
+        .job_result(op("model_list", json!({})))
+        .await
+        .expect("model_list result");
+    result["models"].as_array().cloned().unwrap_or_default()
+}
+
+async fn model_status(hive: &TestHive, id: &str) -> Option<Value> {
+    model_entries(hive)
+        .await
+        .into_iter()
+        .find(|e| e["artifact"]["id"] == id)
+        .map(|e| e["artifact"]["status"].clone())
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|read| {
+            read.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_model_downloads_by_url_and_by_hub_reference_then_lists_gets_and_spawns_by_id() {
+    let server = FileServer::start().await;
+    let bytes = tiny_model();
+    let digest = server.add("tiny-llama.gguf", bytes.clone());
+    let hive = hive_with_hub(&server).await;
+
+    // By URL: the id comes from the file name.
+    let lines = hive
+        .run_job(download(&server.url("/files/tiny-llama.gguf")))
+        .await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert!(
+        lines[0].contains(&format!(
+            "model_download_start: 📥 Downloading model '{}' on hive 'localhost'",
+            server.url("/files/tiny-llama.gguf")
+        )),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.iter().any(|l| l
+            .contains("model_download_complete: ✅ Model 'tiny-llama' downloaded: 516.4 KiB in ")),
+        "{lines:#?}"
+    );
+    let on_disk = hive.catalog_dir().join("models/tiny-llama/tiny-llama.gguf");
+    assert_eq!(std::fs::read(&on_disk).unwrap(), bytes);
+    assert_eq!(
+        files_in(&hive.catalog_dir().join("models/tiny-llama")),
+        ["metadata.json", "tiny-llama.gguf"],
+        "no .part or lock file is left"
+    );
+
+    // By hub reference, with an id of our own: the hub's X-Linked-Etag is checked.
+    let lines = hive
+        .run_job(op(
+            "model_download",
+            json!({"model": "someone/tiny-GGUF:tiny-llama.gguf", "id": "tiny"}),
+        ))
+        .await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("sha256 verified against the hub's X-Linked-Etag")),
+        "{lines:#?}"
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.path == "/someone/tiny-GGUF/resolve/main/tiny-llama.gguf"),
+        "{:?}",
+        server.requests()
+    );
+
+    // Listed with upstream's texts, and as upstream's JSON.
+    let lines = hive.run_job(op("model_list", json!({}))).await;
+    assert!(
+        lines.contains(&"[hv-router ] model_list_result: Found 2 model(s)".to_owned()),
+        "{lines:#?}"
+    );
+    assert!(
+        lines.contains(
+            &"[hv-router ] model_list_entry:   tiny | tiny-llama | 0.00 GB | available".to_owned()
+        ),
+        "{lines:#?}"
+    );
+    let entries = model_entries(&hive).await;
+    let tiny = &entries[0];
+    assert_eq!(tiny["artifact"]["id"], "tiny");
+    assert_eq!(tiny["artifact"]["size"], bytes.len());
+    assert_eq!(tiny["artifact"]["status"], "Available");
+    assert!(tiny["added_at"].is_string() && tiny["last_accessed"].is_string());
+
+    let lines = hive.run_job(op("model_get", json!({"id": "tiny"}))).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "[hv-router ] model_get_found: ✅ Model: tiny | Name: tiny-llama | Path: "
+        ) && l.ends_with("/models/tiny/tiny-llama.gguf")),
+        "{lines:#?}"
+    );
+    let details = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("[hv-router ] model_get_details: "))
+        .expect("details line");
+    assert!(details.contains("\"status\": \"Available\""), "{details}");
+    assert_eq!(
+        digest,
+        file_server::sha256_hex(
+            &std::fs::read(hive.catalog_dir().join("models/tiny/tiny-llama.gguf")).unwrap()
+        )
+    );
+
+    // Downloading it again says upstream's line.
+    let lines = hive
+        .run_job(op(
+            "model_download",
+            json!({"model": "someone/tiny-GGUF:tiny-llama.gguf", "id": "tiny"}),
+        ))
+        .await;
+    assert!(
+        lines.contains(
+            &"[hv-router ] model_download_exists: ⚠️  Model 'tiny' already exists in catalog"
+                .to_owned()
+        ),
+        "{lines:#?}"
+    );
+    assert!(
+        error_of(&lines).unwrap().contains("already exists"),
+        "{lines:#?}"
+    );
+
+    // Spawn by catalog id: the demo type takes the id as its model name.
+    let lines = hive
+        .run_job(op(
+            "worker_spawn",
+            json!({"model": "tiny", "worker": "demo", "device": 0}),
+        ))
+        .await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    let worker = hive.worker("worker-1").await.expect("worker-1");
+    assert_eq!(worker["model_id"], "tiny");
+
+    // A model in use is not deleted, and the refusal names the worker.
+    let lines = hive
+        .run_job(op("model_delete", json!({"id": "tiny"})))
+        .await;
+    let reason = error_of(&lines).expect("refused");
+    assert!(reason.contains("in use by worker-1"), "{reason}");
+    assert!(on_disk.exists());
+    assert!(
+        hive.catalog_dir()
+            .join("models/tiny/tiny-llama.gguf")
+            .exists()
+    );
+
+    // With force it is.
+    let lines = hive
+        .run_job(op("model_delete", json!({"id": "tiny", "force": true})))
+        .await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert!(
+        lines.contains(
+            &"[hv-router ] model_delete_complete: ✅ Model 'tiny' deleted successfully".to_owned()
+        ),
+        "{lines:#?}"
+    );
+    assert!(!hive.catalog_dir().join("models/tiny").exists());
+    let lines = hive.run_job(op("model_get", json!({"id": "tiny"}))).await;
+    assert!(
+        lines.iter().any(|l| l.starts_with(
+            "[hv-router ] model_get_error: ❌ Model 'tiny' not found: no entry 'tiny' in "
+        ) && l.ends_with("known ids: tiny-llama")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dropped_transfer_fails_keeps_its_part_and_resumes_with_a_range_request() {
+    let server = FileServer::start().await;
+    let bytes = tiny_model();
+    server.add("tiny-llama.gguf", bytes.clone());
+    let hive = hive_with_hub(&server).await;
+    server.set(Switches {
+        fail_after: Some(200_000),
+        ..Switches::default()
+    });
+    let reference = "owner/repo:tiny-llama.gguf";
+    let lines = hive.run_job(download(reference)).await;
+    let reason = error_of(&lines).expect("the drop fails the job");
+    assert!(
+        reason.contains("run model_download again to resume"),
+        "{reason}"
+    );
+    let status = model_status(&hive, "tiny-llama").await.expect("listed");
+    assert!(status["Failed"]["error"].is_string(), "{status}");
+    let part = hive
+        .catalog_dir()
+        .join("models/tiny-llama/tiny-llama.gguf.part");
+    let kept = std::fs::metadata(&part)
+        .unwrap_or_else(|e| panic!("the .part is kept: {e} {lines:#?}"))
+        .len();
+    assert!(kept > 0 && kept <= 200_000, "{kept}");
+
+    server.set(Switches::default());
+    let lines = hive.run_job(download(reference)).await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.range.as_deref() == Some(&format!("bytes={kept}-"))),
+        "{:?}",
+        server.requests()
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("sha256 verified against the hub's X-Linked-Etag")),
+        "the resumed file is checked whole: {lines:#?}"
+    );
+    assert_eq!(
+        std::fs::read(hive.catalog_dir().join("models/tiny-llama/tiny-llama.gguf")).unwrap(),
+        bytes
+    );
+    assert!(!part.exists());
+}
+
+#[tokio::test]
+async fn a_server_that_ignores_range_gets_a_clean_restart() {
+    let server = FileServer::start().await;
+    let bytes = tiny_model();
+    server.add("m.gguf", bytes.clone());
+    server.set(Switches {
+        ignore_range: true,
+        ..Switches::default()
+    });
+    let hive = TestHive::start().await;
+    // A partial file of garbage, as if an earlier transfer had been cut off.
+    let folder = hive.catalog_dir().join("models/m");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("m.gguf.part"), vec![0xAA; 1000]).unwrap();
+    let lines = hive.run_job(download(&server.url("/files/m.gguf"))).await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert_eq!(
+        server.requests()[0].range.as_deref(),
+        Some("bytes=1000-"),
+        "a resume was asked for"
+    );
+    assert_eq!(std::fs::read(folder.join("m.gguf")).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn a_checksum_mismatch_fails_and_leaves_no_available_entry() {
+    let server = FileServer::start().await;
+    server.add("tiny-llama.gguf", tiny_model());
+    let hive = TestHive::builder()
+        .config(&format!("hf_endpoint = {:?}", server.url("/")))
+        .config(&file_model_type())
+        .start()
+        .await;
+    server.set(Switches {
+        wrong_checksum: true,
+        ..Switches::default()
+    });
+    let lines = hive.run_job(download("owner/repo:tiny-llama.gguf")).await;
+    let reason = error_of(&lines).expect("mismatch fails");
+    assert!(
+        reason.starts_with("sha256 mismatch: expected 0000"),
+        "{reason}"
+    );
+    let status = model_status(&hive, "tiny-llama").await.expect("listed");
+    assert!(
+        status["Failed"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("sha256 mismatch")
+    );
+    assert_eq!(
+        files_in(&hive.catalog_dir().join("models/tiny-llama")),
+        ["metadata.json"],
+        "neither the file nor its .part is kept"
+    );
+
+    // A sha256 given in the request is checked for a plain URL too.
+    server.set(Switches::default());
+    let lines = hive
+        .run_job(op(
+            "model_download",
+            json!({"model": server.url("/files/tiny-llama.gguf"), "id": "other", "sha256": "ab".repeat(32)}),
+        ))
+        .await;
+    assert!(
+        error_of(&lines).unwrap().contains("(the request's sha256)"),
+        "{lines:#?}"
+    );
+    // A spawn of a failed model is refused with its reason.
+    let lines = hive
+        .run_job(op(
+            "worker_spawn",
+            json!({"model": "other", "worker": "filemodel", "device": 0}),
+        ))
+        .await;
+    let reason = error_of(&lines).unwrap();
+
+    assert!(
+        reason.starts_with("'other' cannot be used: its download failed: sha256 mismatch"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_download_stops_the_transfer_and_records_it_as_failed() {
+    let server = FileServer::start().await;
+    server.add("slow.gguf", tiny_model());
+    server.set(Switches {
+        bytes_per_second: Some(40_000),
+        ..Switches::default()
+    });
+    let hive = TestHive::start().await;
+    let job = hive.submit(download(&server.url("/files/slow.gguf"))).await;
+    hive.stream_until(&job, |l| l.contains("model_download_progress: ⏬ slow: "))
+        .await;
+    assert_eq!(
+        model_status(&hive, "slow").await,
+        Some(json!("Downloading"))
+    );
+    let cancelled = hive
+        .client
+        .delete(hive.url(&format!("/v1/jobs/{job}")))
+        .send()
+        .await
+        .unwrap();
+    assert!(cancelled.status().is_success());
+    let part = hive.catalog_dir().join("models/slow/slow.gguf.part");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = model_status(&hive, "slow").await.expect("listed");
+        if status["Failed"]["error"] == "download cancelled" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The transfer has stopped: the partial file no longer grows.
+    let size = std::fs::metadata(&part).unwrap().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(std::fs::metadata(&part).unwrap().len(), size);
+    assert!(!hive.catalog_dir().join("models/slow/slow.gguf").exists());
+}
+
+#[tokio::test]
+async fn two_downloads_of_one_model_share_one_transfer() {
+    let server = FileServer::start().await;
+    let bytes = tiny_model();
+    server.add("shared.gguf", bytes.clone());
+    server.set(Switches {
+        bytes_per_second: Some(400_000),
+        ..Switches::default()
+    });
+    let hive = TestHive::start().await;
+    let url = server.url("/files/shared.gguf");
+    let first = hive.submit(download(&url)).await;
+    let second = hive.submit(download(&url)).await;
+    let (a, b) = tokio::join!(hive.stream_lines(&first), hive.stream_lines(&second));
+    assert!(succeeded(&a), "{a:#?}");
+    assert!(succeeded(&b), "{b:#?}");
+    assert!(
+        b.iter()
+            .any(|l| l
+                .contains("Model 'shared' is already being downloaded; following that transfer")),
+        "{b:#?}"
+    );
+    let gets = server
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/files/shared.gguf")
+        .count();
+    assert_eq!(gets, 1, "{:?}", server.requests());
+    assert_eq!(
+        std::fs::read(hive.catalog_dir().join("models/shared/shared.gguf")).unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn ids_that_could_leave_the_catalog_are_refused_and_nothing_outside_is_touched() {
+    let hive = TestHive::start().await;
+    let models = hive.catalog_dir().join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    let victim = hive.dir.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("metadata.json"), "{}").unwrap();
+    std::os::unix::fs::symlink(&victim, models.join("linked")).unwrap();
+    for id in [
+        "../victim",
+        "..",
+        "/etc",
+        "-rf",
+        ".hidden",
+        "a/b",
+        "linked/..",
+        &"x".repeat(256),
+    ] {
+        for operation in ["model_get", "model_delete"] {
+            let lines = hive.run_job(op(operation, json!({"id": id}))).await;
+            let reason = error_of(&lines).unwrap_or_else(|| panic!("{operation} {id}: {lines:#?}"));
+            assert!(
+                reason.contains("invalid catalog id") || reason.contains("no entry"),
+                "{operation} {id:?}: {reason}"
+            );
+        }
+        let lines = hive
+            .run_job(op("worker_binary_delete", json!({"worker_type": id})))
+            .await;
+        assert!(error_of(&lines).is_some(), "{id}: {lines:#?}");
+    }
+    // A linked folder is not an entry either.
+    let lines = hive
+        .run_job(op("model_delete", json!({"id": "linked"})))
+        .await;
+    assert!(
+        error_of(&lines).unwrap().contains("no entry 'linked'"),
+        "{lines:#?}"
+    );
+    assert!(victim.join("metadata.json").exists());
+    // A NUL in an id is a value error: the job fails with the reason.
+    let lines = hive
+        .run_job(op("model_get", json!({"id": "a\u{0}b"})))
+        .await;
+    assert!(
+        error_of(&lines).unwrap().contains("control characters"),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_hand_placed_model_is_listed_and_spawns_by_id() {
+    let hive = TestHive::builder().config(&file_model_type()).start().await;
+    let folder = hive.catalog_dir().join("models/hand");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("My Model.gguf"), tiny_model()).unwrap();
+    let lines = hive.run_job(op("model_list", json!({}))).await;
+    assert!(
+        lines.contains(
+            &"[hv-router ] model_list_entry:   hand | My Model | 0.00 GB | available".to_owned()
+        ),
+        "{lines:#?}"
+    );
+    // A type whose model is a file gets the file's path.
+    let lines = hive
+        .run_job(op(
+            "worker_spawn",
+            json!({"model": "hand", "worker": "filemodel", "device": 0}),
+        ))
+        .await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    let worker = hive.worker("worker-1").await.unwrap();
+    assert!(
+        worker["model_id"]
+            .as_str()
+            .unwrap()
+            .ends_with("/models/hand/My Model.gguf"),
+        "{worker}"
+    );
+    // The model is in use through its path.
+    let lines = hive
+        .run_job(op("model_delete", json!({"id": "hand"})))
+        .await;
+    assert!(error_of(&lines).unwrap().contains("worker-1"), "{lines:#?}");
+
+    // An unknown name that is not a path is refused with the catalog's ids.
+    let lines = hive
+        .run_job(op(
+            "worker_spawn",
+            json!({"model": "nosuch", "worker": "filemodel", "device": 0}),
+        ))
+        .await;
+    let reason = error_of(&lines).unwrap();
+    assert!(
+        reason.starts_with("model 'nosuch' is not in the catalog (")
+            && reason.ends_with("known ids: hand"),
+        "{reason}"
+    );
+}
+
+/// A configured type whose model is a file path, run by the demo worker.
+fn file_model_type() -> String {
+    let demo = binaries::program("rbee-demo-worker").display().to_string();
+    format!(
+        "[workers.filemodel]\ncommand = [{demo:?}, \"--worker-id\", \"{{worker_id}}\", \"--model\", \"{{model}}\", \"--port\", \"{{port}}\"]\nmodel_is_path = true\n"
+    )
+}
+
+#[tokio::test]
+async fn a_spawn_does_not_reveal_whether_a_path_exists() {
+    let hive = TestHive::builder().config(&file_model_type()).start().await;
+    let mut reasons = Vec::new();
+    for path in ["/nonexistent", "/root", "/etc/shadow", "/etc/hostname"] {
+        let lines = hive
+            .run_job(op(
+                "worker_spawn",
+                json!({"model": path, "worker": "filemodel", "device": 0}),
+            ))
+            .await;
+        let reason = error_of(&lines)
+            .unwrap_or_else(|| panic!("{path}: {lines:#?}"))
+            .to_owned();
+        reasons.push(reason.replace(path, "<path>"));
+    }
+    assert!(reasons.windows(2).all(|w| w[0] == w[1]), "{reasons:#?}");
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_hub_token_goes_to_the_hub_only_and_redirects_stay_on_http() {
+    let server = FileServer::start().await;
+    let elsewhere = FileServer::start().await;
+    server.add("t.gguf", tiny_model());
+    elsewhere.add("t.gguf", tiny_model());
+    let hive = TestHive::builder()
+        .config(&format!("hf_endpoint = {:?}", server.url("/")))
+        .env("HF_TOKEN", "hf_secret")
+        .start()
+        .await;
+    server.set(Switches {
+        require_token: Some("hf_secret".into()),
+        redirect_to: Some(elsewhere.url("/files/t.gguf")),
+        ..Switches::default()
+    });
+    let lines = hive.run_job(download("o/r:t.gguf")).await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert_eq!(
+        server.requests()[0].authorization.as_deref(),
+        Some("Bearer hf_secret")
+    );
+    assert!(
+        elsewhere
+            .requests()
+            .iter()
+            .all(|r| r.authorization.is_none()),
+        "the token leaked to another host: {:?}",
+        elsewhere.requests()
+    );
+
+    // Without the token the hub's 401 comes back with a hint.
+    let tokenless = TestHive::builder()
+        .config(&format!("hf_endpoint = {:?}", server.url("/")))
+        .start()
+        .await;
+    let lines = tokenless.run_job(download("o/r:t.gguf")).await;
+    let reason = error_of(&lines).unwrap();
+    assert!(
+        reason.contains("answered HTTP 401") && reason.contains("HF_TOKEN"),
+        "{reason}"
+    );
+
+    // A redirect to another scheme is not followed.
+    server.set(Switches {
+        redirect_to: Some("file:///etc/passwd".into()),
+        ..Switches::default()
+    });
+    let lines = tokenless
+        .run_job(op(
+            "model_download",
+            json!({"model": "o/r:t.gguf", "id": "t2"}),
+        ))
+        .await;
+    let reason = error_of(&lines).unwrap();
+    assert!(reason.contains("only http(s) is followed"), "{reason}");
+    assert!(!tokenless.catalog_dir().join("models/t2/t.gguf").exists());
+
+    // A repository without a file names what to give.
+    let lines = tokenless.run_job(download("TheBloke/TinyLlama-GGUF")).await;
+    assert!(
+        error_of(&lines).unwrap().contains("names no file"),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn worker_binaries_are_listed_got_deleted_and_used_by_spawn() {
+    let hive = TestHive::start().await;
+    let id = "cpu-llm-worker-rbee-v0.1.0-linux";
+    let folder = hive.catalog_dir().join("workers").join(id);
+    std::fs::create_dir_all(&folder).unwrap();
+    let binary: PathBuf = folder.join("llm-worker-rbee-cpu");
+    std::fs::copy(binaries::program("rbee-demo-worker"), &binary).unwrap();
+    let size = std::fs::metadata(&binary).unwrap().len();
+    let metadata = json!({
+        "artifact": {"id": id, "worker_type": "CpuLlm", "platform": "Linux",
+                     "path": binary, "size": size, "status": "Available",
+                     "version": "0.1.0", "added_at": "2025-01-01T00:00:00Z"},
+        "added_at": "2025-01-01T00:00:00Z", "last_accessed": "2025-01-01T00:00:00Z"
+    });
+    std::fs::write(folder.join("metadata.json"), metadata.to_string()).unwrap();
+
+    let lines = hive.run_job(op("worker_binary_list", json!({}))).await;
+    assert!(
+        lines.contains(
+            &"[hv-router ] worker_bin_list_result: Found 1 worker binary(ies)".to_owned()
+        ),
+        "{lines:#?}"
+    );
+    let megabytes = format!("{:.2} MB", size as f64 / 1e6);
+    assert!(
+        lines.contains(&format!(
+            "[hv-router ] worker_bin_list_entry:   {id} | llm-worker-rbee-cpu | {megabytes}"
+        )),
+        "{lines:#?}"
+    );
+    let lines = hive
+        .run_job(op("worker_binary_get", json!({"worker_type": id})))
+        .await;
+    assert!(
+        lines.contains(&format!(
+            "[hv-router ] worker_bin_get_found: ✅ Worker: {id} | Name: llm-worker-rbee-cpu | Path: {}",
+            binary.display()
+        )),
+        "{lines:#?}"
+    );
+
+    // `cpu` workers run the catalog's binary (there is no llm-worker-rbee-cpu otherwise).
+    let lines = hive
+        .run_job(op(
+            "worker_spawn",
+            json!({"model": "m", "worker": "cpu", "device": 0}),
+        ))
+        .await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    let worker = hive.worker("worker-1").await.unwrap();
+    assert_eq!(
+        worker["command"][0].as_str().unwrap(),
+        binary.canonicalize().unwrap().display().to_string()
+    );
+    let pid = worker["pid"].as_u64().unwrap() as u32;
+    let lines = hive
+        .run_job(op("worker_delete", json!({"id": "worker-1"})))
+        .await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert!(!pid_alive(pid));
+
+    let lines = hive
+        .run_job(op("worker_binary_delete", json!({"worker_type": id})))
+        .await;
+    assert!(
+        lines.contains(&format!(
+            "[hv-router ] worker_bin_del_ok: ✅ Worker binary '{id}' deleted successfully"
+        )),
+        "{lines:#?}"
+    );
+    assert!(!folder.exists());
+    let lines = hive
+        .run_job(op("worker_binary_get", json!({"worker_type": id})))
+        .await;
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "[hv-router ] worker_bin_get_error: ❌ Worker binary '{id}' not found: no entry"
+        ))),
+        "{lines:#?}"
+    );
+    // Without the catalog entry, `cpu` needs its program again.
+    let lines = hive
+        .run_job(op(
+            "worker_spawn",
+            json!({"model": "m", "worker": "cpu", "device": 0}),
+        ))
+        .await;
+    assert!(
+        error_of(&lines)
+            .unwrap()
+            .contains("worker program 'llm-worker-rbee-cpu' not found"),
+        "{lines:#?}"
+    );
+}
