@@ -728,3 +728,57 @@ async fn worker_binaries_are_listed_got_deleted_and_used_by_spawn() {
         "{lines:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_download_cut_by_a_hive_crash_reads_as_interrupted_and_resumes() {
+    let server = FileServer::start().await;
+    let bytes = tiny_model();
+    server.add("crash.gguf", bytes.clone());
+    server.set(Switches {
+        bytes_per_second: Some(100_000),
+        ..Switches::default()
+    });
+    let mut hive = TestHive::start().await;
+    let url = server.url("/files/crash.gguf");
+    let job = hive.submit(download(&url)).await;
+    hive.stream_until(&job, |l| {
+        l.contains("model_download_progress: ⏬ crash: ") && !l.contains(" 0 B")
+    })
+    .await;
+    hive.kill_hard();
+    hive.restart();
+    let status = model_status(&hive, "crash")
+        .await
+        .expect("listed after the crash");
+    assert!(
+        status["Failed"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("interrupted:"),
+        "a download nobody runs is not shown as downloading: {status}"
+    );
+    let part = hive.catalog_dir().join("models/crash/crash.gguf.part");
+    let kept = std::fs::metadata(&part).expect("the .part survives").len();
+    assert!(kept > 0);
+
+    server.set(Switches::default());
+    let lines = hive.run_job(download(&url)).await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.contains("model_download_resume")),
+        "{lines:#?}"
+    );
+    assert!(
+        server
+            .requests()
+            .iter()
+            .any(|r| r.range.as_deref().is_some_and(|range| range != "bytes=0-")),
+        "{:?}",
+        server.requests()
+    );
+    assert_eq!(
+        std::fs::read(hive.catalog_dir().join("models/crash/crash.gguf")).unwrap(),
+        bytes
+    );
+    assert_eq!(model_status(&hive, "crash").await, Some(json!("Available")));
+}

@@ -515,3 +515,74 @@ async fn after_sigterm_health_stops_answering_within_five_seconds() {
     let status = hive.wait_exit(Duration::from_secs(20)).expect("exits");
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn every_catalog_command_of_the_keeper_succeeds_or_shows_the_hives_reason() {
+    let hive = TestHive::start().await;
+    let succeeds =
+        |view: &KeeperView| view.outcome == JobOutcome::Success && !view.keeper_says_failed;
+    // rbee-keeper model --hive h list / worker --hive h binary list: empty lists succeed.
+    let view = keeper(
+        &hive,
+        json!({"hive_id": "gpu-box", "operation": "model_list"}),
+    )
+    .await
+    .unwrap();
+    assert!(succeeds(&view), "{view:#?}");
+    assert!(
+        printed_text(&view).contains(
+            "[qn-fwd    ] forward_data   : [hv-router ] model_list_start: 📋 Listing models on hive 'gpu-box'\n\
+             [qn-fwd    ] forward_data   : [hv-router ] model_list_result: Found 0 model(s)\n\
+             [qn-fwd    ] forward_data   : [hv-router ] model_list_empty: No models found"
+        ),
+        "{view:#?}"
+    );
+    let view = keeper(
+        &hive,
+        json!({"hive_id": "gpu-box", "operation": "worker_binary_list"}),
+    )
+    .await
+    .unwrap();
+    assert!(succeeds(&view), "{view:#?}");
+    assert!(
+        printed_text(&view).contains("worker_bin_list_empty: No worker binaries found"),
+        "{view:#?}"
+    );
+
+    // get / delete / download of what is not there: the reason reaches the keeper.
+    for (operation, reason) in [
+        (
+            json!({"hive_id": "gpu-box", "id": "tinyllama", "operation": "model_get"}),
+            "no entry 'tinyllama' in ",
+        ),
+        (
+            json!({"hive_id": "gpu-box", "id": "tinyllama", "operation": "model_delete"}),
+            "no entry 'tinyllama' in ",
+        ),
+        (
+            json!({"hive_id": "gpu-box", "model": "TheBloke/TinyLlama-GGUF", "operation": "model_download"}),
+            "'TheBloke/TinyLlama-GGUF' names no file",
+        ),
+        (
+            json!({"hive_id": "gpu-box", "operation": "worker_binary_get", "worker_type": "cpu-llm-worker-rbee-v0.1.0-linux"}),
+            "no entry 'cpu-llm-worker-rbee-v0.1.0-linux' in ",
+        ),
+        (
+            json!({"hive_id": "gpu-box", "operation": "worker_binary_delete", "worker_type": "cpu-llm-worker-rbee-v0.1.0-linux"}),
+            "no entry 'cpu-llm-worker-rbee-v0.1.0-linux' in ",
+        ),
+        (
+            json!({"hive_id": "gpu-box", "model": "-rf", "operation": "worker_spawn", "worker": "cpu", "device": 0}),
+            "field `model` must not start with '-'",
+        ),
+    ] {
+        let view = keeper(&hive, operation.clone()).await.unwrap();
+        match &view.outcome {
+            JobOutcome::Failure(shown) => {
+                assert!(shown.starts_with(reason), "{operation}: {shown}")
+            }
+            other => panic!("{operation}: {other:?}"),
+        }
+        assert!(view.keeper_says_failed, "{operation}: {view:#?}");
+    }
+}

@@ -11,15 +11,19 @@
 //! worker's own exec-to-listening time); 64 concurrent spawns; shutdown with 100 workers
 //! (against 100 workers' own parallel exit); restart with 200 live workers (`keep`); the
 //! hive's memory (idle, after 100 000 jobs, after retention) and its start-up time to the
-//! first `/health` answer. A p99 is shown only over 100 samples or more.
+//! first `/health` answer; a 256 MiB `model_download` from a local file server, without and
+//! with a sha256 check, against `curl -o` of the same file (`download`, skipped without curl).
+//! A p99 is shown only over 100 samples or more.
 //!
 //! # Layout
 //! - `client`: a minimal keep-alive HTTP/1.1 client.
+//! - `download`: the download scenario (a file server in this process, curl, the hive).
 //! - `hive`: starting, stopping and measuring a hive process.
 //! - `worker`: the demo worker's own times, without the hive.
 //! - `stats`: median, p99, min, max.
 
 mod client;
+mod download;
 mod hive;
 mod stats;
 mod worker;
@@ -57,11 +61,14 @@ struct Args {
     /// Spawn/delete repetitions.
     #[arg(long, default_value_t = 20)]
     repeats: usize,
+    /// Rounds of the download scenario (each: curl, model_download, with sha256; 256 MiB).
+    #[arg(long, default_value_t = 5)]
+    download_repeats: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench.json")]
     out: std::path::PathBuf,
     /// Run only these scenarios (comma-separated): round-trip, throughput, list, spawn,
-    /// cli, stubborn, concurrent, shutdown, restart, memory.
+    /// cli, stubborn, concurrent, shutdown, restart, memory, download.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -131,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
     let hive = BenchHive::start(&bin_dir, &config)?;
 
     if args.runs("round-trip") {
-        eprintln!("1/9 job round trip ({} jobs)", args.round_trips);
+        eprintln!("1/11 job round trip ({} jobs)", args.round_trips);
         let mut connection = Connection::open(hive.addr).await?;
         for _ in 0..500 {
             connection.run(LIST).await?;
@@ -151,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.runs("throughput") {
-        eprintln!("2/9 throughput");
+        eprintln!("2/11 throughput");
         for clients in [1usize, 16, 64] {
             let jobs_per_run = 1000 * clients.min(8);
             let mut rates = Vec::new();
@@ -169,7 +176,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.runs("list") {
-        eprintln!("3/9 worker_list with 10, 50, {} workers", args.workers);
+        eprintln!("3/11 worker_list with 10, 50, {} workers", args.workers);
         let mut list_medians = Vec::new();
         let mut spawned = 0usize;
         for count in [10, 50, args.workers] {
@@ -209,7 +216,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.runs("spawn") {
         eprintln!(
-            "4/9 spawn-to-ready and graceful delete ({} each), the worker's own times",
+            "4/11 spawn-to-ready and graceful delete ({} each), the worker's own times",
             args.repeats
         );
         let hive_url = format!("http://{}", hive.addr);
@@ -293,7 +300,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.runs("cli") {
         eprintln!(
-            "5/9 the command line: `rbee-hive ps` with 10 workers, `rbee-hive spawn` against HTTP"
+            "5/11 the command line: `rbee-hive ps` with 10 workers, `rbee-hive spawn` against HTTP"
         );
         let ids: Vec<String> = {
             let mut ids = Vec::new();
@@ -341,7 +348,7 @@ async fn main() -> anyhow::Result<()> {
 
     if args.runs("stubborn") {
         let mut connection = Connection::open(hive.addr).await?;
-        eprintln!("5/9 delete of a SIGTERM-ignoring worker (grace 200 ms)");
+        eprintln!("6/11 delete of a SIGTERM-ignoring worker (grace 200 ms)");
         let grace_ms = 200;
         let mut stubborn = Vec::new();
         for _ in 0..args.repeats.min(10) {
@@ -363,7 +370,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.runs("concurrent") {
-        eprintln!("6/9 64 concurrent spawns (5 times)");
+        eprintln!("7/11 64 concurrent spawns (5 times)");
         let mut all_ready = Vec::new();
         for _ in 0..5 {
             let (elapsed, ids) = concurrent_spawns(hive.addr, 64).await?;
@@ -381,7 +388,7 @@ async fn main() -> anyhow::Result<()> {
     hive.stop()?;
 
     if args.runs("shutdown") {
-        eprintln!("7/9 shutdown with 100 workers (3 times), and 100 workers' own parallel exit");
+        eprintln!("8/11 shutdown with 100 workers (3 times), and 100 workers' own parallel exit");
         let mut own_exits = Vec::new();
         let mut shutdowns = Vec::new();
         for _ in 0..3 {
@@ -410,7 +417,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.runs("restart") {
-        eprintln!("8/9 restart with 200 live workers (keep policy, 5 times)");
+        eprintln!("9/11 restart with 200 live workers (keep policy, 5 times)");
         let keep_config = format!("on_shutdown = \"keep\"\n{config}");
         let mut hive = BenchHive::start(&bin_dir, &keep_config)?;
         spawn_many(hive.addr, 200).await?;
@@ -439,7 +446,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if args.runs("memory") {
-        eprintln!("9/9 memory ({} jobs) and start-up", args.memory_jobs);
+        eprintln!("10/11 memory ({} jobs) and start-up", args.memory_jobs);
         let retention_s = 5;
         let hive = BenchHive::start(&bin_dir, &format!("job_retention_s = {retention_s}\n"))?;
         // Idle: before any job or connection.
@@ -499,6 +506,16 @@ async fn main() -> anyhow::Result<()> {
         let row = millis("start-up: exec → first /health answer", &startups);
         let met = row.median <= 50.0;
         rows.push(row.target("≤ 50 ms", met));
+    }
+
+    if args.runs("download") {
+        eprintln!(
+            "11/11 download of 256 MiB: curl -o, model_download, with sha256 ({} rounds)",
+            args.download_repeats
+        );
+        let outcome = download::run(&bin_dir, args.download_repeats).await?;
+        rows.extend(outcome.rows);
+        notes.extend(outcome.notes);
     }
 
     print_table(&rows, &notes);

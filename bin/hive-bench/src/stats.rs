@@ -62,6 +62,13 @@ impl Row {
         self.met = Some(met);
         self
     }
+
+    /// Attaches a text in the target column, with no target to meet (a derived figure).
+    pub fn comment(mut self, text: &str) -> Self {
+        self.target = Some(text.to_owned());
+        self.met = None;
+        self
+    }
 }
 
 /// The median of durations.

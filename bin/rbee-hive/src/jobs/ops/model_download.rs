@@ -95,19 +95,25 @@ async fn follow(
     let mut last_received = None;
     let mut last_line = Instant::now();
     let mut announced_resume = false;
+    let announce_resume = |announced: &mut bool, progress: &DownloadProgress| {
+        if progress.resumed_from > 0 && !*announced {
+            *announced = true;
+            NARRATE
+                .action("model_download_resume")
+                .context(bytes(progress.resumed_from))
+                .human("↪️  Resumed after {} already on disk")
+                .emit_to(job);
+        }
+    };
     loop {
         tokio::select! {
-            outcome = &mut finished => return outcome,
+            outcome = &mut finished => {
+                announce_resume(&mut announced_resume, &handle.progress());
+                return outcome;
+            }
             _ = ticks.tick() => {
                 let progress = handle.progress();
-                if progress.resumed_from > 0 && !announced_resume {
-                    announced_resume = true;
-                    NARRATE
-                        .action("model_download_resume")
-                        .context(bytes(progress.resumed_from))
-                        .human("↪️  Resuming after {} already on disk")
-                        .emit_to(job);
-                }
+                announce_resume(&mut announced_resume, &progress);
                 let moved = last_received != Some(progress.received);
                 if moved || last_line.elapsed() >= PROGRESS_AT_LEAST {
                     narrate_progress(job, &handle.source().id, &progress, moved);
