@@ -1,5 +1,5 @@
-//! The README's blocks, run as written (issue 11): the quick start and "The protocol by
-//! hand", each extracted from README.md by its `<!-- readme-test: … -->` marker and run with
+//! The README's blocks, run as written (issues 11, 12): the quick start, "The protocol by
+//! hand" and the catalog cycle of "Models and worker binaries", each extracted from README.md by its `<!-- readme-test: … -->` marker and run with
 //! `bash -euo pipefail` against a fresh hive, so that the README cannot drift from what the
 //! hive does. `RBEE_HIVE_URL` points both at the test's hive; `target/release` is the test's
 //! own build of `rbee-hive`.
@@ -30,6 +30,12 @@ fn run_as_pasted(hive: &TestHive, script: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("target")).unwrap();
     std::os::unix::fs::symlink(binaries::bin_dir(), dir.path().join("target/release")).unwrap();
+    std::fs::create_dir(dir.path().join("tests")).unwrap();
+    std::os::unix::fs::symlink(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"),
+        dir.path().join("tests/fixtures"),
+    )
+    .unwrap();
     let output = Command::new("bash")
         .args(["-euo", "pipefail", "-c", script])
         .current_dir(dir.path())
@@ -84,6 +90,27 @@ async fn the_protocol_by_hand_works_as_pasted() {
     assert!(
         out.contains("worker_delete_complete: ✅ Worker deleted: worker-1"),
         "{out}"
+    );
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_catalog_cycle_works_as_pasted() {
+    let hive = TestHive::start().await;
+    let out = run_as_pasted(&hive, &block("catalog"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "tiny-demo", "the downloaded id: {out}");
+    assert!(
+        out.contains("tiny-demo  tiny-llama  0.00 GB  available"),
+        "{out}"
+    );
+    assert!(
+        out.contains("refused while worker-1 uses it"),
+        "the delete was refused while in use: {out}"
+    );
+    assert!(
+        !hive.catalog_dir().join("models/tiny-demo").exists(),
+        "deleted at the end"
     );
     assert!(hive.workers().await.is_empty());
 }

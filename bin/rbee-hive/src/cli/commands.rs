@@ -8,7 +8,10 @@ use serde_json::{Value, json};
 
 use crate::cli::client::{CliError, HiveClient, JobEvent};
 use crate::cli::output::{self, Stream, Tone};
-use crate::cli::{ClientArgs, Command, GetArgs, JobArgs, SpawnArgs, StopArgs, SubmitArgs};
+use crate::cli::{
+    ClientArgs, Command, GetArgs, JobArgs, ModelCommand, ModelDeleteArgs, ModelDownloadArgs,
+    ModelIdArgs, SpawnArgs, StopArgs, SubmitArgs,
+};
 
 /// Runs a client subcommand; prints its error last, on stderr, and returns its exit code.
 pub async fn run(command: Command) -> ExitCode {
@@ -23,6 +26,10 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Cancel(args) => cancel(args).await,
         Command::Status(args) => status(args).await,
         Command::Submit(args) => submit(args).await,
+        Command::Model(ModelCommand::List(args)) => model_list(args).await,
+        Command::Model(ModelCommand::Get(args)) => model_get(args).await,
+        Command::Model(ModelCommand::Download(args)) => model_download(args).await,
+        Command::Model(ModelCommand::Delete(args)) => model_delete(args).await,
         Command::Serve(_) | Command::DemoWorker(_) => {
             Err(CliError::Usage("not a client subcommand".to_owned()))
         }
@@ -487,6 +494,122 @@ async fn submit(args: SubmitArgs) -> Result<(), CliError> {
             |event| {
                 if !json {
                     narrate(Stream::Stdout, "", event);
+                }
+            },
+            raw(json),
+        )
+        .await
+        .map(drop)
+}
+
+async fn model_list(args: ClientArgs) -> Result<(), CliError> {
+    let client = HiveClient::new(&args)?;
+    let hive_id = client.hive_id().await?;
+    let result = quiet_job(
+        &client,
+        json!({"operation": "model_list", "hive_id": hive_id}),
+    )
+    .await?;
+    if args.json {
+        print_json(&result);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = result["models"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|entry| {
+            let model = &entry["artifact"];
+            let status = match &model["status"] {
+                Value::String(status) => status.to_lowercase(),
+                Value::Object(failed) => match failed.get("Failed") {
+                    Some(f) => format!("failed: {}", f["error"].as_str().unwrap_or("?")),
+                    None => "?".to_owned(),
+                },
+                _ => "?".to_owned(),
+            };
+            vec![
+                model["id"].as_str().unwrap_or("?").to_owned(),
+                model["name"].as_str().unwrap_or("?").to_owned(),
+                format!("{:.2} GB", model["size"].as_f64().unwrap_or(0.0) / 1e9),
+                status,
+            ]
+        })
+        .collect();
+    output::line(
+        Stream::Stdout,
+        Tone::Plain,
+        &output::table(&["ID", "NAME", "SIZE", "STATUS"], &rows),
+    );
+    Ok(())
+}
+
+async fn model_get(args: ModelIdArgs) -> Result<(), CliError> {
+    let client = HiveClient::new(&args.client)?;
+    let hive_id = client.hive_id().await?;
+    let result = quiet_job(
+        &client,
+        json!({"operation": "model_get", "hive_id": hive_id, "id": args.id}),
+    )
+    .await?;
+    let text = match args.client.json {
+        true => result.to_string(),
+        false => serde_json::to_string_pretty(&result).unwrap_or_default(),
+    };
+    output::line(Stream::Stdout, Tone::Plain, &text);
+    Ok(())
+}
+
+async fn model_download(args: ModelDownloadArgs) -> Result<(), CliError> {
+    let client = HiveClient::new(&args.client)?;
+    let hive_id = client.hive_id().await?;
+    let mut operation =
+        json!({"operation": "model_download", "hive_id": hive_id, "model": args.model});
+    if let Some(id) = &args.id {
+        operation["id"] = json!(id);
+    }
+    if let Some(sha256) = &args.sha256 {
+        operation["sha256"] = json!(sha256);
+    }
+    let job_id = client.submit(&operation).await?;
+    let human = !args.quiet && !args.client.json;
+    if human {
+        output::line(Stream::Stderr, Tone::Dim, &format!("job {job_id}"));
+    }
+    let result = client
+        .follow(
+            &job_id,
+            |event| {
+                if human {
+                    narrate(Stream::Stderr, "", event);
+                }
+            },
+            raw(args.client.json),
+        )
+        .await?;
+    if !args.client.json {
+        let id = result
+            .as_ref()
+            .and_then(|r| r["artifact"]["id"].as_str())
+            .ok_or_else(|| CliError::Usage(format!("job {job_id} named no model")))?;
+        output::line(Stream::Stdout, Tone::Plain, id);
+    }
+    Ok(())
+}
+
+async fn model_delete(args: ModelDeleteArgs) -> Result<(), CliError> {
+    let client = HiveClient::new(&args.client)?;
+    let hive_id = client.hive_id().await?;
+    let operation = json!({"operation": "model_delete", "hive_id": hive_id, "id": args.id, "force": args.force});
+    let job_id = client.submit(&operation).await?;
+    let json = args.client.json;
+    client
+        .follow(
+            &job_id,
+            |event| {
+                if !json {
+                    narrate(Stream::Stderr, "", event);
                 }
             },
             raw(json),

@@ -1,7 +1,7 @@
 //! The command line of the `rbee-hive` executable: the daemon (`rbee-hive`, or
 //! `rbee-hive serve`, with the daemon's flags), client subcommands that drive a hive over
 //! HTTP (`spawn`, `ps`, `get`, `stop`, `prune`, `jobs`, `follow`, `cancel`, `status`,
-//! `submit`), and the hidden `demo-worker` mode that the built-in `demo` worker type runs.
+//! `submit`, `model list|get|download|delete`), and the hidden `demo-worker` mode that the built-in `demo` worker type runs.
 //!
 //! Client subcommands print a job's narration live as it arrives (human text), and exit
 //! with 0 on success, 1 when the job failed (its reason printed last, on stderr), 2 when the
@@ -67,6 +67,9 @@ pub enum Command {
     Status(ClientArgs),
     /// Submit any operation (a JSON object) and follow it
     Submit(SubmitArgs),
+    /// The model catalog: list, get, download, delete
+    #[command(subcommand)]
+    Model(ModelCommand),
     /// Run the demo worker (what the built-in `demo` worker type starts)
     #[command(hide = true)]
     DemoWorker(rbee_demo_worker::Args),
@@ -85,6 +88,7 @@ const SUBCOMMANDS: &[&str] = &[
     "cancel",
     "status",
     "submit",
+    "model",
     "demo-worker",
     "help",
 ];
@@ -175,6 +179,58 @@ pub struct JobArgs {
 pub struct SubmitArgs {
     /// The operation, a JSON object (e.g. '{"operation":"worker_list","hive_id":"localhost"}')
     pub operation: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `rbee-hive model …`: the hive's model catalog.
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// List the models: id, name, size, status
+    List(ClientArgs),
+    /// Show one model's entry
+    Get(ModelIdArgs),
+    /// Download a model into the catalog (an http(s) URL or owner/repo:file.gguf) and print its id
+    Download(ModelDownloadArgs),
+    /// Delete a model from the catalog (refused while a worker uses it, unless --force)
+    Delete(ModelDeleteArgs),
+}
+
+/// `rbee-hive model get`.
+#[derive(Debug, clap::Args)]
+pub struct ModelIdArgs {
+    /// The catalog id
+    pub id: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `rbee-hive model download`.
+#[derive(Debug, clap::Args)]
+pub struct ModelDownloadArgs {
+    /// An http(s):// URL, or a Hugging Face reference owner/repo:file.gguf
+    pub model: String,
+    /// The catalog id to give it (default: from the file name)
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The file's expected sha256 (hex)
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Print only the model's id (no narration)
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `rbee-hive model delete`.
+#[derive(Debug, clap::Args)]
+pub struct ModelDeleteArgs {
+    /// The catalog id
+    pub id: String,
+    /// Delete even when running workers use it
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
