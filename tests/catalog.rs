@@ -782,3 +782,34 @@ async fn a_download_cut_by_a_hive_crash_reads_as_interrupted_and_resumes() {
     );
     assert_eq!(model_status(&hive, "crash").await, Some(json!("Available")));
 }
+
+#[tokio::test]
+async fn a_download_larger_than_the_free_disk_space_is_refused_before_any_byte_is_written() {
+    let server = FileServer::start().await;
+    server.add("huge.gguf", tiny_model());
+    server.set(Switches {
+        // One exbibyte: more than any test machine's disk.
+        linked_size: Some(1 << 60),
+        ..Switches::default()
+    });
+    let hive = hive_with_hub(&server).await;
+    let lines = hive.run_job(download("o/r:huge.gguf")).await;
+    let reason = error_of(&lines).expect("refused");
+    assert!(
+        reason.starts_with("not enough disk space in ")
+            && reason.contains(&format!("needs {} more bytes", 1u64 << 60)),
+        "{reason}"
+    );
+    assert_eq!(
+        files_in(&hive.catalog_dir().join("models/huge")),
+        ["metadata.json"],
+        "no partial file"
+    );
+    let status = model_status(&hive, "huge").await.unwrap();
+    assert!(
+        status["Failed"]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("not enough disk space")
+    );
+}

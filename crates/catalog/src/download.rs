@@ -386,7 +386,7 @@ impl Run {
         } else {
             0
         };
-        let mut linked = None;
+        let mut linked = Linked::default();
         let (response, url, total) = loop {
             let (response, url) = self.fetch(offset, &mut linked).await?;
             let status = response.status();
@@ -419,18 +419,21 @@ impl Run {
                 }
             }
         };
-        let expected = self
-            .expected
-            .clone()
-            .or_else(|| linked.map(|digest| (digest, "the hub's X-Linked-Etag")));
+        let expected = self.expected.clone().or_else(|| {
+            linked
+                .sha256
+                .map(|digest| (digest, "the hub's X-Linked-Etag"))
+        });
         let counters = &self.counters;
         counters.resumed_from.store(offset, Ordering::Relaxed);
         counters.received.store(offset, Ordering::Relaxed);
         counters
             .total
             .store(total.unwrap_or(UNKNOWN), Ordering::Relaxed);
-        if let Some(total) = total {
-            let needed = total.saturating_sub(offset);
+        // The hub announces the file's size on its redirect too; the larger announcement
+        // counts, so that a lying Content-Length cannot fill the disk past the check.
+        if let Some(announced) = total.into_iter().chain(linked.size).max() {
+            let needed = announced.saturating_sub(offset);
             if let Some(free) = disk::free_space(&self.folder)
                 && free < needed
             {
@@ -442,7 +445,7 @@ impl Run {
             }
             self.inner
                 .catalog
-                .write_entry(&self.entry(total, ArtifactStatus::Downloading))?;
+                .write_entry(&self.entry(announced, ArtifactStatus::Downloading))?;
         }
 
         let writer = Writer::start(part.clone(), offset, expected.is_some());
@@ -512,11 +515,12 @@ impl Run {
         })
     }
 
-    /// One GET, following redirects by hand; records the hub's `X-Linked-Etag` on the way.
+    /// One GET, following redirects by hand; records the hub's `X-Linked-*` headers on the
+    /// way.
     async fn fetch(
         &self,
         offset: u64,
-        linked: &mut Option<String>,
+        linked: &mut Linked,
     ) -> Result<(reqwest::Response, Url), DownloadError> {
         let config = &self.inner.config;
         let mut url = self.source.url.clone();
@@ -538,13 +542,18 @@ impl Run {
                     received: offset,
                     reason: error_chain(&error),
                 })?;
-            if let Some(digest) = response
-                .headers()
-                .get("x-linked-etag")
-                .and_then(|v| v.to_str().ok())
-                .and_then(linked_sha256)
-            {
-                *linked = Some(digest);
+            let header = |name| {
+                response
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            if let Some(digest) = header("x-linked-etag").as_deref().and_then(linked_sha256) {
+                linked.sha256 = Some(digest);
+            }
+            if let Some(size) = header("x-linked-size").and_then(|v| v.trim().parse().ok()) {
+                linked.size = Some(size);
             }
             if !response.status().is_redirection() {
                 return Ok((response, url));
@@ -579,6 +588,15 @@ impl Run {
             reason: format!("more than {MAX_REDIRECTS} redirects"),
         })
     }
+}
+
+/// What the hub says about an LFS file on its redirect.
+#[derive(Debug, Default)]
+struct Linked {
+    /// `X-Linked-Etag`, when it is a sha256.
+    sha256: Option<String>,
+    /// `X-Linked-Size`.
+    size: Option<u64>,
 }
 
 fn same_origin(a: &Url, b: &Url) -> bool {

@@ -4,7 +4,8 @@
 //! LFS files: a 302 to the file with `X-Linked-Etag` (the sha256) and `X-Linked-Size`.
 //!
 //! Switches ([`Switches`]) make it slow, drop the connection after N body bytes, announce
-//! a wrong sha256, ignore `Range`, require a bearer token, or redirect somewhere else.
+//! a wrong sha256 or size, ignore `Range`, require a bearer token, or redirect somewhere
+//! else.
 //! Every request is recorded ([`FileServer::requests`]).
 
 use std::collections::HashMap;
@@ -35,6 +36,8 @@ pub struct Switches {
     pub require_token: Option<String>,
     /// Hub paths redirect here instead of to the file.
     pub redirect_to: Option<String>,
+    /// Hub paths announce this size in `X-Linked-Size` instead of the file's.
+    pub linked_size: Option<u64>,
 }
 
 /// One request as the server saw it.
@@ -184,7 +187,10 @@ async fn hub(
         .status(StatusCode::FOUND)
         .header(header::LOCATION, location)
         .header("x-linked-etag", format!("\"{digest}\""))
-        .header("x-linked-size", bytes.len())
+        .header(
+            "x-linked-size",
+            switches.linked_size.unwrap_or(bytes.len() as u64),
+        )
         .body(Body::empty())
         .expect("response")
 }
