@@ -3,6 +3,10 @@
 //! and with a `sha256` to check. The three alternate within each repeat, so that the page
 //! cache, the disk's writeback and the machine's other load fall on all three alike.
 //!
+//! The hive fsyncs the file before it calls it available and curl does not, so curl is
+//! also timed with an fsync of its file before it counts as done (`curl -o` + fsync): the
+//! same durability, the fair yardstick where the disk is slower than the network.
+//!
 //! The curl file and the hive's catalog lie in one temporary folder, so both write to the
 //! same file system. Every downloaded model is deleted again (`model_delete`) before the
 //! next, which frees the disk and keeps the ids free.
@@ -60,7 +64,7 @@ pub async fn run(bin_dir: &Path, repeats: usize) -> anyhow::Result<Outcome> {
 
     // Once untimed, checked on disk: a fast wrong answer must fail the scenario, not pass it.
     // It also warms the server, the hive's client and the page cache for the first timed round.
-    curl(&url, &curl_file).await?;
+    curl(&url, &curl_file, false).await?;
     download(&mut connection, &url, "bench-check", Some(&digest)).await?;
     let on_disk = catalog.join("models/bench-check").join(FILE);
     let size = std::fs::metadata(&on_disk)
@@ -78,10 +82,12 @@ pub async fn run(bin_dir: &Path, repeats: usize) -> anyhow::Result<Outcome> {
     }
 
     let mut by_curl = Vec::with_capacity(repeats);
+    let mut by_curl_synced = Vec::with_capacity(repeats);
     let mut plain = Vec::with_capacity(repeats);
     let mut checked = Vec::with_capacity(repeats);
     for round in 1..=repeats {
-        by_curl.push(curl(&url, &curl_file).await?);
+        by_curl.push(curl(&url, &curl_file, false).await?);
+        by_curl_synced.push(curl(&url, &curl_file, true).await?);
         let id = format!("bench-{round}");
         plain.push(download(&mut connection, &url, &id, None).await?);
         delete(&mut connection, &id).await?;
@@ -94,17 +100,25 @@ pub async fn run(bin_dir: &Path, repeats: usize) -> anyhow::Result<Outcome> {
 
     let mut outcome = Outcome::default();
     let curl_median = median(&by_curl);
+    let synced_median = median(&by_curl_synced);
     let plain_median = median(&plain);
     let checked_median = median(&checked);
     outcome.rows.push(millis(
         "curl -o of a 256 MiB file from a local server",
         &by_curl,
     ));
+    outcome.rows.push(millis(
+        "curl -o of the same file, then fsync of it",
+        &by_curl_synced,
+    ));
     // Same bytes, so the throughput ratio is the inverse ratio of the times.
     let ratio = curl_median.as_secs_f64() / plain_median.as_secs_f64();
+    let synced_ratio = synced_median.as_secs_f64() / plain_median.as_secs_f64();
     outcome.rows.push(
         millis("model_download of the same file (POST → [DONE])", &plain).target(
-            &format!("≥ {AT_LEAST} × curl's throughput (is {ratio:.2} ×)"),
+            &format!(
+                "≥ {AT_LEAST} × curl's throughput (is {ratio:.2} × curl -o, {synced_ratio:.2} × curl -o + fsync)"
+            ),
             ratio >= AT_LEAST,
         ),
     );
@@ -116,8 +130,10 @@ pub async fn run(bin_dir: &Path, repeats: usize) -> anyhow::Result<Outcome> {
     let rate = |d: Duration| SIZE as f64 / (1024.0 * 1024.0) / d.as_secs_f64();
     outcome.notes.push(format!(
         "download: 256 MiB of pseudo-random bytes, {repeats} alternating rounds; median \
-         throughput: curl -o {:.0} MiB/s, model_download {:.0} MiB/s, with sha256 check {:.0} MiB/s",
+         throughput: curl -o {:.0} MiB/s, curl -o + fsync {:.0} MiB/s, model_download {:.0} MiB/s, \
+         with sha256 check {:.0} MiB/s",
         rate(curl_median),
+        rate(synced_median),
         rate(plain_median),
         rate(checked_median)
     ));
@@ -134,9 +150,9 @@ fn curl_installed() -> bool {
         .is_ok_and(|status| status.success())
 }
 
-/// `curl -s -o <file> <url>`, timed from spawn to exit; checks the size, then removes the
-/// file (untimed).
-async fn curl(url: &str, file: &Path) -> anyhow::Result<Duration> {
+/// `curl -s -o <file> <url>`, timed from spawn to exit (and, if `fsync`, to the end of an
+/// fsync of the file); checks the size, then removes the file (untimed).
+async fn curl(url: &str, file: &Path, fsync: bool) -> anyhow::Result<Duration> {
     let started = Instant::now();
     // tokio's process, so that waiting for curl does not hold a runtime thread the file
     // server needs.
@@ -149,6 +165,10 @@ async fn curl(url: &str, file: &Path) -> anyhow::Result<Duration> {
         .status()
         .await
         .context("run curl")?;
+    if fsync {
+        let path = file.to_path_buf();
+        tokio::task::spawn_blocking(move || std::fs::File::open(path)?.sync_all()).await??;
+    }
     let elapsed = started.elapsed();
     if !status.success() {
         bail!("curl {url} exited with {status}");

@@ -651,46 +651,30 @@ impl Writer {
     fn start(part: PathBuf, offset: u64, hash: bool) -> Self {
         let (chunks, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let done = tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
+            use std::io::Write;
             let io = |action, e| DownloadError::io(action, &part, e);
-            let mut hasher = hash.then(Sha256::new);
             let mut file = if offset > 0 {
                 let file = std::fs::File::options()
-                    .read(true)
                     .append(true)
                     .open(&part)
                     .map_err(|e| io("open", e))?;
                 file.set_len(offset).map_err(|e| io("truncate", e))?;
-                if let Some(hasher) = hasher.as_mut() {
-                    let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
-                    let mut buffer = vec![0u8; 1 << 20];
-                    loop {
-                        let n = reader.read(&mut buffer).map_err(|e| io("read", e))?;
-                        if n == 0 {
-                            break;
-                        }
-                        hasher.update(&buffer[..n]);
-                    }
-                }
                 file
             } else {
                 std::fs::File::create(&part).map_err(|e| io("create", e))?
             };
+            // Hashing runs on a thread of its own, beside the writes and the final fsync.
+            let hasher = hash.then(|| Hasher::start(part.clone(), offset));
             let mut written = offset;
             while let Some(chunk) = receiver.blocking_recv() {
                 file.write_all(&chunk).map_err(|e| io("write", e))?;
-                if let Some(hasher) = hasher.as_mut() {
-                    hasher.update(&chunk);
-                }
                 written += chunk.len() as u64;
+                if let Some(hasher) = &hasher {
+                    hasher.feed(chunk);
+                }
             }
             file.sync_all().map_err(|e| io("sync", e))?;
-            let digest = hasher.map(|h| {
-                h.finalize()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            });
+            let digest = hasher.map(Hasher::finish).transpose()?;
             Ok((written, digest))
         });
         Self { chunks, done }
@@ -703,6 +687,63 @@ impl Writer {
                 action: "write",
                 path: Path::new("(download writer)").to_path_buf(),
                 reason: error.to_string(),
+            })
+        })
+    }
+}
+
+/// A sha256 over a `.part`'s first `offset` bytes (read back from the file) and then every
+/// chunk fed to it, computed on its own thread.
+struct Hasher {
+    chunks: std::sync::mpsc::SyncSender<Bytes>,
+    thread: std::thread::JoinHandle<Result<String, DownloadError>>,
+}
+
+impl Hasher {
+    fn start(part: PathBuf, offset: u64) -> Self {
+        let (chunks, receiver) = std::sync::mpsc::sync_channel::<Bytes>(WRITE_QUEUE);
+        let thread = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut hasher = Sha256::new();
+            if offset > 0 {
+                let file =
+                    std::fs::File::open(&part).map_err(|e| DownloadError::io("read", &part, e))?;
+                let mut prefix = file.take(offset);
+                let mut buffer = vec![0u8; 1 << 20];
+                loop {
+                    let n = prefix
+                        .read(&mut buffer)
+                        .map_err(|e| DownloadError::io("read", &part, e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buffer[..n]);
+                }
+            }
+            for chunk in receiver {
+                hasher.update(&chunk);
+            }
+            Ok(hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect())
+        });
+        Self { chunks, thread }
+    }
+
+    fn feed(&self, chunk: Bytes) {
+        // A hasher that stopped has an error of its own, reported by `finish`.
+        let _ = self.chunks.send(chunk);
+    }
+
+    fn finish(self) -> Result<String, DownloadError> {
+        drop(self.chunks);
+        self.thread.join().unwrap_or_else(|_| {
+            Err(DownloadError::Io {
+                action: "hash",
+                path: PathBuf::from("(download hasher)"),
+                reason: "the hashing thread panicked".into(),
             })
         })
     }
