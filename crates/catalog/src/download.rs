@@ -162,28 +162,39 @@ pub struct Downloader {
 
 struct Inner {
     catalog: ModelCatalog,
-    client: reqwest::Client,
+    // Made on the first download: building a TLS client loads the root certificates, which
+    // would cost every hive start (time and memory) whether it ever downloads or not.
+    client: std::sync::OnceLock<reqwest::Client>,
     config: DownloaderConfig,
     // A std mutex, never held across an await: only map lookups and inserts happen under it.
     transfers: Mutex<HashMap<CatalogId, (u64, Weak<Transfer>)>>,
     next_number: AtomicU64,
 }
 
-impl Downloader {
-    /// A downloader into `catalog`.
-    pub fn new(catalog: ModelCatalog, config: DownloaderConfig) -> Result<Self, DownloadError> {
+impl Inner {
+    fn client(&self) -> Result<&reqwest::Client, DownloadError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(15))
-            .user_agent(config.user_agent.clone())
+            .user_agent(self.config.user_agent.clone())
             .build()
             .map_err(|error| {
                 DownloadError::Source(format!("cannot create an HTTP client: {error}"))
             })?;
+        Ok(self.client.get_or_init(|| client))
+    }
+}
+
+impl Downloader {
+    /// A downloader into `catalog`.
+    pub fn new(catalog: ModelCatalog, config: DownloaderConfig) -> Result<Self, DownloadError> {
         Ok(Self {
             inner: Arc::new(Inner {
                 catalog,
-                client,
+                client: std::sync::OnceLock::new(),
                 config,
                 transfers: Mutex::new(HashMap::new()),
                 next_number: AtomicU64::new(1),
@@ -525,7 +536,7 @@ impl Run {
         let config = &self.inner.config;
         let mut url = self.source.url.clone();
         for _ in 0..=MAX_REDIRECTS {
-            let mut request = self.inner.client.get(url.clone());
+            let mut request = self.inner.client()?.get(url.clone());
             if offset > 0 {
                 request = request.header(RANGE, format!("bytes={offset}-"));
             }
