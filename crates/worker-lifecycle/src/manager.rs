@@ -418,6 +418,24 @@ impl WorkerManager {
         }
     }
 
+    /// The log file of worker `id`: a listed worker's, or that of a removed worker whose log
+    /// retention kept.
+    pub fn log_file(&self, id: &str) -> Result<PathBuf, LifecycleError> {
+        match self.get(id) {
+            Ok(record) => Ok(record.log_path),
+            Err(error) => parse_id(id)
+                .map(|number| logs::log_path(&self.inner.logs_dir, number))
+                .filter(|path| path.is_file())
+                .ok_or(error),
+        }
+    }
+
+    /// Whether worker `id` is gone: removed, or its process has exited (nothing more will
+    /// be written to its log).
+    pub fn is_gone(&self, id: &str) -> bool {
+        self.get(id).map_or(true, |record| record.exit.is_some())
+    }
+
     /// The worker whose process has this pid, if that process is running and still provably
     /// the worker (same start time). Any other pid — 0, 1, the hive's own, one above
     /// `i32::MAX`, an exited worker's, a stranger's — is refused.

@@ -205,6 +205,42 @@ impl HiveClient {
             .map_err(|e| CliError::Usage(format!("the hive answered {path} with no JSON: {e}")))
     }
 
+    /// `GET /v1/workers/{id}/logs`: passes each piece of the worker's output to `on_bytes`
+    /// as it arrives (with `follow`, until the worker is gone).
+    pub async fn logs(
+        &self,
+        id: &str,
+        tail: Option<usize>,
+        follow: bool,
+        mut on_bytes: impl FnMut(&[u8]),
+    ) -> Result<(), CliError> {
+        let mut url = reqwest::Url::parse(&format!("{}/v1/workers/", self.base))
+            .map_err(|e| CliError::Usage(format!("bad hive URL {}: {e}", self.base)))?;
+        url.path_segments_mut()
+            .map_err(|()| CliError::Usage(format!("bad hive URL {}", self.base)))?
+            .pop_if_empty()
+            .extend([id, "logs"]);
+        if let Some(lines) = tail {
+            url.query_pairs_mut()
+                .append_pair("tail", &lines.to_string());
+        }
+        if follow {
+            url.query_pairs_mut().append_pair("follow", "true");
+        }
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let response = self.check(response).await?;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            on_bytes(&chunk.map_err(|e| self.unreachable(&e))?);
+        }
+        Ok(())
+    }
+
     /// `GET /health`: the hive's version and id (from its response headers).
     pub async fn health(&self) -> Result<(String, String), CliError> {
         let response = self

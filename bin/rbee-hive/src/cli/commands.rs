@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use crate::cli::client::{CliError, HiveClient, JobEvent};
 use crate::cli::output::{self, Stream, Tone};
 use crate::cli::{
-    ClientArgs, Command, GetArgs, JobArgs, ModelCommand, ModelDeleteArgs, ModelDownloadArgs,
-    ModelIdArgs, SpawnArgs, StopArgs, SubmitArgs,
+    ClientArgs, Command, GetArgs, JobArgs, LogsArgs, ModelCommand, ModelDeleteArgs,
+    ModelDownloadArgs, ModelIdArgs, SpawnArgs, StopArgs, SubmitArgs,
 };
 
 /// Runs a client subcommand; prints its error last, on stderr, and returns its exit code.
@@ -26,6 +26,7 @@ pub async fn run(command: Command) -> ExitCode {
         Command::Cancel(args) => cancel(args).await,
         Command::Status(args) => status(args).await,
         Command::Submit(args) => submit(args).await,
+        Command::Logs(args) => logs(args).await,
         Command::Model(ModelCommand::List(args)) => model_list(args).await,
         Command::Model(ModelCommand::Get(args)) => model_get(args).await,
         Command::Model(ModelCommand::Download(args)) => model_download(args).await,
@@ -616,4 +617,16 @@ async fn model_delete(args: ModelDeleteArgs) -> Result<(), CliError> {
         )
         .await
         .map(drop)
+}
+
+async fn logs(args: LogsArgs) -> Result<(), CliError> {
+    use std::io::Write;
+    let client = HiveClient::new(&args.client)?;
+    let mut stdout = std::io::stdout();
+    client
+        .logs(&args.id, args.tail, args.follow, |bytes| {
+            // A closed pipe (`| head`) ends the output, not the command with an error.
+            let _ = stdout.write_all(bytes).and_then(|()| stdout.flush());
+        })
+        .await
 }

@@ -1,7 +1,7 @@
 //! The command line of the `rbee-hive` executable: the daemon (`rbee-hive`, or
 //! `rbee-hive serve`, with the daemon's flags), client subcommands that drive a hive over
 //! HTTP (`spawn`, `ps`, `get`, `stop`, `prune`, `jobs`, `follow`, `cancel`, `status`,
-//! `submit`, `model list|get|download|delete`), and the hidden `demo-worker` mode that the built-in `demo` worker type runs.
+//! `submit`, `logs`, `model list|get|download|delete`), and the hidden `demo-worker` mode that the built-in `demo` worker type runs.
 //!
 //! Client subcommands print a job's narration live as it arrives (human text), and exit
 //! with 0 on success, 1 when the job failed (its reason printed last, on stderr), 2 when the
@@ -67,6 +67,8 @@ pub enum Command {
     Status(ClientArgs),
     /// Submit any operation (a JSON object) and follow it
     Submit(SubmitArgs),
+    /// Print a worker's output (its log); -f follows it until the worker is gone
+    Logs(LogsArgs),
     /// The model catalog: list, get, download, delete
     #[command(subcommand)]
     Model(ModelCommand),
@@ -89,6 +91,7 @@ const SUBCOMMANDS: &[&str] = &[
     "status",
     "submit",
     "model",
+    "logs",
     "demo-worker",
     "help",
 ];
@@ -179,6 +182,21 @@ pub struct JobArgs {
 pub struct SubmitArgs {
     /// The operation, a JSON object (e.g. '{"operation":"worker_list","hive_id":"localhost"}')
     pub operation: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `rbee-hive logs`.
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// The worker id (a listed worker, or a removed one whose log is kept)
+    pub id: String,
+    /// Only the last N lines
+    #[arg(short = 'n', long)]
+    pub tail: Option<usize>,
+    /// Keep printing what the worker writes, until it is gone
+    #[arg(short, long)]
+    pub follow: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }

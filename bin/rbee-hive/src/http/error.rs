@@ -70,6 +70,9 @@ pub enum ApiError {
     /// No worker with this id.
     #[error("worker '{0}' not found")]
     WorkerNotFound(String),
+    /// The hive failed at something it should not (a file it owns could not be read).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Shutting down.
     #[error("the hive is shutting down and accepts no new work")]
     ShuttingDown,
@@ -113,6 +116,7 @@ impl ApiError {
             Self::JobFinished { .. } => (StatusCode::CONFLICT, "job_finished"),
             Self::BadHeartbeat(_) => (StatusCode::BAD_REQUEST, "invalid_heartbeat"),
             Self::WorkerNotFound(_) => (StatusCode::NOT_FOUND, "worker_not_found"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),

@@ -5,12 +5,14 @@
 //! - [`auth`]: the optional bearer token.
 //! - [`heartbeat`]: worker heartbeats.
 //! - [`jobs`]: submit, status and cancel of jobs.
+//! - [`logs`]: a worker's captured output, whole, tailed or followed.
 //! - [`stream`]: a job's narration stream in its three encodings.
 
 pub mod auth;
 pub mod error;
 pub mod heartbeat;
 pub mod jobs;
+pub mod logs;
 pub mod stream;
 
 use axum::Json;
@@ -39,6 +41,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{job_id}", get(jobs::status).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/stream", get(stream::stream))
         .route("/v1/heartbeat", post(heartbeat::heartbeat))
+        .route("/v1/workers/{id}/logs", get(logs::logs))
         .fallback(no_route)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
