@@ -286,23 +286,116 @@ async fn a_server_that_ignores_range_gets_a_clean_restart() {
     let server = FileServer::start().await;
     let bytes = tiny_model();
     server.add("m.gguf", bytes.clone());
+    let hive = TestHive::start().await;
+    let url = server.url("/files/m.gguf");
+    // A transfer cut off after 1000 bytes, whose partial file then went bad on disk.
+    server.set(Switches {
+        fail_after: Some(1000),
+        ..Switches::default()
+    });
+    let lines = hive.run_job(download(&url)).await;
+    assert!(error_of(&lines).is_some(), "{lines:#?}");
+    let folder = hive.catalog_dir().join("models/m");
+    let part = folder.join("m.gguf.part");
+    let kept = std::fs::metadata(&part).unwrap().len() as usize;
+    std::fs::write(&part, vec![0xAA; kept]).unwrap();
     server.set(Switches {
         ignore_range: true,
         ..Switches::default()
     });
-    let hive = TestHive::start().await;
-    // A partial file of garbage, as if an earlier transfer had been cut off.
-    let folder = hive.catalog_dir().join("models/m");
-    std::fs::create_dir_all(&folder).unwrap();
-    std::fs::write(folder.join("m.gguf.part"), vec![0xAA; 1000]).unwrap();
-    let lines = hive.run_job(download(&server.url("/files/m.gguf"))).await;
+    let lines = hive.run_job(download(&url)).await;
     assert!(succeeded(&lines), "{lines:#?}");
     assert_eq!(
-        server.requests()[0].range.as_deref(),
-        Some("bytes=1000-"),
+        server.requests().last().unwrap().range.as_deref(),
+        Some(format!("bytes={kept}-").as_str()),
         "a resume was asked for"
     );
     assert_eq!(std::fs::read(folder.join("m.gguf")).unwrap(), bytes);
+}
+
+#[tokio::test]
+async fn a_partial_file_from_another_url_is_not_continued() {
+    let server = FileServer::start().await;
+    let bytes = tiny_model();
+    server.add("a.gguf", bytes.clone());
+    server.add("b.gguf", vec![0x55; bytes.len()]);
+    let hive = TestHive::start().await;
+    server.set(Switches {
+        fail_after: Some(100_000),
+        ..Switches::default()
+    });
+    let lines = hive
+        .run_job(op(
+            "model_download",
+            json!({"model": server.url("/files/b.gguf"), "id": "same"}),
+        ))
+        .await;
+    assert!(error_of(&lines).is_some(), "{lines:#?}");
+    server.set(Switches::default());
+    // The same file name from another URL (as two repositories may both have): the other
+    // file's partial bytes are not spliced in.
+    std::fs::rename(
+        hive.catalog_dir().join("models/same/b.gguf.part"),
+        hive.catalog_dir().join("models/same/a.gguf.part"),
+    )
+    .unwrap();
+    std::fs::rename(
+        hive.catalog_dir().join("models/same/b.gguf.part.source"),
+        hive.catalog_dir().join("models/same/a.gguf.part.source"),
+    )
+    .unwrap();
+    let lines = hive
+        .run_job(op(
+            "model_download",
+            json!({"model": server.url("/files/a.gguf"), "id": "same"}),
+        ))
+        .await;
+    assert!(succeeded(&lines), "{lines:#?}");
+    assert!(server.requests().last().unwrap().range.is_none());
+    assert_eq!(
+        std::fs::read(hive.catalog_dir().join("models/same/a.gguf")).unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test]
+async fn links_planted_in_the_catalog_are_not_written_through() {
+    let server = FileServer::start().await;
+    server.add("x.gguf", tiny_model());
+    let hive = TestHive::start().await;
+    let victim = hive.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let models = hive.catalog_dir().join("models");
+    // A partial file that is a link.
+    std::fs::create_dir_all(models.join("x")).unwrap();
+    std::os::unix::fs::symlink(&victim, models.join("x/x.gguf.part")).unwrap();
+    let lines = hive.run_job(download(&server.url("/files/x.gguf"))).await;
+    assert!(error_of(&lines).is_some(), "{lines:#?}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    // An entry folder that is a link.
+    let outside = hive.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, models.join("y")).unwrap();
+    let lines = hive
+        .run_job(op(
+            "model_download",
+            json!({"model": server.url("/files/x.gguf"), "id": "y"}),
+        ))
+        .await;
+    let reason = error_of(&lines).unwrap();
+    assert!(reason.contains("is a link or not a folder"), "{reason}");
+    assert!(files_in(&outside).is_empty(), "{:?}", files_in(&outside));
+    // A download named like the catalog's own files.
+    server.add("metadata.json", "{}");
+    let lines = hive
+        .run_job(download(&server.url("/files/metadata.json")))
+        .await;
+    assert!(
+        error_of(&lines)
+            .unwrap()
+            .contains("a name the catalog keeps for its own files"),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test]
@@ -417,6 +510,20 @@ async fn two_downloads_of_one_model_share_one_transfer() {
     let url = server.url("/files/shared.gguf");
     let first = hive.submit(download(&url)).await;
     let second = hive.submit(download(&url)).await;
+    // Another URL under the same id does not join it.
+    server.add("other.gguf", vec![1u8; 10]);
+    let lines = hive
+        .run_job(op(
+            "model_download",
+            json!({"model": server.url("/files/other.gguf"), "id": "shared"}),
+        ))
+        .await;
+    assert!(
+        error_of(&lines)
+            .unwrap()
+            .contains("is being downloaded from"),
+        "{lines:#?}"
+    );
     let (a, b) = tokio::join!(hive.stream_lines(&first), hive.stream_lines(&second));
     assert!(succeeded(&a), "{a:#?}");
     assert!(succeeded(&b), "{b:#?}");

@@ -5,6 +5,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
@@ -12,6 +14,9 @@ use crate::error::CatalogError;
 
 /// The metadata file of an entry.
 pub(crate) const METADATA: &str = "metadata.json";
+/// `O_NOFOLLOW`: files of an entry are opened only if they are not links.
+pub(crate) const O_NOFOLLOW: i32 = nix::fcntl::OFlag::O_NOFOLLOW.bits();
+
 /// The lock file a download holds in its entry.
 pub(crate) const DOWNLOAD_LOCK: &str = ".download.lock";
 
@@ -28,7 +33,15 @@ pub(crate) fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<
         reason: error.to_string(),
     })?;
     let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temporary)?;
+        // A fresh file, never one a link points to.
+        match std::fs::remove_file(&temporary) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        let mut file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&temporary)?;
         file.write_all(&text)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
@@ -75,10 +88,20 @@ impl DownloadLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .custom_flags(O_NOFOLLOW)
             .open(&path)
             .map_err(|error| CatalogError::io("open", &path, error))?;
+        let inode = file
+            .metadata()
+            .map_err(|error| CatalogError::io("stat", &path, error))?
+            .ino();
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(Some(Self { _lock: lock })),
+            // The lock counts only if the file is still the one at the path: a finishing
+            // download unlinks its lock file before it lets go of it.
+            Ok(lock) => match std::fs::symlink_metadata(&path) {
+                Ok(now) if now.ino() == inode => Ok(Some(Self { _lock: lock })),
+                _ => Ok(None),
+            },
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, errno)) => Err(CatalogError::io("lock", &path, errno.into())),
         }

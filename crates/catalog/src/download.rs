@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::artifact::{ArtifactStatus, Entry, ModelArtifact};
 use crate::disk::{self, DownloadLock};
-use crate::error::DownloadError;
+use crate::error::{CatalogError, DownloadError};
 use crate::id::CatalogId;
 use crate::models::ModelCatalog;
 use crate::source::Source;
@@ -103,6 +103,7 @@ struct Counters {
 
 struct Transfer {
     source: Source,
+    expected: Option<String>,
     cancel: CancellationToken,
     counters: Arc<Counters>,
     outcome: watch::Receiver<Outcome>,
@@ -230,12 +231,38 @@ impl Downloader {
             .get(&source.id)
             .and_then(|(_, weak)| weak.upgrade())
         {
+            // Only the same file joins: another source, or another digest to check, under
+            // the same id would be answered with a file it did not ask for.
+            if transfer.source.url != source.url {
+                return Err(DownloadError::Source(format!(
+                    "model '{}' is being downloaded from {}; wait for that download, or give another id",
+                    source.id, transfer.source.url
+                )));
+            }
+            if let Some((digest, _)) = &expected
+                && transfer
+                    .expected
+                    .as_ref()
+                    .is_some_and(|other| other != digest)
+            {
+                return Err(DownloadError::Source(format!(
+                    "model '{}' is being downloaded with another expected sha256; wait for that download, or give another id",
+                    source.id
+                )));
+            }
             return Ok(DownloadHandle {
                 transfer,
                 joined: true,
             });
         }
         let folder = inner.catalog.folder(&source.id);
+        if std::fs::symlink_metadata(&folder).is_ok() && !disk::is_real_dir(&folder) {
+            return Err(CatalogError::Unusable {
+                id: source.id.to_string(),
+                reason: format!("{} is a link or not a folder", folder.display()),
+            }
+            .into());
+        }
         if let Some(entry) = inner.catalog.read_entry(&source.id)?
             && entry.artifact.status == ArtifactStatus::Available
         {
@@ -262,6 +289,7 @@ impl Downloader {
         let cancel = CancellationToken::new();
         let transfer = Arc::new(Transfer {
             source: source.clone(),
+            expected: expected.as_ref().map(|(digest, _)| digest.clone()),
             cancel: cancel.clone(),
             counters: counters.clone(),
             outcome,
@@ -344,6 +372,13 @@ impl Run {
         self.folder.join(format!("{}.part", self.source.file_name))
     }
 
+    /// Beside the `.part`: the URL and ETag it came from, so that a resume continues only the
+    /// same file.
+    fn source_file_path(&self) -> PathBuf {
+        self.folder
+            .join(format!("{}.part.source", self.source.file_name))
+    }
+
     fn entry(&self, size: u64, status: ArtifactStatus) -> Entry<ModelArtifact> {
         let now = Utc::now();
         let name = self
@@ -368,13 +403,18 @@ impl Run {
 
     async fn run(&self, cancel: CancellationToken) -> Result<Downloaded, DownloadError> {
         let catalog = &self.inner.catalog;
-        let result = tokio::select! {
-            result = self.transfer() => result,
-            () = cancel.cancelled() => Err(DownloadError::Cancelled),
-        };
+        // The transfer watches `cancel` itself: it always waits for its file writer, so that
+        // nothing writes to the `.part` once the lock is released.
+        let result = self.transfer(&cancel).await;
         if let Err(error) = &result {
             if !error.keeps_partial() {
-                let _ = std::fs::remove_file(self.part_path());
+                let part = self.part_path();
+                let source_file = self.source_file_path();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = std::fs::remove_file(part);
+                    let _ = std::fs::remove_file(source_file);
+                })
+                .await;
             }
             let size = self.counters.total.load(Ordering::Relaxed);
             let failed = self.entry(
@@ -390,16 +430,26 @@ impl Run {
         result
     }
 
-    async fn transfer(&self) -> Result<Downloaded, DownloadError> {
+    async fn transfer(&self, cancel: &CancellationToken) -> Result<Downloaded, DownloadError> {
         let part = self.part_path();
-        let mut offset = if disk::is_real_file(&part) {
-            std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0)
-        } else {
-            0
+        let recorded = PartSource::read(&self.source_file_path());
+        let mut offset = match &recorded {
+            // A partial file continues only the same URL's download.
+            Some(recorded)
+                if recorded.url == self.source.url.as_str() && disk::is_real_file(&part) =>
+            {
+                std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0)
+            }
+            _ => 0,
         };
+        let if_range = recorded.and_then(|r| r.etag);
         let mut linked = Linked::default();
         let (response, url, total) = loop {
-            let (response, url) = self.fetch(offset, &mut linked).await?;
+            let fetched = tokio::select! {
+                fetched = self.fetch(offset, if_range.as_deref(), &mut linked) => fetched,
+                () = cancel.cancelled() => return Err(DownloadError::Cancelled),
+            };
+            let (response, url) = fetched?;
             let status = response.status();
             if offset > 0 && status == StatusCode::RANGE_NOT_SATISFIABLE {
                 // The partial file is not a prefix the server can continue: start over.
@@ -418,9 +468,18 @@ impl Run {
                 (StatusCode::PARTIAL_CONTENT, Some((start, total))) if start == offset => {
                     break (response, url, total);
                 }
-                (StatusCode::PARTIAL_CONTENT, _) => {
+                (StatusCode::PARTIAL_CONTENT, _) if offset > 0 => {
+                    // A range the hive did not ask for: ask once more for the whole file.
                     offset = 0;
                     continue;
+                }
+                (StatusCode::PARTIAL_CONTENT, _) => {
+                    return Err(DownloadError::Transport {
+                        url: url.to_string(),
+                        received: 0,
+                        reason: "it answered 206 Partial Content to a request for the whole file"
+                            .into(),
+                    });
                 }
                 // A whole body: the server ignored the range, or there was none.
                 _ => {
@@ -459,12 +518,27 @@ impl Run {
                 .write_entry(&self.entry(announced, ArtifactStatus::Downloading))?;
         }
 
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .filter(|tag| !tag.starts_with("W/"))
+            .map(str::to_owned);
+        PartSource {
+            url: self.source.url.to_string(),
+            etag,
+        }
+        .write(&self.source_file_path())?;
         let writer = Writer::start(part.clone(), offset, expected.is_some());
         let mut received = offset;
         let mut body = response.bytes_stream();
         let stall = self.inner.config.stall_timeout;
         let body_result = loop {
-            match tokio::time::timeout(stall, body.next()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(stall, body.next()) => next,
+                () = cancel.cancelled() => break Err(DownloadError::Cancelled),
+            };
+            match next {
                 Err(_) => {
                     break Err(DownloadError::Stalled {
                         url: url.to_string(),
@@ -514,6 +588,7 @@ impl Run {
             _ => None,
         };
         let final_path = self.final_path();
+        let _ = std::fs::remove_file(self.source_file_path());
         std::fs::rename(&part, &final_path).map_err(|e| DownloadError::io("rename", &part, e))?;
         disk::sync_dir(&self.folder).map_err(|e| DownloadError::io("sync", &self.folder, e))?;
         let entry = self.entry(written, ArtifactStatus::Available);
@@ -531,6 +606,7 @@ impl Run {
     async fn fetch(
         &self,
         offset: u64,
+        if_range: Option<&str>,
         linked: &mut Linked,
     ) -> Result<(reqwest::Response, Url), DownloadError> {
         let config = &self.inner.config;
@@ -539,20 +615,33 @@ impl Run {
             let mut request = self.inner.client()?.get(url.clone());
             if offset > 0 {
                 request = request.header(RANGE, format!("bytes={offset}-"));
+                // A file that changed since the partial one answers whole (200): a clean
+                // restart instead of a splice.
+                if let Some(tag) = if_range {
+                    request = request.header(reqwest::header::IF_RANGE, tag);
+                }
             }
             if let Some(token) = &config.hub_token
                 && same_origin(&url, &config.hub_endpoint)
             {
                 request = request.bearer_auth(token);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|error| DownloadError::Transport {
+            let stall = config.stall_timeout;
+            let response = match tokio::time::timeout(stall, request.send()).await {
+                Err(_) => {
+                    return Err(DownloadError::Stalled {
+                        url: url.to_string(),
+                        secs: stall.as_secs(),
+                        received: offset,
+                    });
+                }
+                Ok(sent) => sent.map_err(|error| DownloadError::Transport {
                     url: url.to_string(),
                     received: offset,
                     reason: error_chain(&error),
-                })?;
+                })?,
+            };
+
             let header = |name| {
                 response
                     .headers()
@@ -598,6 +687,26 @@ impl Run {
             from: self.source.url.to_string(),
             reason: format!("more than {MAX_REDIRECTS} redirects"),
         })
+    }
+}
+
+/// Where a `.part` came from (`<file>.part.source`, JSON).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PartSource {
+    url: String,
+    etag: Option<String>,
+}
+
+impl PartSource {
+    fn read(path: &Path) -> Option<Self> {
+        if !disk::is_real_file(path) {
+            return None;
+        }
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    fn write(&self, path: &Path) -> Result<(), DownloadError> {
+        disk::write_json_atomic(path, self).map_err(DownloadError::from)
     }
 }
 
@@ -663,16 +772,24 @@ impl Writer {
         let (chunks, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(WRITE_QUEUE);
         let done = tokio::task::spawn_blocking(move || {
             use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
             let io = |action, e| DownloadError::io(action, &part, e);
             let mut file = if offset > 0 {
                 let file = std::fs::File::options()
                     .append(true)
+                    .custom_flags(disk::O_NOFOLLOW)
                     .open(&part)
                     .map_err(|e| io("open", e))?;
                 file.set_len(offset).map_err(|e| io("truncate", e))?;
                 file
             } else {
-                std::fs::File::create(&part).map_err(|e| io("create", e))?
+                std::fs::File::options()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(disk::O_NOFOLLOW)
+                    .open(&part)
+                    .map_err(|e| io("create", e))?
             };
             // Hashing runs on a thread of its own, beside the writes and the final fsync.
             let hasher = hash.then(|| Hasher::start(part.clone(), offset));
@@ -715,10 +832,14 @@ impl Hasher {
         let (chunks, receiver) = std::sync::mpsc::sync_channel::<Bytes>(WRITE_QUEUE);
         let thread = std::thread::spawn(move || {
             use std::io::Read;
+            use std::os::unix::fs::OpenOptionsExt;
             let mut hasher = Sha256::new();
             if offset > 0 {
-                let file =
-                    std::fs::File::open(&part).map_err(|e| DownloadError::io("read", &part, e))?;
+                let file = std::fs::File::options()
+                    .read(true)
+                    .custom_flags(disk::O_NOFOLLOW)
+                    .open(&part)
+                    .map_err(|e| DownloadError::io("read", &part, e))?;
                 let mut prefix = file.take(offset);
                 let mut buffer = vec![0u8; 1 << 20];
                 loop {

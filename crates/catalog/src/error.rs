@@ -203,14 +203,9 @@ impl DownloadError {
         }
     }
 
-    /// Whether the partial file is worth keeping for a resume.
+    /// Whether the partial file is worth keeping for a resume: always, except when what
+    /// arrived is known to be wrong (a resume compares its source first).
     pub(crate) fn keeps_partial(&self) -> bool {
-        matches!(
-            self,
-            Self::Transport { .. }
-                | Self::Stalled { .. }
-                | Self::Incomplete { .. }
-                | Self::Cancelled
-        )
+        !matches!(self, Self::Checksum { .. })
     }
 }

@@ -54,6 +54,17 @@ impl Source {
                 printable(model)
             )));
         }
+        // Names the catalog uses for its own files in an entry folder.
+        let lower = file_name.to_ascii_lowercase();
+        if lower == "metadata.json"
+            || [".part", ".source", ".tmp", ".lock"]
+                .iter()
+                .any(|end| lower.ends_with(end))
+        {
+            return Err(DownloadError::Source(format!(
+                "'{file_name}' is a name the catalog keeps for its own files; download a model file (such as a .gguf)"
+            )));
+        }
         let id = match id {
             Some(id) => CatalogId::parse(id)?,
             None => CatalogId::from_file_name(&file_name)?,

@@ -23,7 +23,7 @@ pub async fn run(
         .context(hive_id)
         .human("🗑️  Deleting model '{}' on hive '{}'")
         .emit_to(job);
-    match delete(job, services, id, force) {
+    match delete(job, services, id, force).await {
         Ok(()) => {
             NARRATE
                 .action("model_delete_complete")
@@ -45,7 +45,7 @@ pub async fn run(
     }
 }
 
-fn delete(
+async fn delete(
     job: &JobContext,
     services: &OperationServices,
     id: &str,
@@ -69,7 +69,15 @@ fn delete(
             .human("⚠️  Deleting model '{}' although {} use it (force)")
             .emit_to(job);
     }
-    let entry = services.models.remove(&id)?;
+    // A model folder can hold gigabytes: removed on the blocking pool.
+    let models = services.models.clone();
+    let entry = tokio::task::spawn_blocking(move || models.remove(&id))
+        .await
+        .map_err(|e| catalog::CatalogError::Io {
+            action: "remove",
+            path: services.models.dir().to_path_buf(),
+            reason: e.to_string(),
+        })??;
     job.publish_result(serde_json::to_value(&entry).unwrap_or_default());
     Ok(())
 }

@@ -131,7 +131,8 @@ fn narrate_progress(
     progress: &DownloadProgress,
     moved: bool,
 ) {
-    let this_run = progress.received - progress.resumed_from;
+    // The two counters are read one after the other while the transfer moves them.
+    let this_run = progress.received.saturating_sub(progress.resumed_from);
     let speed = this_run as f64 / progress.elapsed.as_secs_f64().max(0.001);
     let (of_total, eta) = match progress.total {
         Some(total) if total > 0 => {
