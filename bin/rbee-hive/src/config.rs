@@ -78,6 +78,7 @@ struct FileConfig {
     on_shutdown: Option<ShutdownPolicy>,
     worker_logs_keep: Option<usize>,
     worker_logs_max_age_days: Option<f64>,
+    telemetry_interval_ms: Option<u64>,
     #[serde(default)]
     workers: BTreeMap<String, WorkerTypeConfig>,
 }
@@ -192,6 +193,8 @@ pub struct Config {
     pub worker_logs_keep: usize,
     /// How old the log of a removed worker may get before it is deleted, in days.
     pub worker_logs_max_age_days: f64,
+    /// How often the workers' resource use is sampled, in milliseconds.
+    pub telemetry_interval_ms: u64,
     /// Configured worker types (`[workers.<name>]`), added to or replacing the built-in ones.
     pub workers: BTreeMap<String, WorkerTypeConfig>,
 }
@@ -222,6 +225,7 @@ impl Default for Config {
             on_shutdown: ShutdownPolicy::Stop,
             worker_logs_keep: 100,
             worker_logs_max_age_days: 7.0,
+            telemetry_interval_ms: 1000,
             workers: BTreeMap::new(),
         }
     }
@@ -285,6 +289,9 @@ impl Config {
             worker_logs_max_age_days: file
                 .worker_logs_max_age_days
                 .unwrap_or(defaults.worker_logs_max_age_days),
+            telemetry_interval_ms: file
+                .telemetry_interval_ms
+                .unwrap_or(defaults.telemetry_interval_ms),
             workers: file.workers,
         };
         config.validate()?;
@@ -324,6 +331,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "worker_logs_max_age_days",
                 reason: "must be between 0 and 36500".into(),
+            });
+        }
+        if !(50..=3_600_000).contains(&self.telemetry_interval_ms) {
+            return Err(ConfigError::Invalid {
+                key: "telemetry_interval_ms",
+                reason: "must be between 50 and 3600000".into(),
             });
         }
         if self.job_event_buffer == 0 {

@@ -73,6 +73,7 @@ impl AppState {
                 nvidia_smi: config.nvidia_smi.clone(),
             }),
             logs: config.worker_log_retention(),
+            stats_interval: Duration::from_millis(config.telemetry_interval_ms),
         })?;
         let models = catalog::ModelCatalog::new(&config.catalog_dir);
         let downloads = catalog::Downloader::new(

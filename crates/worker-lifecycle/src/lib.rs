@@ -32,6 +32,7 @@
 //! - `ports`: ports from a range, held until the process is gone.
 //! - `catalog`: worker types, command templates, program lookup.
 //! - `logs`: worker log files and their retention.
+//! - `stats`: live resource use of each worker's process group, sampled by one task.
 //! - `error`: [`LifecycleError`], what can go wrong.
 
 #![deny(unreachable_pub)]
@@ -47,6 +48,7 @@ mod record;
 mod registry;
 mod sockets;
 mod state_file;
+mod stats;
 mod supervisor;
 
 pub use catalog::{DeviceKind, WorkerTypeConfig};
@@ -57,4 +59,5 @@ pub use manager::{
 };
 pub use process::ProcessInfo;
 pub use record::{StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
+pub use stats::WorkerStats;
 pub use supervisor::HeartbeatState;

@@ -27,6 +27,7 @@ use crate::record::{
 };
 use crate::registry::{Registry, Slot, format_id, parse_id};
 use crate::state_file::{PersistedState, StateDir};
+use crate::stats::{StatsTable, WorkerStats};
 use crate::supervisor::{
     Command, Context, HeartbeatState, Start, Supervisor, status_after_restart,
 };
@@ -65,6 +66,8 @@ pub struct LifecycleConfig {
     pub devices: Arc<dyn DeviceInventory>,
     /// How many logs of removed workers are kept.
     pub logs: LogRetention,
+    /// How often the workers' resource use is sampled (default 1 s).
+    pub stats_interval: Duration,
 }
 
 /// What to spawn.
@@ -93,6 +96,7 @@ struct Inner {
     catalog: Catalog,
     config: LifecycleConfig,
     logs_dir: PathBuf,
+    stats: StatsTable,
     _state_dir: Arc<StateDir>,
     _stop_tasks: DropGuard,
 }
@@ -147,6 +151,7 @@ impl WorkerManager {
                 ports: PortAllocator::new(config.ports.clone()),
                 catalog,
                 logs_dir: logs_dir.clone(),
+                stats: StatsTable::default(),
                 config: config.clone(),
                 _state_dir: state_dir.clone(),
                 _stop_tasks: stop.clone().drop_guard(),
@@ -156,6 +161,12 @@ impl WorkerManager {
             manager.restore(saved);
         }
         tokio::spawn(registry.clone().write_state(state_dir, stop.clone()));
+        tokio::spawn(crate::stats::sampler(
+            registry.clone(),
+            manager.inner.stats.clone(),
+            config.stats_interval,
+            stop.clone(),
+        ));
         tokio::spawn(logs::janitor(
             logs_dir,
             registry,
@@ -416,6 +427,17 @@ impl WorkerManager {
             true => Ok(record),
             false => Err(LifecycleError::NotFound(id.to_owned())),
         }
+    }
+
+    /// The last sample of worker `id`'s resource use (its whole process group); `None` until
+    /// its first sample, and once it has exited.
+    pub fn stats(&self, id: &str) -> Option<WorkerStats> {
+        self.inner.stats.get(id)
+    }
+
+    /// The last samples of every running worker, by id.
+    pub fn all_stats(&self) -> std::collections::HashMap<String, WorkerStats> {
+        self.inner.stats.all()
     }
 
     /// The log file of worker `id`: a listed worker's, or that of a removed worker whose log

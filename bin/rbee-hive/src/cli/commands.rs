@@ -192,11 +192,19 @@ async fn ps(args: ClientArgs) -> Result<(), CliError> {
                 text(&w["pid"]),
                 state_of(w),
                 uptime_of(w),
+                match w["stats"]["cpu_pct"].as_f64() {
+                    Some(cpu) => format!("{cpu:.1}%"),
+                    None => "-".to_owned(),
+                },
+                match w["stats"]["rss_mb"].as_f64() {
+                    Some(mb) => format!("{mb:.1} MiB"),
+                    None => "-".to_owned(),
+                },
             ]
         })
         .collect();
     let header = [
-        "ID", "MODEL", "TYPE", "DEVICE", "PORT", "PID", "STATE", "UPTIME",
+        "ID", "MODEL", "TYPE", "DEVICE", "PORT", "PID", "STATE", "UPTIME", "CPU", "MEM",
     ];
     output::line(Stream::Stdout, Tone::Plain, &output::table(&header, &rows));
     Ok(())

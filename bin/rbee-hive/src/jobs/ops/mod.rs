@@ -15,3 +15,28 @@ pub mod worker_process_delete;
 pub mod worker_process_get;
 pub mod worker_process_list;
 pub mod worker_spawn;
+
+use worker_lifecycle::{WorkerRecord, WorkerStats};
+
+/// A worker's record with its last resource sample (`stats`: the whole process group's
+/// memory, CPU over the last interval, threads, uptime) when there is one. Serialised
+/// directly, its fields keep the record's (the protocol's) order, `stats` last.
+#[derive(serde::Serialize)]
+pub(crate) struct WorkerView<'a> {
+    #[serde(flatten)]
+    record: &'a WorkerRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<WorkerStats>,
+}
+
+impl<'a> WorkerView<'a> {
+    /// `record` with `stats`.
+    pub(crate) fn new(record: &'a WorkerRecord, stats: Option<WorkerStats>) -> Self {
+        Self { record, stats }
+    }
+}
+
+/// [`WorkerView`] as a JSON value.
+pub(crate) fn worker_json(record: &WorkerRecord, stats: Option<WorkerStats>) -> serde_json::Value {
+    serde_json::to_value(WorkerView::new(record, stats)).unwrap_or_default()
+}

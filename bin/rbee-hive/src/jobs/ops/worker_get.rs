@@ -3,6 +3,7 @@
 use job_server::JobContext;
 
 use crate::jobs::NARRATE;
+use crate::jobs::ops::WorkerView;
 use crate::jobs::router::{OperationFailure, OperationServices};
 
 /// Shows worker `id`.
@@ -40,9 +41,11 @@ pub async fn run(
         .context(worker.port)
         .human("✅ Worker: {} | Model: {} | Device: {} | Port: {}")
         .emit_to(job);
-    // Pretty-printed from the record itself, so the fields keep the protocol's order.
-    let pretty = serde_json::to_string_pretty(&worker).unwrap_or_default();
-    let value = serde_json::to_value(&worker).unwrap_or_default();
+    // Pretty-printed from the record itself, so the fields keep the protocol's order; the
+    // last resource sample comes after them.
+    let view = WorkerView::new(&worker, services.workers.stats(&worker.id));
+    let pretty = serde_json::to_string_pretty(&view).unwrap_or_default();
+    let value = serde_json::to_value(&view).unwrap_or_default();
     NARRATE
         .action("worker_get_details")
         .human(pretty)

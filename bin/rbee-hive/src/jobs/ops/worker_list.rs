@@ -3,6 +3,7 @@
 use job_server::JobContext;
 
 use crate::jobs::NARRATE;
+use crate::jobs::ops::worker_json;
 use crate::jobs::router::{OperationFailure, OperationServices};
 
 /// Lists the workers of this hive.
@@ -43,6 +44,12 @@ pub async fn run(
             .human("  {} | {} | {} | port {} | {}")
             .emit_to(job);
     }
+    // Numbers go in the result object, not into the seed's lines.
+    let stats = services.workers.all_stats();
+    let workers: Vec<serde_json::Value> = workers
+        .iter()
+        .map(|worker| worker_json(worker, stats.get(&worker.id).cloned()))
+        .collect();
     job.publish_result(serde_json::json!({ "workers": workers }));
     Ok(())
 }

@@ -31,12 +31,19 @@ pub async fn run(
             return Err(error.into());
         }
     };
+    // The worker's whole process group over the last interval when sampled; the process's
+    // own numbers (its lifetime CPU average) until then.
+    let stats = services.workers.stats(&record.id);
+    let (megabytes, cpu) = match &stats {
+        Some(stats) => (stats.rss_mb, stats.cpu_pct),
+        None => (info.memory_kb as f64 / 1024.0, info.cpu_percent),
+    };
     NARRATE
         .action("worker_proc_get_found")
         .context(info.pid)
         .context(&info.command)
-        .context(format!("{:.1}", info.memory_kb as f64 / 1024.0))
-        .context(info.cpu_percent)
+        .context(format!("{megabytes:.1}"))
+        .context(cpu)
         .context(&info.elapsed)
         .human("✅ PID {}: {} | {} MB | {}% CPU | {}")
         .emit_to(job);
@@ -47,6 +54,7 @@ pub async fn run(
         "memory_kb": info.memory_kb,
         "cpu_percent": info.cpu_percent,
         "elapsed": info.elapsed,
+        "stats": stats,
     });
     NARRATE
         .action("worker_proc_get_details")

@@ -31,12 +31,19 @@ pub async fn run(
             .emit_to(job);
     }
     let mut entries = Vec::new();
+    let all_stats = services.workers.all_stats();
     for (record, info) in &processes {
+        // The worker's whole process group over the last interval when sampled.
+        let stats = all_stats.get(&record.id);
+        let (megabytes, cpu) = match stats {
+            Some(stats) => (stats.rss_mb, stats.cpu_pct),
+            None => (info.memory_kb as f64 / 1024.0, info.cpu_percent),
+        };
         NARRATE
             .action("worker_proc_list_entry")
             .context(info.pid)
-            .context(format!("{:.1}", info.memory_kb as f64 / 1024.0))
-            .context(info.cpu_percent)
+            .context(format!("{megabytes:.1}"))
+            .context(cpu)
             .context(&info.elapsed)
             .context(&info.command)
             .human("  PID {} | {} MB | {}% CPU | {} | {}")
@@ -48,6 +55,7 @@ pub async fn run(
             "memory_kb": info.memory_kb,
             "cpu_percent": info.cpu_percent,
             "elapsed": info.elapsed,
+            "stats": stats,
         }));
     }
     job.publish_result(json!({ "processes": entries }));

@@ -1,0 +1,220 @@
+//! Live resource use of the workers, sampled by one task for all of them (never per
+//! request): each interval it reads `/proc/<pid>/stat` of every process once, adds up the
+//! processes of each running worker's group (resident memory, CPU ticks, threads), and turns
+//! the ticks into a CPU percentage over the interval. Readers get the last sample.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry::Registry;
+
+/// The last sample of one worker's process group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerStats {
+    /// Processes in the worker's group.
+    pub processes: u32,
+    /// Their threads.
+    pub threads: u64,
+    /// Their resident memory, in MiB.
+    pub rss_mb: f64,
+    /// Their CPU use over the last interval, in percent of one core.
+    pub cpu_pct: f64,
+    /// Seconds since the worker was started.
+    pub uptime_s: u64,
+    /// When this was sampled.
+    pub sampled_at: DateTime<Utc>,
+}
+
+/// The last samples, by worker id. A cheap `Clone` handle; its std mutex is held only to
+/// copy a map in or out, never across an await.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StatsTable {
+    samples: Arc<Mutex<HashMap<String, WorkerStats>>>,
+}
+
+impl StatsTable {
+    pub(crate) fn get(&self, id: &str) -> Option<WorkerStats> {
+        self.samples.lock().expect("stats lock").get(id).cloned()
+    }
+
+    pub(crate) fn all(&self) -> HashMap<String, WorkerStats> {
+        self.samples.lock().expect("stats lock").clone()
+    }
+
+    fn replace(&self, samples: HashMap<String, WorkerStats>) {
+        *self.samples.lock().expect("stats lock") = samples;
+    }
+}
+
+/// What one process group uses, summed over its processes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct GroupUse {
+    processes: u32,
+    threads: u64,
+    rss_pages: u64,
+    ticks: u64,
+}
+
+/// Samples every `interval` until `stop`.
+pub(crate) async fn sampler(
+    registry: Registry,
+    table: StatsTable,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as f64;
+    // The previous sample's ticks per worker, to turn totals into a rate.
+    let mut previous: HashMap<String, (u64, Instant)> = HashMap::new();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let running: Vec<_> = registry
+            .records()
+            .into_iter()
+            .filter(|r| r.is_launched() && r.exit.is_none() && r.pgid > 0)
+            .collect();
+        if running.is_empty() {
+            previous.clear();
+            table.replace(HashMap::new());
+            continue;
+        }
+        let groups: Vec<u32> = running.iter().map(|r| r.pgid).collect();
+        let Ok(usage) = tokio::task::spawn_blocking(move || scan(&groups)).await else {
+            continue;
+        };
+        let now = Instant::now();
+        let mut samples = HashMap::with_capacity(running.len());
+        let mut next_previous = HashMap::with_capacity(running.len());
+        for record in running {
+            let group = usage.get(&record.pgid).copied().unwrap_or_default();
+            let cpu_pct = match previous.get(&record.id) {
+                Some((ticks, at)) => {
+                    let seconds = now.duration_since(*at).as_secs_f64();
+                    // A child that exited takes its ticks with it: never below zero.
+                    let used = group.ticks.saturating_sub(*ticks) as f64 / ticks_per_second;
+                    if seconds > 0.0 {
+                        (used / seconds * 1000.0).round() / 10.0
+                    } else {
+                        0.0
+                    }
+                }
+                None => 0.0,
+            };
+            next_previous.insert(record.id.clone(), (group.ticks, now));
+            let uptime_s = (Utc::now() - record.started_at).num_seconds().max(0) as u64;
+            samples.insert(
+                record.id.clone(),
+                WorkerStats {
+                    processes: group.processes,
+                    threads: group.threads,
+                    rss_mb: (group.rss_pages as f64 * page_size / (1024.0 * 1024.0) * 10.0).round()
+                        / 10.0,
+                    cpu_pct,
+                    uptime_s,
+                    sampled_at: Utc::now(),
+                },
+            );
+        }
+        previous = next_previous;
+        table.replace(samples);
+    }
+}
+
+/// One pass over `/proc`: what each of `groups` uses.
+fn scan(groups: &[u32]) -> HashMap<u32, GroupUse> {
+    let mut usage: HashMap<u32, GroupUse> =
+        groups.iter().map(|g| (*g, GroupUse::default())).collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return usage;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        if let Some((pgid, process)) = parse_stat(&stat)
+            && let Some(group) = usage.get_mut(&pgid)
+        {
+            group.processes += 1;
+            group.threads += process.threads;
+            group.rss_pages += process.rss_pages;
+            group.ticks += process.ticks;
+        }
+    }
+    usage
+}
+
+/// The group and the use of one process from its `/proc/<pid>/stat` line; `None` for a
+/// zombie or a line that does not parse.
+fn parse_stat(stat: &str) -> Option<(u32, GroupUse)> {
+    // The command name is in parentheses and may hold anything; fields follow the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Index 0 is field 3 (state): pgrp is field 5, utime 14, stime 15, num_threads 20,
+    // rss 24 (in pages).
+    if matches!(fields.first().copied(), Some("Z" | "X")) {
+        return None;
+    }
+    let number = |index: usize| fields.get(index)?.parse::<u64>().ok();
+    Some((
+        u32::try_from(number(2)?).ok()?,
+        GroupUse {
+            processes: 1,
+            threads: number(17)?,
+            rss_pages: number(21)?,
+            ticks: number(11)? + number(12)?,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stat_line_with_a_hostile_name_parses() {
+        let line = "4242 (evil) 1 2 3 (x) S 1 4240 4240 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 5 0 12345 1000000 321 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some((
+                4240,
+                GroupUse {
+                    processes: 1,
+                    threads: 5,
+                    rss_pages: 321,
+                    ticks: 10
+                }
+            ))
+        );
+        assert_eq!(parse_stat("1 (z) Z 0 1 1 0"), None);
+    }
+
+    #[test]
+    fn this_process_is_found_in_its_group() {
+        let pgid = nix::unistd::getpgrp().as_raw() as u32;
+        let usage = scan(&[pgid]);
+        let group = usage[&pgid];
+        assert!(
+            group.processes >= 1 && group.threads >= 1 && group.rss_pages > 0,
+            "{group:?}"
+        );
+    }
+}
