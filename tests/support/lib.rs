@@ -12,9 +12,11 @@
 //! - [`hive`]: [`TestHive`] and its builder.
 //! - [`sse`]: parsing of stream bodies.
 //! - [`os`]: process and port checks.
+//! - [`openmetrics`]: a real OpenMetrics parser for `/metrics`.
 
 pub mod binaries;
 pub mod hive;
+pub mod openmetrics;
 pub mod os;
 pub mod sse;
 

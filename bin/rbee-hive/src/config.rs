@@ -79,6 +79,7 @@ struct FileConfig {
     worker_logs_keep: Option<usize>,
     worker_logs_max_age_days: Option<f64>,
     telemetry_interval_ms: Option<u64>,
+    metrics_public: Option<bool>,
     #[serde(default)]
     workers: BTreeMap<String, WorkerTypeConfig>,
 }
@@ -195,6 +196,8 @@ pub struct Config {
     pub worker_logs_max_age_days: f64,
     /// How often the workers' resource use is sampled, in milliseconds.
     pub telemetry_interval_ms: u64,
+    /// Whether `/metrics` is served without the token.
+    pub metrics_public: bool,
     /// Configured worker types (`[workers.<name>]`), added to or replacing the built-in ones.
     pub workers: BTreeMap<String, WorkerTypeConfig>,
 }
@@ -226,6 +229,7 @@ impl Default for Config {
             worker_logs_keep: 100,
             worker_logs_max_age_days: 7.0,
             telemetry_interval_ms: 1000,
+            metrics_public: false,
             workers: BTreeMap::new(),
         }
     }
@@ -292,6 +296,7 @@ impl Config {
             telemetry_interval_ms: file
                 .telemetry_interval_ms
                 .unwrap_or(defaults.telemetry_interval_ms),
+            metrics_public: file.metrics_public.unwrap_or(defaults.metrics_public),
             workers: file.workers,
         };
         config.validate()?;

@@ -13,6 +13,7 @@
 //! - [`http`]: routes, token check, error mapping, streams.
 //! - [`jobs`]: the operation enum, its router, one file per operation.
 //! - [`capabilities`]: GPU and CPU detection for `/capabilities`.
+//! - [`metrics`]: the Prometheus / OpenMetrics `/metrics`.
 //! - [`cli`]: the command line: the daemon, the client subcommands, the demo worker mode.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod shutdown;
 
 use std::future::Future;
@@ -44,6 +46,8 @@ pub struct AppState {
     pub jobs: JobStore,
     /// What operations act on.
     pub services: OperationServices,
+    /// The hive's metrics.
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -91,10 +95,13 @@ impl AppState {
             models,
             downloads,
         };
+        let metrics = metrics::Metrics::default();
+        tokio::spawn(metrics.clone().follow_workers(services.workers.clone()));
         Ok(Self {
             config: Arc::new(config),
             jobs,
             services,
+            metrics,
         })
     }
 }

@@ -60,4 +60,4 @@ pub use manager::{
 pub use process::ProcessInfo;
 pub use record::{StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
 pub use stats::WorkerStats;
-pub use supervisor::HeartbeatState;
+pub use supervisor::{HeartbeatState, WorkerEvent};

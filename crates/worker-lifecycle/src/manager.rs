@@ -29,8 +29,11 @@ use crate::registry::{Registry, Slot, format_id, parse_id};
 use crate::state_file::{PersistedState, StateDir};
 use crate::stats::{StatsTable, WorkerStats};
 use crate::supervisor::{
-    Command, Context, HeartbeatState, Start, Supervisor, status_after_restart,
+    Command, Context, HeartbeatState, Start, Supervisor, WorkerEvent, status_after_restart,
 };
+
+/// How many worker events a slow subscriber may fall behind before it misses some.
+const EVENT_BUFFER: usize = 4096;
 
 /// How many lines of a worker's output go into a failure message.
 const OUTPUT_TAIL_LINES: usize = 20;
@@ -147,6 +150,7 @@ impl WorkerManager {
                     removed: removed.clone(),
                     hurried: AtomicBool::new(false),
                     adopted_checks: Arc::new(tokio::sync::Semaphore::new(2)),
+                    events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
                 }),
                 ports: PortAllocator::new(config.ports.clone()),
                 catalog,
@@ -427,6 +431,13 @@ impl WorkerManager {
             true => Ok(record),
             false => Err(LifecycleError::NotFound(id.to_owned())),
         }
+    }
+
+    /// Every change of every worker's record, and every removal, from now on. A subscriber
+    /// that falls more than a few thousand events behind is told how many it missed
+    /// (`RecvError::Lagged`); the hive never waits for it.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<WorkerEvent> {
+        self.inner.context.events.subscribe()
     }
 
     /// The last sample of worker `id`'s resource use (its whole process group); `None` until

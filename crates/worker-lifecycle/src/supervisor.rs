@@ -86,6 +86,20 @@ pub(crate) struct Context {
     /// Bounds the health checks of adopted workers that run at once: after a restart with
     /// hundreds of workers they would otherwise crowd out the first requests.
     pub(crate) adopted_checks: Arc<tokio::sync::Semaphore>,
+    /// Every change of every record, and every removal, as it happens (telemetry, metrics).
+    pub(crate) events: tokio::sync::broadcast::Sender<WorkerEvent>,
+}
+
+/// A change of a worker, as the one writer of its record makes it.
+#[derive(Debug, Clone)]
+pub enum WorkerEvent {
+    /// The record after a change.
+    Changed(Box<WorkerRecord>),
+    /// The worker left the registry.
+    Removed {
+        /// Its id.
+        id: String,
+    },
 }
 
 /// How a supervisor begins.
@@ -235,8 +249,11 @@ impl Supervisor {
                 probe = next_probe(&mut self.probe) => self.on_probe(probe),
             }
         }
+        let id = self.id();
         self.context.registry.remove(self.number);
         self.context.removed.notify_one();
+        // Nobody listening is fine.
+        let _ = self.context.events.send(WorkerEvent::Removed { id });
         // Dropping `self.record` here tells every handle that the worker is gone.
     }
 
@@ -248,6 +265,13 @@ impl Supervisor {
     /// the state file must reach to hold it (`persist`), or the current one.
     fn publish(&self, persist: bool, change: impl FnOnce(&mut WorkerRecord)) -> u64 {
         self.record.send_modify(change);
+        if self.context.events.receiver_count() > 0 {
+            let record = self.record.borrow().clone();
+            let _ = self
+                .context
+                .events
+                .send(WorkerEvent::Changed(Box::new(record)));
+        }
         match persist {
             true => self.context.registry.bump(),
             false => self.context.registry.generation(),

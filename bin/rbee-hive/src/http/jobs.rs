@@ -39,8 +39,11 @@ pub async fn submit(
             Some(reason) => refuse(&state, operation.name(), reason)?,
             None => {
                 let services = state.services.clone();
-                state.jobs.submit(operation.name(), move |job| {
-                    router::dispatch(operation, job, services)
+                let timer = state.metrics.job(operation.name());
+                state.jobs.submit(operation.name(), move |job| async move {
+                    let outcome = router::dispatch(operation, job, services).await;
+                    timer.finish(outcome.is_ok());
+                    outcome
                 })?
             }
         },
@@ -85,9 +88,11 @@ fn operation_name(body: &[u8]) -> Option<&'static str> {
 
 /// Starts a job that fails at once with `reason`.
 fn refuse(state: &AppState, operation: &str, reason: String) -> Result<JobId, ApiError> {
-    Ok(state
-        .jobs
-        .submit(operation, move |_| async move { Err::<(), String>(reason) })?)
+    let timer = state.metrics.job(operation);
+    Ok(state.jobs.submit(operation, move |_| async move {
+        timer.finish(false);
+        Err::<(), String>(reason)
+    })?)
 }
 
 /// `GET /v1/jobs`: every kept job's status, oldest first.

@@ -47,9 +47,20 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
-        .route("/health", get(health))
-        .merge(protected)
+    let mut open = Router::new().route("/health", get(health));
+    let protected = if state.config.metrics_public {
+        open = open.route("/metrics", get(metrics));
+        protected
+    } else {
+        protected.route(
+            "/metrics",
+            get(metrics).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_token,
+            )),
+        )
+    };
+    open.merge(protected)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
@@ -71,6 +82,17 @@ async fn identify(State(state): State<AppState>, mut response: Response) -> Resp
         headers.insert(HIVE_ID_HEADER, id);
     }
     response
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let text = state.metrics.render(&state.services.workers);
+    (
+        [(
+            CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 async fn health() -> impl IntoResponse {

@@ -72,8 +72,9 @@ pub async fn stream(
         StreamFormat::Text | StreamFormat::Json => "text/event-stream",
         StreamFormat::Ndjson => "application/x-ndjson",
     };
+    let metrics = state.metrics.clone();
     let body = Body::from_stream(futures::stream::unfold(Some(reader), move |reader| {
-        next_chunk(reader, format)
+        next_chunk(reader, format, metrics.clone())
     }));
     let mut response = body.into_response();
     let headers = response.headers_mut();
@@ -113,6 +114,7 @@ fn choose_format(format: Option<&str>, headers: &HeaderMap) -> Result<StreamForm
 async fn next_chunk(
     reader: Option<LogReader>,
     format: StreamFormat,
+    metrics: crate::metrics::Metrics,
 ) -> Option<(Result<Bytes, Infallible>, Option<LogReader>)> {
     let mut reader = reader?;
     loop {
@@ -124,6 +126,9 @@ async fn next_chunk(
         let mut ended = false;
         for item in &batch {
             ended |= matches!(item, ReadItem::End(_));
+            if matches!(item, ReadItem::Gap { .. }) {
+                metrics.stream_gap();
+            }
             encode(item, format, &mut chunk);
         }
         if !chunk.is_empty() {

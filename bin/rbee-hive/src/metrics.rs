@@ -1,0 +1,356 @@
+//! `GET /metrics`: Prometheus / OpenMetrics text (`prometheus-client`).
+//!
+//! Event metrics (jobs by operation and outcome, job durations, spawn-to-ready and stop
+//! durations, SIGKILLs needed, worker exits by reason, stream gaps) are counted as things
+//! happen: jobs by the HTTP layer, worker events by a task that follows the lifecycle's
+//! event stream. State metrics (workers by state and type, each listed worker's memory and
+//! CPU from the sampler, the hive's own process) are read at scrape time, so their labels
+//! are bounded by the workers listed now.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+use worker_lifecycle::{WorkerEvent, WorkerManager, WorkerRecord};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabel {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExitLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+    worker_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabels {
+    worker_id: String,
+    worker_type: String,
+    device: String,
+}
+
+/// 1 ms to about 17 minutes, doubling.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 21))
+}
+
+/// The hive's event metrics. A cheap `Clone` handle (the metrics share their state).
+#[derive(Clone)]
+pub struct Metrics {
+    jobs: Family<JobLabels, Counter>,
+    job_seconds: Family<OperationLabel, Histogram>,
+    spawn_ready_seconds: Histogram,
+    stop_seconds: Histogram,
+    sigkills: Counter,
+    exits: Family<ExitLabels, Counter>,
+    stream_gaps: Counter,
+    missed_worker_events: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            jobs: Family::default(),
+            job_seconds: Family::new_with_constructor(duration_histogram),
+            spawn_ready_seconds: duration_histogram(),
+            stop_seconds: duration_histogram(),
+            sigkills: Counter::default(),
+            exits: Family::default(),
+            stream_gaps: Counter::default(),
+            missed_worker_events: Counter::default(),
+        }
+    }
+}
+
+/// Counts a job when it ends; a job whose future is dropped before (cancelled, or ended by
+/// the shutdown) counts as `cancelled`.
+pub struct JobTimer {
+    metrics: Metrics,
+    operation: String,
+    started: Instant,
+    outcome: Option<&'static str>,
+}
+
+impl JobTimer {
+    /// Records the outcome (`succeeded` or `failed`).
+    pub fn finish(mut self, succeeded: bool) {
+        self.outcome = Some(if succeeded { "succeeded" } else { "failed" });
+    }
+}
+
+impl Drop for JobTimer {
+    fn drop(&mut self) {
+        let outcome = self.outcome.unwrap_or("cancelled");
+        self.metrics
+            .jobs
+            .get_or_create(&JobLabels {
+                operation: self.operation.clone(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        self.metrics
+            .job_seconds
+            .get_or_create(&OperationLabel {
+                operation: self.operation.clone(),
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// Starts timing a job of `operation`.
+    pub fn job(&self, operation: &str) -> JobTimer {
+        JobTimer {
+            metrics: self.clone(),
+            operation: operation.to_owned(),
+            started: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    /// A reader fell behind and missed narration lines.
+    pub fn stream_gap(&self) {
+        self.stream_gaps.inc();
+    }
+
+    /// Follows the workers' events until the lifecycle ends, counting what happens to them.
+    pub async fn follow_workers(self, workers: WorkerManager) {
+        use tokio::sync::broadcast::error::RecvError;
+        let mut events = workers.subscribe();
+        let mut seen: HashMap<String, WorkerRecord> = workers
+            .list()
+            .into_iter()
+            .map(|r| (r.id.clone(), r))
+            .collect();
+        loop {
+            match events.recv().await {
+                Ok(WorkerEvent::Changed(record)) => {
+                    self.observe_change(seen.get(&record.id), &record);
+                    seen.insert(record.id.clone(), *record);
+                }
+                Ok(WorkerEvent::Removed { id }) => {
+                    seen.remove(&id);
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    self.missed_worker_events.inc_by(missed);
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn observe_change(&self, before: Option<&WorkerRecord>, after: &WorkerRecord) {
+        let seconds = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
+            (to - from).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6
+        };
+        let was_ready = before.is_some_and(|b| b.ready_at.is_some());
+        if let (false, Some(ready_at)) = (was_ready, after.ready_at) {
+            self.spawn_ready_seconds
+                .observe(seconds(after.started_at, ready_at));
+        }
+        let stop_before = before.and_then(|b| b.stop.as_ref());
+        if let Some(stop) = &after.stop {
+            if stop.sigkill_at.is_some() && stop_before.is_none_or(|s| s.sigkill_at.is_none()) {
+                self.sigkills.inc();
+            }
+            if let Some(finished) = stop.finished_at
+                && stop_before.is_none_or(|s| s.finished_at.is_none())
+            {
+                self.stop_seconds
+                    .observe(seconds(stop.requested_at, finished));
+            }
+        }
+        if let Some(exit) = &after.exit
+            && before.is_none_or(|b| b.exit.is_none())
+        {
+            let reason = match (exit.code, exit.signal) {
+                (Some(0), _) => "exit_code_0",
+                (Some(_), _) => "exit_code_nonzero",
+                (None, Some(_)) => "signal",
+                (None, None) => "unknown",
+            };
+            self.exits
+                .get_or_create(&ExitLabels {
+                    reason: reason.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// The OpenMetrics text of a scrape now.
+    pub fn render(&self, workers: &WorkerManager) -> String {
+        let mut registry = Registry::with_prefix("rbee_hive");
+        registry.register(
+            "jobs",
+            "Jobs ended, by operation and outcome",
+            self.jobs.clone(),
+        );
+        registry.register_with_unit(
+            "job_duration",
+            "Time from a job's start to its end",
+            Unit::Seconds,
+            self.job_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "worker_spawn_to_ready",
+            "Time from a worker's start to its readiness",
+            Unit::Seconds,
+            self.spawn_ready_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "worker_stop_duration",
+            "Time from a stop's request to its end (the whole process group gone)",
+            Unit::Seconds,
+            self.stop_seconds.clone(),
+        );
+        registry.register(
+            "worker_sigkills",
+            "Stops that needed SIGKILL",
+            self.sigkills.clone(),
+        );
+        registry.register(
+            "worker_exits",
+            "Worker exits, by reason",
+            self.exits.clone(),
+        );
+        registry.register(
+            "stream_gaps",
+            "Times a stream reader fell behind and missed narration lines",
+            self.stream_gaps.clone(),
+        );
+        registry.register(
+            "missed_worker_events",
+            "Worker events the metrics missed (they fell behind)",
+            self.missed_worker_events.clone(),
+        );
+
+        let by_state: Family<StateLabels, Gauge> = Family::default();
+        let rss: Family<WorkerLabels, Gauge<f64, AtomicU64>> = Family::default();
+        let cpu: Family<WorkerLabels, Gauge<f64, AtomicU64>> = Family::default();
+        let stats = workers.all_stats();
+        for record in workers.list() {
+            by_state
+                .get_or_create(&StateLabels {
+                    state: record.status.label().to_owned(),
+                    worker_type: record.worker_type.clone(),
+                })
+                .inc();
+            if let Some(stats) = stats.get(&record.id) {
+                let labels = WorkerLabels {
+                    worker_id: record.id.clone(),
+                    worker_type: record.worker_type.clone(),
+                    device: record.device.clone(),
+                };
+                rss.get_or_create(&labels)
+                    .set(stats.rss_mb * 1024.0 * 1024.0);
+                cpu.get_or_create(&labels).set(stats.cpu_pct / 100.0);
+            }
+        }
+        registry.register("workers", "Listed workers, by state and type", by_state);
+        registry.register_with_unit(
+            "worker_resident_memory",
+            "Resident memory of a worker's whole process group",
+            Unit::Bytes,
+            rss,
+        );
+        registry.register(
+            "worker_cpu_cores",
+            "CPU use of a worker's whole process group over the last sample interval, in cores",
+            cpu,
+        );
+        register_process_metrics(&mut registry);
+
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+/// The hive's own process, as Prometheus client libraries name these metrics.
+fn register_process_metrics(registry: &mut Registry) {
+    let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok() else {
+        return;
+    };
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let number = |index: usize| -> f64 {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as f64;
+    let cpu: Counter<f64, AtomicU64> = Counter::default();
+    cpu.inc_by((number(11) + number(12)) / ticks);
+    registry.register_with_unit(
+        "process_cpu",
+        "CPU time of the hive process",
+        Unit::Seconds,
+        cpu,
+    );
+    let gauge = |value: f64| {
+        let gauge: Gauge<f64, AtomicU64> = Gauge::default();
+        gauge.set(value);
+        gauge
+    };
+    registry.register_with_unit(
+        "process_resident_memory",
+        "Resident memory of the hive process",
+        Unit::Bytes,
+        gauge(number(21) * page),
+    );
+    registry.register(
+        "process_threads",
+        "Threads of the hive process",
+        gauge(number(17)),
+    );
+    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as f64;
+    registry.register(
+        "process_open_fds",
+        "Open file descriptors of the hive process",
+        gauge(open_fds),
+    );
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    registry.register_with_unit(
+        "process_start_time",
+        "Start time of the hive process since the Unix epoch",
+        Unit::Seconds,
+        gauge(boot + number(19) / ticks),
+    );
+}
