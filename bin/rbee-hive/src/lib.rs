@@ -48,6 +48,8 @@ pub struct AppState {
     pub services: OperationServices,
     /// The hive's metrics.
     pub metrics: metrics::Metrics,
+    /// Cancelled when the shutdown begins: open telemetry streams end.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -102,6 +104,7 @@ impl AppState {
             jobs,
             services,
             metrics,
+            closing: tokio_util::sync::CancellationToken::new(),
         })
     }
 }
@@ -200,10 +203,12 @@ async fn serve(
                 tracing::debug!("cannot set TCP_NODELAY: {error}");
             }
         });
+    let closing = state.closing.clone();
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
         shutdown.await;
         let _ = shutting_down_tx.send(());
         let cancelled = jobs.begin_shutdown();
+        closing.cancel();
         tracing::info!("shutting down: stopped accepting, cancelled {cancelled} running job(s)");
         let _ = draining_tx.send(());
     });

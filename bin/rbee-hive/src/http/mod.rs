@@ -6,6 +6,7 @@
 //! - [`heartbeat`]: worker heartbeats.
 //! - [`jobs`]: submit, status and cancel of jobs.
 //! - [`logs`]: a worker's captured output, whole, tailed or followed.
+//! - [`telemetry`]: the telemetry stream (snapshot, worker changes, periodic stats).
 //! - [`stream`]: a job's narration stream in its three encodings.
 
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod heartbeat;
 pub mod jobs;
 pub mod logs;
 pub mod stream;
+pub mod telemetry;
 
 use axum::Json;
 use axum::Router;
@@ -42,6 +44,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{job_id}/stream", get(stream::stream))
         .route("/v1/heartbeat", post(heartbeat::heartbeat))
         .route("/v1/workers/{id}/logs", get(logs::logs))
+        .route("/v1/heartbeats/stream", get(telemetry::stream))
         .fallback(no_route)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

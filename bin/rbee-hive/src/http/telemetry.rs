@@ -1,0 +1,173 @@
+//! `GET /v1/heartbeats/stream`: the hive's telemetry as Server-Sent Events (the path the
+//! rbee upstream hive uses).
+//!
+//! On connect, `event: snapshot` holds the hive and every worker. Then `event: worker`
+//! reports each state change as the lifecycle makes it (`spawned`, `ready`, `busy`,
+//! `stopping`, `exited`, `removed`), and every `telemetry_interval_ms` an `event: telemetry`
+//! holds every running worker's stats in the upstream shape (`{pid, worker_id, model, state,
+//! cpu_pct, rss_mb, uptime_s}`; GPU fields when known). Each reader has its own cursor in the
+//! lifecycle's bounded event buffer: a reader that falls behind gets `event: gap` with how
+//! many changes it missed, and never slows the hive.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::broadcast::error::RecvError;
+use worker_lifecycle::{WorkerEvent, WorkerManager, WorkerRecord, WorkerStatus};
+
+use crate::AppState;
+use crate::jobs::ops::worker_json;
+
+/// `GET /v1/heartbeats/stream`.
+pub async fn stream(State(state): State<AppState>) -> Response {
+    let workers = state.services.workers.clone();
+    // Subscribed before the snapshot is taken, so that no change falls between the two.
+    let events = workers.subscribe();
+    let snapshot = snapshot(&state, &workers);
+    let known: HashMap<String, WorkerRecord> = workers
+        .list()
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    let interval = Duration::from_millis(state.config.telemetry_interval_ms);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let reader = Reader {
+        closing: state.closing.clone(),
+        workers,
+        events,
+        known,
+        ticker,
+        first: Some(sse("snapshot", &snapshot)),
+    };
+    let body = Body::from_stream(futures::stream::unfold(reader, |mut reader| async move {
+        let chunk = reader.next().await?;
+        Some((Ok::<Bytes, Infallible>(Bytes::from(chunk)), reader))
+    }));
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+struct Reader {
+    closing: tokio_util::sync::CancellationToken,
+    workers: WorkerManager,
+    events: tokio::sync::broadcast::Receiver<WorkerEvent>,
+    known: HashMap<String, WorkerRecord>,
+    ticker: tokio::time::Interval,
+    first: Option<String>,
+}
+
+impl Reader {
+    /// The next event's text; `None` once the lifecycle has ended (the hive is stopping).
+    async fn next(&mut self) -> Option<String> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        loop {
+            tokio::select! {
+                () = self.closing.cancelled() => return None,
+                event = self.events.recv() => match event {
+                    Ok(WorkerEvent::Changed(record)) => {
+                        let change = change(self.known.get(&record.id), &record);
+                        self.known.insert(record.id.clone(), (*record).clone());
+                        if let Some(change) = change {
+                            let stats = self.workers.stats(&record.id);
+                            return Some(sse("worker", &json!({
+                                "change": change,
+                                "worker": worker_json(&record, stats),
+                            })));
+                        }
+                    }
+                    Ok(WorkerEvent::Removed { id }) => {
+                        self.known.remove(&id);
+                        return Some(sse("worker", &json!({"change": "removed", "worker_id": id})));
+                    }
+                    Err(RecvError::Lagged(missed)) => {
+                        // What is known may be stale now: the next telemetry event says how
+                        // things are.
+                        return Some(sse("gap", &json!({"missed": missed})));
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = self.ticker.tick() => return Some(sse("telemetry", &telemetry(&self.workers))),
+            }
+        }
+    }
+}
+
+/// The state change a new record makes, if it is one of those reported.
+fn change(before: Option<&WorkerRecord>, after: &WorkerRecord) -> Option<&'static str> {
+    let Some(before) = before else {
+        return Some("spawned");
+    };
+    if after.exit.is_some() && before.exit.is_none() {
+        return Some("exited");
+    }
+    if after.stop.is_some() && before.stop.is_none() {
+        return Some("stopping");
+    }
+    if before.status != after.status {
+        return match after.status {
+            WorkerStatus::Ready => Some("ready"),
+            WorkerStatus::Busy => Some("busy"),
+            WorkerStatus::Stopped | WorkerStatus::Failed { .. } if before.exit.is_none() => {
+                Some("exited")
+            }
+            _ => None,
+        };
+    }
+    None
+}
+
+fn snapshot(state: &AppState, workers: &WorkerManager) -> Value {
+    let stats = workers.all_stats();
+    json!({
+        "hive": {
+            "id": state.config.effective_hive_id(),
+            "version": env!("CARGO_PKG_VERSION"),
+            "telemetry_interval_ms": state.config.telemetry_interval_ms,
+        },
+        "workers": workers
+            .list()
+            .iter()
+            .map(|w| worker_json(w, stats.get(&w.id).cloned()))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// Every running worker's stats in the upstream shape.
+fn telemetry(workers: &WorkerManager) -> Value {
+    let stats = workers.all_stats();
+    let entries: Vec<Value> = workers
+        .list()
+        .into_iter()
+        .filter_map(|record| {
+            let stats = stats.get(&record.id)?;
+            Some(json!({
+                "pid": record.pid,
+                "worker_id": record.id,
+                "model": record.model_id,
+                "state": record.status.label(),
+                "cpu_pct": stats.cpu_pct,
+                "rss_mb": stats.rss_mb,
+                "uptime_s": stats.uptime_s,
+            }))
+        })
+        .collect();
+    json!({ "workers": entries, "at": chrono::Utc::now() })
+}
+
+fn sse(event: &str, data: &Value) -> String {
+    format!("event: {event}\ndata: {data}\n\n")
+}
