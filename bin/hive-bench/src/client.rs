@@ -142,4 +142,37 @@ impl Connection {
         };
         Ok((text, at - started))
     }
+
+    /// `GET path`; returns the status and the body (which must carry a content-length).
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<(u16, String)> {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", self.host);
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let (status, length) = self.head().await?;
+        let mut body = vec![0; length.context("content-length")?];
+        self.stream.read_exact(&mut body).await?;
+        Ok((status, String::from_utf8(body)?))
+    }
+
+    /// `GET path` of a chunked stream: reads its head; then [`next_chunk`](Self::next_chunk).
+    pub async fn open_stream(&mut self, path: &str) -> anyhow::Result<()> {
+        let request = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n\r\n", self.host);
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let (status, _) = self.head().await?;
+        if status != 200 {
+            bail!("GET {path} answered {status}");
+        }
+        Ok(())
+    }
+
+    /// The next chunk of a stream opened with [`open_stream`](Self::open_stream); empty at
+    /// its end.
+    pub async fn next_chunk(&mut self) -> anyhow::Result<Vec<u8>> {
+        self.line.clear();
+        self.stream.read_line(&mut self.line).await?;
+        let size = usize::from_str_radix(self.line.trim(), 16).context("chunk size")?;
+        let mut chunk = vec![0; size + 2];
+        self.stream.read_exact(&mut chunk).await?;
+        chunk.truncate(size);
+        Ok(chunk)
+    }
 }

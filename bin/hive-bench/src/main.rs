@@ -25,6 +25,7 @@
 mod client;
 mod download;
 mod hive;
+mod observe;
 mod stats;
 mod worker;
 
@@ -68,7 +69,7 @@ struct Args {
     #[arg(long, default_value = "bench.json")]
     out: std::path::PathBuf,
     /// Run only these scenarios (comma-separated): round-trip, throughput, list, spawn,
-    /// cli, stubborn, concurrent, shutdown, restart, memory, download.
+    /// cli, stubborn, concurrent, shutdown, restart, memory, download, observe.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -211,6 +212,8 @@ async fn main() -> anyhow::Result<()> {
             large - small
         ));
         }
+        // The same workers, scraped.
+        rows.push(observe::scrape(hive.addr, spawned).await?);
         delete_all(hive.addr, spawned).await?;
     }
 
@@ -518,6 +521,13 @@ async fn main() -> anyhow::Result<()> {
             rows.extend(outcome.rows);
             notes.extend(outcome.notes);
         }
+    }
+
+    if args.runs("observe") {
+        eprintln!("12/12 observing: sampling cost, telemetry and logs latency");
+        rows.extend(observe::sampling_cost(&bin_dir).await?);
+        rows.push(observe::telemetry_latency(&bin_dir).await?);
+        rows.push(observe::logs_latency(&bin_dir).await?);
     }
 
     print_table(&rows, &notes);
