@@ -96,8 +96,30 @@ async fn spawn(args: SpawnArgs) -> Result<(), CliError> {
         "operation": "worker_spawn", "hive_id": hive_id, "model": args.model,
         "worker": args.worker, "device": args.device,
     });
-    let job_id = client.submit(&operation).await?;
-    let human = !args.quiet && !args.client.json;
+    run_printing_id(
+        &client,
+        &operation,
+        args.quiet,
+        args.client.json,
+        "/id",
+        "worker",
+    )
+    .await
+}
+
+/// Runs an operation whose result names what it made: narration on stderr (unless `quiet`
+/// or `json`), then that name alone on stdout (at `pointer` in the result), so that
+/// `id=$(rbee-hive … -q)` works; with `json`, the stream's events instead.
+async fn run_printing_id(
+    client: &HiveClient,
+    operation: &Value,
+    quiet: bool,
+    json: bool,
+    pointer: &str,
+    what: &str,
+) -> Result<(), CliError> {
+    let job_id = client.submit(operation).await?;
+    let human = !quiet && !json;
     if human {
         output::line(Stream::Stderr, Tone::Dim, &format!("job {job_id}"));
     }
@@ -109,14 +131,14 @@ async fn spawn(args: SpawnArgs) -> Result<(), CliError> {
                     narrate(Stream::Stderr, "", event);
                 }
             },
-            raw(args.client.json),
+            raw(json),
         )
         .await?;
-    if !args.client.json {
+    if !json {
         let id = result
             .as_ref()
-            .and_then(|r| r["id"].as_str())
-            .ok_or_else(|| CliError::Usage(format!("job {job_id} named no worker")))?;
+            .and_then(|r| r.pointer(pointer)?.as_str())
+            .ok_or_else(|| CliError::Usage(format!("job {job_id} named no {what}")))?;
         output::line(Stream::Stdout, Tone::Plain, id);
     }
     Ok(())
@@ -581,30 +603,15 @@ async fn model_download(args: ModelDownloadArgs) -> Result<(), CliError> {
     if let Some(sha256) = &args.sha256 {
         operation["sha256"] = json!(sha256);
     }
-    let job_id = client.submit(&operation).await?;
-    let human = !args.quiet && !args.client.json;
-    if human {
-        output::line(Stream::Stderr, Tone::Dim, &format!("job {job_id}"));
-    }
-    let result = client
-        .follow(
-            &job_id,
-            |event| {
-                if human {
-                    narrate(Stream::Stderr, "", event);
-                }
-            },
-            raw(args.client.json),
-        )
-        .await?;
-    if !args.client.json {
-        let id = result
-            .as_ref()
-            .and_then(|r| r["artifact"]["id"].as_str())
-            .ok_or_else(|| CliError::Usage(format!("job {job_id} named no model")))?;
-        output::line(Stream::Stdout, Tone::Plain, id);
-    }
-    Ok(())
+    run_printing_id(
+        &client,
+        &operation,
+        args.quiet,
+        args.client.json,
+        "/artifact/id",
+        "model",
+    )
+    .await
 }
 
 async fn model_delete(args: ModelDeleteArgs) -> Result<(), CliError> {
