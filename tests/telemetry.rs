@@ -91,6 +91,21 @@ async fn a_snapshot_then_each_change_in_order_and_periodic_stats() {
         assert!(stats[field].is_number(), "{field}: {stats}");
     }
 
+    // A heartbeat saying it is busy is a change too.
+    let beat = hive
+        .client
+        .post(hive.url("/v1/heartbeat"))
+        .json(&json!({"worker_id": id, "timestamp": "2026-01-01T00:00:00Z", "health_status": "healthy", "state": "busy"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(beat.status().is_success());
+    let seen = read_until(&mut body, &mut buffer, |e| {
+        e.event.as_deref() == Some("worker") && data(e)["change"] == "busy"
+    })
+    .await;
+    assert_eq!(changes(&seen), ["busy"], "{seen:#?}");
+
     hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
         .await;
     let seen = read_until(&mut body, &mut buffer, |e| {
