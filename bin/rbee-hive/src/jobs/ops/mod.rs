@@ -36,7 +36,15 @@ impl<'a> WorkerView<'a> {
     }
 }
 
-/// [`WorkerView`] as a JSON value.
+/// A worker's record as a JSON value with `stats` added (a map insert: `flatten` would
+/// buffer every record once more; the order of a value's keys is not kept anyway).
 pub(crate) fn worker_json(record: &WorkerRecord, stats: Option<WorkerStats>) -> serde_json::Value {
-    serde_json::to_value(WorkerView::new(record, stats)).unwrap_or_default()
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    if let (Some(object), Some(stats)) = (value.as_object_mut(), stats) {
+        object.insert(
+            "stats".to_owned(),
+            serde_json::to_value(stats).unwrap_or_default(),
+        );
+    }
+    value
 }
