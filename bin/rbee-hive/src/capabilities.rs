@@ -69,6 +69,90 @@ impl worker_lifecycle::DeviceInventory for DetectedDevices {
     }
 }
 
+/// GPU memory per process and per GPU from `nvidia-smi` (two queries a sample).
+#[derive(Debug, Clone)]
+pub struct NvidiaSmiUsage {
+    /// The `nvidia-smi` program.
+    pub nvidia_smi: String,
+}
+
+impl worker_lifecycle::GpuUsage for NvidiaSmiUsage {
+    fn sample(&self) -> futures::future::BoxFuture<'_, Option<worker_lifecycle::GpuSample>> {
+        Box::pin(async move {
+            let apps = run_nvidia_smi(
+                &self.nvidia_smi,
+                &[
+                    "--query-compute-apps=pid,used_memory",
+                    "--format=csv,noheader,nounits",
+                ],
+            )
+            .await?;
+            let gpus = run_nvidia_smi(
+                &self.nvidia_smi,
+                &[
+                    "--query-gpu=index,memory.used,memory.total,utilization.gpu",
+                    "--format=csv,noheader,nounits",
+                ],
+            )
+            .await?;
+            Some(worker_lifecycle::GpuSample {
+                by_pid: parse_compute_apps(&apps),
+                gpus: parse_gpu_usage(&gpus),
+            })
+        })
+    }
+}
+
+async fn run_nvidia_smi(program: &str, args: &[&str]) -> Option<String> {
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    match tokio::time::timeout(NVIDIA_SMI_TIMEOUT, command.output()).await {
+        Ok(Ok(output)) if output.status.success() => {
+            Some(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+        _ => None,
+    }
+}
+
+/// `pid, used_memory` lines (noheader, nounits) → MiB by pid, summed per pid (a process on
+/// several GPUs has a line for each).
+pub fn parse_compute_apps(text: &str) -> std::collections::HashMap<u32, u64> {
+    let mut by_pid = std::collections::HashMap::new();
+    for line in text.lines() {
+        let mut cols = line.split(',').map(str::trim);
+        let (Some(pid), Some(used)) = (
+            cols.next().and_then(|p| p.parse::<u32>().ok()),
+            cols.next().and_then(|m| m.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        *by_pid.entry(pid).or_insert(0) += used;
+    }
+    by_pid
+}
+
+/// `index, memory.used, memory.total, utilization.gpu` lines (noheader, nounits).
+pub fn parse_gpu_usage(text: &str) -> std::collections::HashMap<u32, worker_lifecycle::GpuState> {
+    text.lines()
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split(',').map(str::trim).collect();
+            let index = cols.first()?.parse::<u32>().ok()?;
+            Some((
+                index,
+                worker_lifecycle::GpuState {
+                    used_mib: cols.get(1)?.parse().ok()?,
+                    total_mib: cols.get(2)?.parse().ok()?,
+                    // "[N/A]" on GPUs that do not report it.
+                    util_pct: cols.get(3).and_then(|u| u.parse().ok()).unwrap_or(0.0),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Detects this machine's devices, running `nvidia_smi` for the GPUs.
 pub async fn detect(nvidia_smi: &str) -> Capabilities {
     let mut devices = detect_gpus(nvidia_smi).await;
@@ -164,6 +248,30 @@ fn parse_mem_total_kib(meminfo: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compute_apps_from_the_real_capture() {
+        let capture = include_str!("../fixtures/nvidia-smi/query-compute-apps-one-process.txt");
+        // The capture holds the csv form with header and units first, then the noheader,
+        // nounits form that the hive asks for: only the latter parses.
+        let by_pid = parse_compute_apps(capture);
+        assert_eq!(by_pid.len(), 1, "{by_pid:?}");
+        assert_eq!(by_pid[&426], 1542);
+        let empty = include_str!("../fixtures/nvidia-smi/query-compute-apps.csv");
+        assert!(parse_compute_apps(empty).is_empty());
+        // A process on two GPUs counts twice.
+        assert_eq!(parse_compute_apps("7, 100\n7, 50\n")[&7], 150);
+    }
+
+    #[test]
+    fn gpu_usage_lines() {
+        let gpus = parse_gpu_usage("0, 1542, 81559, 37\n1, 0, 81559, [N/A]\nbad\n");
+        assert_eq!(gpus.len(), 2);
+        assert_eq!(gpus[&0].used_mib, 1542);
+        assert_eq!(gpus[&0].total_mib, 81559);
+        assert_eq!(gpus[&0].util_pct, 37.0);
+        assert_eq!(gpus[&1].util_pct, 0.0);
+    }
 
     #[test]
     fn parses_the_h100_capture() {

@@ -61,6 +61,9 @@ impl AppState {
             max_finished: config.max_finished_jobs,
             event_buffer: config.job_event_buffer,
         });
+        let gpu: Arc<dyn worker_lifecycle::GpuUsage> = Arc::new(capabilities::NvidiaSmiUsage {
+            nvidia_smi: config.nvidia_smi.clone(),
+        });
         let workers = WorkerManager::new(LifecycleConfig {
             state_dir: config.state_dir.clone(),
             ports: config.worker_port_range()?,
@@ -80,6 +83,7 @@ impl AppState {
             }),
             logs: config.worker_log_retention(),
             stats_interval: Duration::from_millis(config.telemetry_interval_ms),
+            gpu_usage: Some(gpu.clone()),
         })?;
         let models = catalog::ModelCatalog::new(&config.catalog_dir);
         let downloads = catalog::Downloader::new(
@@ -96,6 +100,7 @@ impl AppState {
             worker_binaries: catalog::WorkerCatalog::new(&config.catalog_dir),
             models,
             downloads,
+            gpu: Some(gpu),
         };
         let metrics = metrics::Metrics::default();
         tokio::spawn(metrics.clone().follow_workers(services.workers.clone()));

@@ -246,6 +246,7 @@ impl Metrics {
         let by_state: Family<StateLabels, Gauge> = Family::default();
         let rss: Family<WorkerLabels, Gauge<f64, AtomicU64>> = Family::default();
         let cpu: Family<WorkerLabels, Gauge<f64, AtomicU64>> = Family::default();
+        let vram: Family<WorkerLabels, Gauge<f64, AtomicU64>> = Family::default();
         let stats = workers.all_stats();
         for record in workers.list() {
             by_state
@@ -263,6 +264,9 @@ impl Metrics {
                 rss.get_or_create(&labels)
                     .set(stats.rss_mb * 1024.0 * 1024.0);
                 cpu.get_or_create(&labels).set(stats.cpu_pct / 100.0);
+                if let Some(mb) = stats.vram_mb {
+                    vram.get_or_create(&labels).set(mb * 1024.0 * 1024.0);
+                }
             }
         }
         registry.register("workers", "Listed workers, by state and type", by_state);
@@ -276,6 +280,12 @@ impl Metrics {
             "worker_cpu_cores",
             "CPU use of a worker's whole process group over the last sample interval, in cores",
             cpu,
+        );
+        registry.register_with_unit(
+            "worker_gpu_memory",
+            "GPU memory held by a worker's process group (GPU workers, as the driver reports it)",
+            Unit::Bytes,
+            vram,
         );
         register_process_metrics(&mut registry);
 

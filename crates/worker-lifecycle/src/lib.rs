@@ -59,5 +59,5 @@ pub use manager::{
 };
 pub use process::ProcessInfo;
 pub use record::{StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
-pub use stats::WorkerStats;
+pub use stats::{GpuSample, GpuState, GpuUsage, WorkerStats};
 pub use supervisor::{HeartbeatState, WorkerEvent};

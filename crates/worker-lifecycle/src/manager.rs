@@ -27,7 +27,7 @@ use crate::record::{
 };
 use crate::registry::{Registry, Slot, format_id, parse_id};
 use crate::state_file::{PersistedState, StateDir};
-use crate::stats::{StatsTable, WorkerStats};
+use crate::stats::{GpuUsage, StatsTable, WorkerStats};
 use crate::supervisor::{
     Command, Context, HeartbeatState, Start, Supervisor, WorkerEvent, status_after_restart,
 };
@@ -71,6 +71,8 @@ pub struct LifecycleConfig {
     pub logs: LogRetention,
     /// How often the workers' resource use is sampled (default 1 s).
     pub stats_interval: Duration,
+    /// Where GPU memory per process comes from (none: no GPU fields).
+    pub gpu_usage: Option<Arc<dyn GpuUsage>>,
 }
 
 /// What to spawn.
@@ -169,6 +171,7 @@ impl WorkerManager {
             registry.clone(),
             manager.inner.stats.clone(),
             config.stats_interval,
+            config.gpu_usage.clone(),
             stop.clone(),
         ));
         tokio::spawn(logs::janitor(

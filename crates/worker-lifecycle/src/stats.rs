@@ -13,6 +13,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::registry::Registry;
 
+/// GPU memory and use as the driver reports them (`nvidia-smi`, or NVML).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuSample {
+    /// GPU memory used by each process, in MiB, by pid.
+    pub by_pid: HashMap<u32, u64>,
+    /// Each GPU by index.
+    pub gpus: HashMap<u32, GpuState>,
+}
+
+/// One GPU's memory and use.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GpuState {
+    /// Used memory, MiB.
+    pub used_mib: u64,
+    /// Total memory, MiB.
+    pub total_mib: u64,
+    /// Utilisation, percent.
+    pub util_pct: f64,
+}
+
+/// Where GPU samples come from. `None` when there is no GPU or no driver: the GPU fields
+/// are then absent and nothing fails.
+pub trait GpuUsage: Send + Sync + 'static {
+    /// A sample now.
+    fn sample(&self) -> futures::future::BoxFuture<'_, Option<GpuSample>>;
+}
+
 /// The last sample of one worker's process group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkerStats {
@@ -26,6 +53,17 @@ pub struct WorkerStats {
     pub cpu_pct: f64,
     /// Seconds since the worker was started.
     pub uptime_s: u64,
+    /// The pids of its group.
+    pub pids: Vec<u32>,
+    /// GPU memory its group holds, in MiB (GPU workers, when the driver reports it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vram_mb: Option<f64>,
+    /// Utilisation of its GPU, percent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_util_pct: Option<f64>,
+    /// Total memory of its GPU, in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_vram_mb: Option<f64>,
     /// When this was sampled.
     pub sampled_at: DateTime<Utc>,
 }
@@ -52,8 +90,9 @@ impl StatsTable {
 }
 
 /// What one process group uses, summed over its processes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct GroupUse {
+    pids: Vec<u32>,
     processes: u32,
     threads: u64,
     rss_pages: u64,
@@ -65,6 +104,7 @@ pub(crate) async fn sampler(
     registry: Registry,
     table: StatsTable,
     interval: Duration,
+    gpu: Option<std::sync::Arc<dyn GpuUsage>>,
     stop: CancellationToken,
 ) {
     let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
@@ -95,6 +135,11 @@ pub(crate) async fn sampler(
             continue;
         }
         let groups: Vec<u32> = running.iter().map(|r| r.pgid).collect();
+        // The driver is asked only while GPU workers run (`nvidia-smi` costs tens of ms).
+        let gpu_sample = match &gpu {
+            Some(gpu) if running.iter().any(|r| r.device.starts_with("GPU-")) => gpu.sample().await,
+            _ => None,
+        };
         let Ok(usage) = tokio::task::spawn_blocking(move || scan(&groups)).await else {
             continue;
         };
@@ -102,7 +147,7 @@ pub(crate) async fn sampler(
         let mut samples = HashMap::with_capacity(running.len());
         let mut next_previous = HashMap::with_capacity(running.len());
         for record in running {
-            let group = usage.get(&record.pgid).copied().unwrap_or_default();
+            let group = usage.get(&record.pgid).cloned().unwrap_or_default();
             let cpu_pct = match previous.get(&record.id) {
                 Some((ticks, at)) => {
                     let seconds = now.duration_since(*at).as_secs_f64();
@@ -118,6 +163,23 @@ pub(crate) async fn sampler(
             };
             next_previous.insert(record.id.clone(), (group.ticks, now));
             let uptime_s = (Utc::now() - record.started_at).num_seconds().max(0) as u64;
+            let gpu_index = record
+                .device
+                .strip_prefix("GPU-")
+                .and_then(|n| n.parse::<u32>().ok());
+            let (vram_mb, gpu_state) = match (&gpu_sample, gpu_index) {
+                (Some(sample), Some(index)) => (
+                    Some(
+                        group
+                            .pids
+                            .iter()
+                            .filter_map(|pid| sample.by_pid.get(pid))
+                            .sum::<u64>() as f64,
+                    ),
+                    sample.gpus.get(&index).copied(),
+                ),
+                _ => (None, None),
+            };
             samples.insert(
                 record.id.clone(),
                 WorkerStats {
@@ -127,6 +189,10 @@ pub(crate) async fn sampler(
                         / 10.0,
                     cpu_pct,
                     uptime_s,
+                    pids: group.pids.clone(),
+                    vram_mb,
+                    gpu_util_pct: gpu_state.map(|g| g.util_pct),
+                    total_vram_mb: gpu_state.map(|g| g.total_mib as f64),
                     sampled_at: Utc::now(),
                 },
             );
@@ -154,6 +220,7 @@ fn scan(groups: &[u32]) -> HashMap<u32, GroupUse> {
         if let Some((pgid, process)) = parse_stat(&stat)
             && let Some(group) = usage.get_mut(&pgid)
         {
+            group.pids.push(pid);
             group.processes += 1;
             group.threads += process.threads;
             group.rss_pages += process.rss_pages;
@@ -177,6 +244,7 @@ fn parse_stat(stat: &str) -> Option<(u32, GroupUse)> {
     Some((
         u32::try_from(number(2)?).ok()?,
         GroupUse {
+            pids: Vec::new(),
             processes: 1,
             threads: number(17)?,
             rss_pages: number(21)?,
@@ -197,6 +265,7 @@ mod tests {
             Some((
                 4240,
                 GroupUse {
+                    pids: Vec::new(),
                     processes: 1,
                     threads: 5,
                     rss_pages: 321,
@@ -211,7 +280,7 @@ mod tests {
     fn this_process_is_found_in_its_group() {
         let pgid = nix::unistd::getpgrp().as_raw() as u32;
         let usage = scan(&[pgid]);
-        let group = usage[&pgid];
+        let group = &usage[&pgid];
         assert!(
             group.processes >= 1 && group.threads >= 1 && group.rss_pages > 0,
             "{group:?}"

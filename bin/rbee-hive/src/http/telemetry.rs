@@ -5,7 +5,8 @@
 //! reports each state change as the lifecycle makes it (`spawned`, `ready`, `busy`,
 //! `stopping`, `exited`, `removed`), and every `telemetry_interval_ms` an `event: telemetry`
 //! holds every running worker's stats in the upstream shape (`{pid, worker_id, model, state,
-//! cpu_pct, rss_mb, uptime_s}`; GPU fields when known). Each reader has its own cursor in the
+//! cpu_pct, rss_mb, uptime_s}`, and `gpu_util_pct`, `vram_mb`, `total_vram_mb` for GPU
+//! workers when the driver reports them). Each reader has its own cursor in the
 //! lifecycle's bounded event buffer: a reader that falls behind gets `event: gap` with how
 //! many changes it missed, and never slows the hive.
 
@@ -154,7 +155,7 @@ fn telemetry(workers: &WorkerManager) -> Value {
         .into_iter()
         .filter_map(|record| {
             let stats = stats.get(&record.id)?;
-            Some(json!({
+            let mut entry = json!({
                 "pid": record.pid,
                 "worker_id": record.id,
                 "model": record.model_id,
@@ -162,7 +163,18 @@ fn telemetry(workers: &WorkerManager) -> Value {
                 "cpu_pct": stats.cpu_pct,
                 "rss_mb": stats.rss_mb,
                 "uptime_s": stats.uptime_s,
-            }))
+            });
+            // GPU fields only where the driver reports them (upstream's optional fields).
+            for (key, value) in [
+                ("gpu_util_pct", stats.gpu_util_pct),
+                ("vram_mb", stats.vram_mb),
+                ("total_vram_mb", stats.total_vram_mb),
+            ] {
+                if let Some(value) = value {
+                    entry[key] = json!(value);
+                }
+            }
+            Some(entry)
         })
         .collect();
     json!({ "workers": entries, "at": chrono::Utc::now() })

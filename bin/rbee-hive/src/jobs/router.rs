@@ -19,6 +19,8 @@ pub struct OperationServices {
     pub worker_binaries: WorkerCatalog,
     /// Model downloads into the model catalog.
     pub downloads: Downloader,
+    /// GPU memory per process (a delete waits for a GPU worker's memory to come back).
+    pub gpu: Option<std::sync::Arc<dyn worker_lifecycle::GpuUsage>>,
 }
 
 /// Why an operation failed; its text is the job's failure reason.

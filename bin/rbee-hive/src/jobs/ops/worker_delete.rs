@@ -63,6 +63,11 @@ pub async fn stop_worker(
     grace: Option<Duration>,
 ) -> Result<Value, OperationFailure> {
     let started = Instant::now();
+    // What the worker held on its GPU at the last sample: "stopped" means that is back.
+    let gpu_held = services
+        .workers
+        .stats(id)
+        .filter(|s| s.vram_mb.is_some_and(|mb| mb > 0.0));
     let mut stopping = services.workers.delete(id, grace)?;
     let record = stopping.record();
     if stopping.already_exited {
@@ -86,6 +91,9 @@ pub async fn stop_worker(
         narrate_stop(job, &mut stopping, record.pid, started).await;
     }
     let last = stopping.finished().await?;
+    if let (Some(held), Some(gpu)) = (gpu_held, &services.gpu) {
+        wait_for_gpu_release(job, gpu.as_ref(), &held.pids, held.vram_mb.unwrap_or(0.0)).await;
+    }
     let stop = last.stop.as_ref();
     Ok(json!({
         "deleted": id,
@@ -95,6 +103,53 @@ pub async fn stop_worker(
         "sigkill": stop.is_some_and(|s| s.sigkill_at.is_some()),
         "elapsed_ms": started.elapsed().as_millis(),
     }))
+}
+
+/// The longest a delete waits for the driver to give a stopped worker's GPU memory back.
+const GPU_RELEASE_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits (bounded) until none of `pids` holds GPU memory any more, and says so.
+async fn wait_for_gpu_release(
+    job: &JobContext,
+    gpu: &dyn worker_lifecycle::GpuUsage,
+    pids: &[u32],
+    held_mb: f64,
+) {
+    let started = Instant::now();
+    loop {
+        let still: Vec<(u32, u64)> = match gpu.sample().await {
+            Some(sample) => pids
+                .iter()
+                .filter_map(|pid| sample.by_pid.get(pid).map(|mb| (*pid, *mb)))
+                .collect(),
+            // The driver does not answer: nothing to wait for.
+            None => Vec::new(),
+        };
+        if still.is_empty() {
+            NARRATE
+                .action("worker_delete_gpu_released")
+                .context(format!("{:.1}", held_mb / 1024.0))
+                .context(format!("{:.1}", started.elapsed().as_secs_f64()))
+                .human("GPU memory released: {} GiB in {} s")
+                .emit_to(job);
+            return;
+        }
+        if started.elapsed() >= GPU_RELEASE_WAIT {
+            let holders: Vec<String> = still
+                .iter()
+                .map(|(pid, mb)| format!("PID {pid} ({mb} MiB)"))
+                .collect();
+            NARRATE
+                .action("worker_delete_gpu_held")
+                .context(format!("{:.0}", GPU_RELEASE_WAIT.as_secs_f64()))
+                .context(holders.join(", "))
+                .human("⚠️  GPU memory still held after {} s by {}")
+                .warn()
+                .emit_to(job);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Narrates the stop as the supervisor records it, until the worker is gone.

@@ -1,0 +1,113 @@
+//! GPU memory per worker (issue 13, item 3), through a fake `nvidia-smi` that answers the
+//! hive's queries as the real one does (the captures are in `bin/rbee-hive/fixtures/`): the
+//! worker's processes' GPU memory in its stats and in `/metrics`, and a delete that ends
+//! only once that memory is back (or says who still holds it).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rbee_hive_e2e::{TestHive, demo_worker_type};
+use serde_json::json;
+
+/// A fake `nvidia-smi`: one H100; `gpu-pids` lists pids that hold 1542 MiB while they run,
+/// `stuck-pids` pids that the driver still reports after they are gone.
+fn fake_nvidia_smi(dir: &Path) -> String {
+    let script = format!(
+        r#"#!/bin/sh
+case "$1" in
+  --query-compute-apps=*)
+    for pid in $(cat {dir}/gpu-pids 2>/dev/null); do [ -d /proc/$pid ] && echo "$pid, 1542"; done
+    for pid in $(cat {dir}/stuck-pids 2>/dev/null); do echo "$pid, 1542"; done ;;
+  --query-gpu=index,memory.used,memory.total,utilization.gpu) echo "0, 1542, 81559, 37" ;;
+  *) echo "0, NVIDIA H100 80GB HBM3, 81559, 9.0" ;;
+esac
+"#,
+        dir = dir.display()
+    );
+    let path = dir.join("fake-nvidia-smi");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
+    let fakes = tempfile::tempdir().unwrap();
+    let hive = TestHive::builder()
+        .nvidia_smi(&fake_nvidia_smi(fakes.path()))
+        .config("telemetry_interval_ms = 100")
+        .config(&(demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n"))
+        .start()
+        .await;
+    let worker = hive.spawn_ready("cuda").await;
+    let id = worker["id"].as_str().unwrap().to_owned();
+    assert_eq!(worker["device"], "GPU-0");
+    std::fs::write(fakes.path().join("gpu-pids"), worker["pid"].to_string()).unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let stats = loop {
+        let record = hive
+            .job_result(json!({"operation": "worker_get", "hive_id": "localhost", "id": id}))
+            .await
+            .unwrap();
+        if record["stats"]["vram_mb"] == 1542.0 {
+            break record["stats"].clone();
+        }
+        assert!(Instant::now() < deadline, "no GPU sample: {record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(stats["gpu_util_pct"], 37.0);
+    assert_eq!(stats["total_vram_mb"], 81559.0);
+    let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
+    let text = metrics.text().await.unwrap();
+    let samples = rbee_hive_e2e::openmetrics::parse(&text);
+    assert_eq!(
+        rbee_hive_e2e::openmetrics::value(
+            &samples,
+            "rbee_hive_worker_gpu_memory_bytes",
+            &[("worker_id", &id)]
+        ),
+        Some(1542.0 * 1024.0 * 1024.0)
+    );
+
+    let lines = hive
+        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("worker_delete_gpu_released: GPU memory released: 1.5 GiB in ")),
+        "{lines:#?}"
+    );
+
+    // A driver that still reports the memory after the processes are gone: the delete ends
+    // after its bounded wait and names who holds it.
+    let worker = hive.spawn_ready("cuda").await;
+    let id = worker["id"].as_str().unwrap().to_owned();
+    let pid = worker["pid"].to_string();
+    std::fs::write(fakes.path().join("stuck-pids"), &pid).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hive.worker(&id).await.unwrap()["pid"].is_null()
+        || hive
+            .job_result(json!({"operation": "worker_get", "hive_id": "localhost", "id": id}))
+            .await
+            .unwrap()["stats"]["vram_mb"]
+            != 1542.0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no GPU sample of the second worker"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lines = hive
+        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+    assert!(
+        lines.iter().any(|l| l.contains(&format!(
+            "worker_delete_gpu_held: ⚠️  GPU memory still held after 10 s by PID {pid} (1542 MiB)"
+        ))),
+        "{lines:#?}"
+    );
+    assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
+}
