@@ -107,3 +107,33 @@ async fn bad_log_requests_get_clear_errors() {
         "{output:?}"
     );
 }
+
+#[tokio::test]
+async fn a_log_follower_does_not_hold_the_shutdown() {
+    // With a drain of ten minutes, a follower that kept its connection open would keep the
+    // hive from exiting for that long.
+    let mut hive = TestHive::builder()
+        .config("shutdown_drain_s = 600")
+        .start()
+        .await;
+    let worker = hive.spawn_ready("demo").await;
+    let id = worker["id"].as_str().unwrap();
+    let response = hive
+        .client
+        .get(hive.url(&format!("/v1/workers/{id}/logs?follow=true")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = response.bytes_stream();
+    body.next().await.expect("the log so far").unwrap();
+    hive.signal(nix::sys::signal::Signal::SIGTERM);
+    let ended = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(Ok(_)) = body.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the follow ended when the shutdown began");
+    let status = hive
+        .wait_exit(Duration::from_secs(60))
+        .expect("the hive exited without waiting for its drain");
+    assert!(status.success(), "{status:?}");
+}

@@ -115,7 +115,7 @@ pub enum DownloadError {
     },
     /// The connection failed or broke.
     #[error(
-        "transfer from {url} failed after {received} bytes: {reason}; run model_download again to resume"
+        "transfer from {url} failed after {received} bytes: {reason}; download it again to resume (model_download, or rbee-hive model download)"
     )]
     Transport {
         /// The URL.
@@ -127,7 +127,7 @@ pub enum DownloadError {
     },
     /// No data for too long.
     #[error(
-        "no data from {url} for {secs} s after {received} bytes; run model_download again to resume"
+        "no data from {url} for {secs} s after {received} bytes; download it again to resume (model_download, or rbee-hive model download)"
     )]
     Stalled {
         /// The URL.
@@ -159,7 +159,7 @@ pub enum DownloadError {
     },
     /// The body ended before the announced size.
     #[error(
-        "the server closed the transfer after {received} of {total} bytes; run model_download again to resume"
+        "the server closed the transfer after {received} of {total} bytes; download it again to resume (model_download, or rbee-hive model download)"
     )]
     Incomplete {
         /// Bytes received.

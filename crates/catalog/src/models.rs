@@ -11,7 +11,7 @@ use crate::error::CatalogError;
 use crate::id::CatalogId;
 
 /// What an interrupted download's entry says.
-const INTERRUPTED: &str = "interrupted: the download stopped before it finished (the hive exited); run model_download again to resume";
+const INTERRUPTED: &str = "interrupted: the download stopped before it finished (the hive exited); download it again to resume (model_download, or rbee-hive model download)";
 
 /// The models of one catalog folder. Cheap to clone; every call reads the disk, so changes
 /// made by hand or by another process are seen at once.

@@ -49,7 +49,7 @@ pub enum Command {
     Serve(ServeArgs),
     /// Start a worker, follow it until it is ready, and print its id
     Spawn(SpawnArgs),
-    /// List the workers: id, model, type, device, port, pid, state, uptime
+    /// List the workers: id, model, type, device, port, pid, state, uptime, CPU, memory
     Ps(ClientArgs),
     /// Show one worker
     Get(GetArgs),

@@ -59,6 +59,7 @@ pub async fn logs(
         offset,
         follow,
         finishing: false,
+        closing: state.closing.clone(),
     };
     let stream = futures::stream::unfold(reader, move |mut reader| {
         let workers = workers.clone();
@@ -95,7 +96,10 @@ pub async fn logs(
                     reader.finishing = true;
                     continue;
                 }
-                tokio::time::sleep(FOLLOW_POLL).await;
+                tokio::select! {
+                    () = reader.closing.cancelled() => reader.finishing = true,
+                    () = tokio::time::sleep(FOLLOW_POLL) => {}
+                }
             }
         }
     });
@@ -107,6 +111,9 @@ pub async fn logs(
 }
 
 struct LogReader {
+    /// Cancelled when the hive's shutdown begins: a follower ends then, so that it does
+    /// not hold the shutdown (workers are stopped after open connections have closed).
+    closing: tokio_util::sync::CancellationToken,
     file: Option<std::fs::File>,
     offset: u64,
     follow: bool,

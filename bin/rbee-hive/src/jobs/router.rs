@@ -37,7 +37,7 @@ pub enum OperationFailure {
     Download(#[from] DownloadError),
     /// A model that running workers use.
     #[error(
-        "model '{id}' is in use by {}; stop them first, or delete with \"force\": true",
+        "model '{id}' is in use by {}; stop them first, or delete with \"force\": true (rbee-hive model delete --force)",
         workers.join(", ")
     )]
     ModelInUse {

@@ -147,7 +147,7 @@ fn resolve_model(
                 model: model.to_owned(),
                 dir: catalog.dir().to_path_buf(),
                 known: if ids.is_empty() {
-                    "the catalog is empty (download one with model_download)".to_owned()
+                    "the catalog is empty (download one with model_download, or rbee-hive model download)".to_owned()
                 } else {
                     format!("known ids: {}", ids.join(", "))
                 },
