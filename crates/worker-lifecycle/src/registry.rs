@@ -88,6 +88,20 @@ impl Registry {
         &self.shared.instance
     }
 
+    /// Makes a change of a record (`change`) and counts it (`persist`) in one critical
+    /// section with the state file's snapshot and with [`generation`](Self::generation): whoever
+    /// sees the changed record and then asks for the generation gets one that covers it, and
+    /// no snapshot holds the change without its generation or the generation without it.
+    /// Returns the generation to wait for.
+    pub(crate) fn change(&self, persist: bool, change: impl FnOnce()) -> u64 {
+        let _slots = self.lock();
+        change();
+        match persist {
+            true => self.bump(),
+            false => *self.shared.generation.borrow(),
+        }
+    }
+
     /// Counts a change that the state file must hold; returns its generation.
     pub(crate) fn bump(&self) -> u64 {
         let mut generation = 0;
@@ -98,8 +112,10 @@ impl Registry {
         generation
     }
 
-    /// The generation of the latest change.
+    /// The generation of the latest change (taken under the lock of [`change`](Self::change),
+    /// so that it covers every change already visible).
     pub(crate) fn generation(&self) -> u64 {
+        let _slots = self.lock();
         *self.shared.generation.borrow()
     }
 
@@ -120,18 +136,18 @@ impl Registry {
 
     /// Adds a worker's slot.
     pub(crate) fn insert(&self, number: u64, slot: Slot) {
-        {
-            let mut slots = self.lock();
-            slots.last_id = slots.last_id.max(number);
-            slots.by_number.insert(number, slot);
-        }
+        let mut slots = self.lock();
+        slots.last_id = slots.last_id.max(number);
+        slots.by_number.insert(number, slot);
+        // Counted before the lock is released: see `change`.
         self.bump();
     }
 
     /// Removes a worker's slot: called by its supervisor alone, once its processes are gone.
     pub(crate) fn remove(&self, number: u64) {
-        let removed = self.lock().by_number.remove(&number).is_some();
-        if removed {
+        let mut slots = self.lock();
+        if slots.by_number.remove(&number).is_some() {
+            // Counted before the lock is released: see `change`.
             self.bump();
         }
     }

@@ -264,7 +264,12 @@ impl Supervisor {
     /// Applies `change` to the record and wakes its readers; returns the generation that
     /// the state file must reach to hold it (`persist`), or the current one.
     fn publish(&self, persist: bool, change: impl FnOnce(&mut WorkerRecord)) -> u64 {
-        self.record.send_modify(change);
+        // The change and its generation together: a reader that sees the change and then
+        // waits for the generation waits for a save that holds it.
+        let generation = self
+            .context
+            .registry
+            .change(persist, || self.record.send_modify(change));
         if self.context.events.receiver_count() > 0 {
             let record = self.record.borrow().clone();
             let _ = self
@@ -272,10 +277,7 @@ impl Supervisor {
                 .events
                 .send(WorkerEvent::Changed(Box::new(record)));
         }
-        match persist {
-            true => self.context.registry.bump(),
-            false => self.context.registry.generation(),
-        }
+        generation
     }
 
     fn probe_target(&self) -> ProbeTarget {
