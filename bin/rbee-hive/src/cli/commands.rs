@@ -514,9 +514,20 @@ async fn submit(args: SubmitArgs) -> Result<(), CliError> {
         ))
     })?;
     let client = HiveClient::new(&args.client)?;
-    let job_id = client.submit(&operation).await?;
-    let json = args.client.json;
-    if !json {
+    run_narrated(&client, &operation, Stream::Stdout, args.client.json, true).await
+}
+
+/// Runs an operation and prints its narration to `stream` as it arrives (with `json`, the
+/// stream's events on stdout instead); `announce` names the job first, on stderr.
+async fn run_narrated(
+    client: &HiveClient,
+    operation: &Value,
+    stream: Stream,
+    json: bool,
+    announce: bool,
+) -> Result<(), CliError> {
+    let job_id = client.submit(operation).await?;
+    if announce && !json {
         output::line(Stream::Stderr, Tone::Dim, &format!("job {job_id}"));
     }
     client
@@ -524,7 +535,7 @@ async fn submit(args: SubmitArgs) -> Result<(), CliError> {
             &job_id,
             |event| {
                 if !json {
-                    narrate(Stream::Stdout, "", event);
+                    narrate(stream, "", event);
                 }
             },
             raw(json),
@@ -618,20 +629,7 @@ async fn model_delete(args: ModelDeleteArgs) -> Result<(), CliError> {
     let client = HiveClient::new(&args.client)?;
     let hive_id = client.hive_id().await?;
     let operation = json!({"operation": "model_delete", "hive_id": hive_id, "id": args.id, "force": args.force});
-    let job_id = client.submit(&operation).await?;
-    let json = args.client.json;
-    client
-        .follow(
-            &job_id,
-            |event| {
-                if !json {
-                    narrate(Stream::Stderr, "", event);
-                }
-            },
-            raw(json),
-        )
-        .await
-        .map(drop)
+    run_narrated(&client, &operation, Stream::Stderr, args.client.json, false).await
 }
 
 async fn logs(args: LogsArgs) -> Result<(), CliError> {
