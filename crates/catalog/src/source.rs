@@ -15,8 +15,6 @@ pub struct Source {
     pub file_name: String,
     /// The catalog id the model gets.
     pub id: CatalogId,
-    /// Whether it is a hub reference (the hub token is sent to the hub's host).
-    pub from_hub: bool,
 }
 
 impl Source {
@@ -27,21 +25,20 @@ impl Source {
         hub_endpoint: &Url,
     ) -> Result<Self, DownloadError> {
         let lower = model.to_ascii_lowercase();
-        let (url, from_hub) = if lower.starts_with("http://") || lower.starts_with("https://") {
-            let url = Url::parse(model).map_err(|error| {
+        let url = if lower.starts_with("http://") || lower.starts_with("https://") {
+            Url::parse(model).map_err(|error| {
                 DownloadError::Source(format!(
                     "'{}' is not a valid URL: {error}",
                     printable(model)
                 ))
-            })?;
-            (url, false)
+            })?
         } else if let Some((scheme, _)) = model.split_once("://") {
             return Err(DownloadError::Source(format!(
                 "unsupported URL scheme '{}': model_download fetches http:// and https:// URLs only",
                 printable(scheme)
             )));
         } else {
-            (hub_url(model, hub_endpoint)?, true)
+            hub_url(model, hub_endpoint)?
         };
         let last = url
             .path_segments()
@@ -69,12 +66,7 @@ impl Source {
             Some(id) => CatalogId::parse(id)?,
             None => CatalogId::from_file_name(&file_name)?,
         };
-        Ok(Self {
-            url,
-            file_name,
-            id,
-            from_hub,
-        })
+        Ok(Self { url, file_name, id })
     }
 }
 
@@ -165,7 +157,6 @@ mod tests {
         .unwrap();
         assert_eq!(source.file_name, "TinyLlama-Q4.gguf");
         assert_eq!(source.id.as_str(), "TinyLlama-Q4");
-        assert!(!source.from_hub);
 
         let source =
             Source::resolve("owner/repo-GGUF:sub/m.Q4_K_M.gguf", Some("tiny"), &hub()).unwrap();
@@ -175,7 +166,6 @@ mod tests {
         );
         assert_eq!(source.file_name, "m.Q4_K_M.gguf");
         assert_eq!(source.id.as_str(), "tiny");
-        assert!(source.from_hub);
     }
 
     #[test]
