@@ -1,7 +1,9 @@
 //! GPU memory per worker (issue 13, item 3), through a fake `nvidia-smi` that answers the
-//! hive's queries as the real one does (the captures are in `bin/rbee-hive/fixtures/`): the
-//! worker's processes' GPU memory in its stats and in `/metrics`, and a delete that ends
-//! only once that memory is back (or says who still holds it).
+//! hive's queries as the real one does (the captures are in `bin/rbee-hive/fixtures/`) and a
+//! fake NVML library (`tests/fixtures/fake-nvml.c`, built here with `cc`) that the hive
+//! loads as it would the driver's: the worker's processes' GPU memory in its stats and in
+//! `/metrics`, NVML first and `nvidia-smi` when NVML fails, and a delete that ends only once
+//! that memory is back (or says who still holds it).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -14,6 +16,7 @@ use serde_json::json;
 fn fake_nvidia_smi(dir: &Path) -> String {
     let script = format!(
         r#"#!/bin/sh
+echo "$1" >> {dir}/smi-calls
 case "$1" in
   --query-compute-apps=*)
     for pid in $(cat {dir}/gpu-pids 2>/dev/null); do [ -d /proc/$pid ] && echo "$pid, 1542"; done
@@ -110,4 +113,148 @@ async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
         "{lines:#?}"
     );
     assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
+}
+
+/// Builds the fake NVML library into `dir`; it reads its steering files from `dir`.
+fn fake_nvml(dir: &Path) -> String {
+    let library = dir.join("libnvidia-ml.so.1");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&library)
+        .arg(format!("-DFAKE_DIR=\"{}\"", dir.display()))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/fake-nvml.c"
+        ))
+        .status()
+        .expect("cc (gcc) builds the fake NVML library");
+    assert!(status.success(), "cc failed: {status}");
+    library.display().to_string()
+}
+
+/// Polls `worker_get` until `accept` takes the worker's stats, and returns them.
+async fn stats_when(
+    hive: &TestHive,
+    id: &str,
+    what: &str,
+    accept: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let record = hive
+            .job_result(json!({"operation": "worker_get", "hive_id": "localhost", "id": id}))
+            .await
+            .unwrap();
+        if accept(&record["stats"]) {
+            return record["stats"].clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: {record}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn nvml_is_asked_first_and_nvidia_smi_answers_when_it_fails() {
+    let fakes = tempfile::tempdir().unwrap();
+    let hive = TestHive::builder()
+        .nvidia_smi(&fake_nvidia_smi(fakes.path()))
+        .nvml_library(&fake_nvml(fakes.path()))
+        .config("telemetry_interval_ms = 100")
+        .config(&(demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n"))
+        .start()
+        .await;
+    let worker = hive.spawn_ready("cuda").await;
+    let id = worker["id"].as_str().unwrap().to_owned();
+    std::fs::write(fakes.path().join("gpu-pids"), worker["pid"].to_string()).unwrap();
+
+    // NVML's numbers (2048 MiB, 42 %), not nvidia-smi's (1542 MiB, 37 %).
+    let stats = stats_when(&hive, &id, "no NVML sample", |s| s["vram_mb"] == 2048.0).await;
+    assert_eq!(stats["gpu_util_pct"], 42.0);
+    assert_eq!(stats["total_vram_mb"], 81559.0);
+    let smi_calls = std::fs::read_to_string(fakes.path().join("smi-calls")).unwrap_or_default();
+    assert!(
+        !smi_calls.contains("--query-compute-apps"),
+        "nvidia-smi was asked while NVML answered: {smi_calls}"
+    );
+
+    // NVML's process query fails: the next samples come from nvidia-smi.
+    std::fs::write(fakes.path().join("fail-processes"), "").unwrap();
+    let stats = stats_when(&hive, &id, "no nvidia-smi fallback", |s| {
+        s["vram_mb"] == 1542.0
+    })
+    .await;
+    assert_eq!(stats["gpu_util_pct"], 37.0);
+
+    // NVML answers again, and the delete's wait for the memory goes through it.
+    std::fs::remove_file(fakes.path().join("fail-processes")).unwrap();
+    stats_when(&hive, &id, "NVML did not come back", |s| {
+        s["vram_mb"] == 2048.0
+    })
+    .await;
+    let lines = hive
+        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("worker_delete_gpu_released: GPU memory released: 2.0 GiB in ")),
+        "{lines:#?}"
+    );
+}
+
+#[tokio::test]
+async fn gpu_sampling_is_off_with_gpu_source_none_and_absent_when_nvml_is_missing() {
+    let fakes = tempfile::tempdir().unwrap();
+    let nvml = fake_nvml(fakes.path());
+    // `nvml` without a library to load; `none` with everything there.
+    for (source, library) in [("nvml", None), ("none", Some(nvml.as_str()))] {
+        let mut builder = TestHive::builder()
+            .nvidia_smi(&fake_nvidia_smi(fakes.path()))
+            .config(&format!("gpu_source = \"{source}\""))
+            .config("telemetry_interval_ms = 100")
+            .config(&(demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n"));
+        if let Some(library) = library {
+            builder = builder.nvml_library(library);
+        }
+        let hive = builder.start().await;
+        let worker = hive.spawn_ready("cuda").await;
+        let id = worker["id"].as_str().unwrap().to_owned();
+        std::fs::write(fakes.path().join("gpu-pids"), worker["pid"].to_string()).unwrap();
+        let _ = std::fs::remove_file(fakes.path().join("nvml-calls"));
+
+        // Two samples after the pid was written: the GPU fields stay absent.
+        let first = stats_when(&hive, &id, "no sample", |s| s["sampled_at"].is_string()).await;
+        stats_when(&hive, &id, "no second sample", |s| {
+            s["sampled_at"].is_string() && s["sampled_at"] != first["sampled_at"]
+        })
+        .await;
+        let stats = stats_when(&hive, &id, "no third sample", |s| {
+            s["sampled_at"].is_string() && s["sampled_at"] != first["sampled_at"]
+        })
+        .await;
+        assert!(stats.get("vram_mb").is_none(), "{source}: {stats}");
+        assert!(stats.get("gpu_util_pct").is_none(), "{source}: {stats}");
+        let smi_calls = std::fs::read_to_string(fakes.path().join("smi-calls")).unwrap_or_default();
+        assert!(
+            !smi_calls.contains("--query-compute-apps"),
+            "{source}: {smi_calls}"
+        );
+        assert!(
+            !fakes.path().join("nvml-calls").exists(),
+            "{source}: NVML was asked"
+        );
+
+        let lines = hive
+            .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+            .await;
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("[DONE]"),
+            "{lines:#?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("GPU memory")),
+            "{lines:#?}"
+        );
+    }
 }

@@ -25,6 +25,7 @@ pub struct HiveBuilder {
     env: Vec<(String, String)>,
     token: Option<String>,
     nvidia_smi: Option<NvidiaSmi>,
+    nvml_library: Option<String>,
 }
 
 /// What the hive uses as `nvidia-smi`.
@@ -67,6 +68,14 @@ impl HiveBuilder {
     /// Uses `program` as the hive's `nvidia-smi`.
     pub fn nvidia_smi(mut self, program: &str) -> Self {
         self.nvidia_smi = Some(NvidiaSmi::Program(program.to_owned()));
+        self
+    }
+
+    /// Uses `library` as the hive's NVML library. Without this the hive is given a path
+    /// where there is none, so it samples GPUs through its `nvidia-smi` (or not at all),
+    /// whatever driver the machine has.
+    pub fn nvml_library(mut self, library: &str) -> Self {
+        self.nvml_library = Some(library.to_owned());
         self
     }
 
@@ -133,6 +142,15 @@ impl TestHive {
             None => dir.path().join("no-nvidia-smi").display().to_string(),
         };
         config.push_str(&format!("nvidia_smi = {nvidia_smi:?}\n"));
+        let nvml_library = match &options.nvml_library {
+            Some(library) => library.clone(),
+            None => dir
+                .path()
+                .join("no-libnvidia-ml.so.1")
+                .display()
+                .to_string(),
+        };
+        config.push_str(&format!("nvml_library = {nvml_library:?}\n"));
         // Never the user's ~/.cache/rbee: each test hive has a catalog of its own.
         config.push_str(&format!(
             "catalog_dir = {:?}\n",

@@ -72,6 +72,8 @@ struct FileConfig {
     job_event_buffer: Option<usize>,
     shutdown_drain_s: Option<u64>,
     nvidia_smi: Option<String>,
+    gpu_source: Option<GpuSource>,
+    nvml_library: Option<String>,
     worker_ports: Option<String>,
     llama_server: Option<PathBuf>,
     stop_grace_ms: Option<u64>,
@@ -79,9 +81,25 @@ struct FileConfig {
     worker_logs_keep: Option<usize>,
     worker_logs_max_age_days: Option<f64>,
     telemetry_interval_ms: Option<u64>,
+    telemetry_event_buffer: Option<usize>,
     metrics_public: Option<bool>,
     #[serde(default)]
     workers: BTreeMap<String, WorkerTypeConfig>,
+}
+
+/// Where the GPU memory and use of each worker come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuSource {
+    /// NVML when its library loads, else `nvidia-smi`.
+    #[default]
+    Auto,
+    /// NVML only.
+    Nvml,
+    /// `nvidia-smi` only.
+    NvidiaSmi,
+    /// No GPU sampling.
+    None,
 }
 
 /// What happens to running workers when the hive shuts down.
@@ -181,6 +199,10 @@ pub struct Config {
     pub shutdown_drain_s: u64,
     /// The `nvidia-smi` program used for GPU detection.
     pub nvidia_smi: String,
+    /// Where GPU memory per worker comes from.
+    pub gpu_source: GpuSource,
+    /// The NVML library (the driver's `libnvidia-ml`), loaded at run time.
+    pub nvml_library: String,
     /// Worker ports, `first-last`.
     pub worker_ports: String,
     /// The `llama-server` program of the built-in `llama` worker type.
@@ -196,6 +218,8 @@ pub struct Config {
     pub worker_logs_max_age_days: f64,
     /// How often the workers' resource use is sampled, in milliseconds.
     pub telemetry_interval_ms: u64,
+    /// How many worker events a telemetry reader may fall behind before it gets a gap.
+    pub telemetry_event_buffer: usize,
     /// Whether `/metrics` is served without the token.
     pub metrics_public: bool,
     /// Configured worker types (`[workers.<name>]`), added to or replacing the built-in ones.
@@ -222,6 +246,10 @@ impl Default for Config {
             job_event_buffer: 10_000,
             shutdown_drain_s: 10,
             nvidia_smi: "nvidia-smi".to_owned(),
+            gpu_source: GpuSource::Auto,
+            // The versioned name: the driver installs it; the bare `.so` link often comes
+            // only with development packages.
+            nvml_library: "libnvidia-ml.so.1".to_owned(),
             worker_ports: "9100-9199".to_owned(),
             llama_server: None,
             stop_grace_ms: 10_000,
@@ -229,6 +257,7 @@ impl Default for Config {
             worker_logs_keep: 100,
             worker_logs_max_age_days: 7.0,
             telemetry_interval_ms: 1000,
+            telemetry_event_buffer: 4096,
             metrics_public: false,
             workers: BTreeMap::new(),
         }
@@ -285,6 +314,8 @@ impl Config {
             job_event_buffer: file.job_event_buffer.unwrap_or(defaults.job_event_buffer),
             shutdown_drain_s: file.shutdown_drain_s.unwrap_or(defaults.shutdown_drain_s),
             nvidia_smi: file.nvidia_smi.unwrap_or(defaults.nvidia_smi),
+            gpu_source: file.gpu_source.unwrap_or(defaults.gpu_source),
+            nvml_library: file.nvml_library.unwrap_or(defaults.nvml_library),
             worker_ports: file.worker_ports.unwrap_or(defaults.worker_ports),
             llama_server: file.llama_server,
             stop_grace_ms: file.stop_grace_ms.unwrap_or(defaults.stop_grace_ms),
@@ -296,6 +327,9 @@ impl Config {
             telemetry_interval_ms: file
                 .telemetry_interval_ms
                 .unwrap_or(defaults.telemetry_interval_ms),
+            telemetry_event_buffer: file
+                .telemetry_event_buffer
+                .unwrap_or(defaults.telemetry_event_buffer),
             metrics_public: file.metrics_public.unwrap_or(defaults.metrics_public),
             workers: file.workers,
         };
@@ -336,6 +370,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "worker_logs_max_age_days",
                 reason: "must be between 0 and 36500".into(),
+            });
+        }
+        if !(1..=1_000_000).contains(&self.telemetry_event_buffer) {
+            return Err(ConfigError::Invalid {
+                key: "telemetry_event_buffer",
+                reason: "must be between 1 and 1000000".into(),
             });
         }
         if !(50..=3_600_000).contains(&self.telemetry_interval_ms) {

@@ -13,6 +13,7 @@
 //! - [`http`]: routes, token check, error mapping, streams.
 //! - [`jobs`]: the operation enum, its router, one file per operation.
 //! - [`capabilities`]: GPU and CPU detection for `/capabilities`.
+//! - [`gpu_usage`]: GPU memory per worker, from NVML or `nvidia-smi`.
 //! - [`metrics`]: the Prometheus / OpenMetrics `/metrics`.
 //! - [`cli`]: the command line: the daemon, the client subcommands, the demo worker mode.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
@@ -20,6 +21,7 @@
 pub mod capabilities;
 pub mod cli;
 pub mod config;
+pub mod gpu_usage;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -61,9 +63,11 @@ impl AppState {
             max_finished: config.max_finished_jobs,
             event_buffer: config.job_event_buffer,
         });
-        let gpu: Arc<dyn worker_lifecycle::GpuUsage> = Arc::new(capabilities::NvidiaSmiUsage {
-            nvidia_smi: config.nvidia_smi.clone(),
-        });
+        let gpu: Arc<dyn worker_lifecycle::GpuUsage> = Arc::new(gpu_usage::DriverGpuUsage::new(
+            config.gpu_source,
+            config.nvml_library.clone(),
+            config.nvidia_smi.clone(),
+        ));
         let workers = WorkerManager::new(LifecycleConfig {
             state_dir: config.state_dir.clone(),
             ports: config.worker_port_range()?,
@@ -84,6 +88,7 @@ impl AppState {
             logs: config.worker_log_retention(),
             stats_interval: Duration::from_millis(config.telemetry_interval_ms),
             gpu_usage: Some(gpu.clone()),
+            event_buffer: config.telemetry_event_buffer,
         })?;
         let models = catalog::ModelCatalog::new(&config.catalog_dir);
         let downloads = catalog::Downloader::new(

@@ -234,7 +234,7 @@ impl Metrics {
         );
         registry.register(
             "stream_gaps",
-            "Times a stream reader fell behind and missed narration lines",
+            "Times a reader of a job stream or the telemetry stream fell behind and missed lines or events",
             self.stream_gaps.clone(),
         );
         registry.register(

@@ -32,9 +32,6 @@ use crate::supervisor::{
     Command, Context, HeartbeatState, Start, Supervisor, WorkerEvent, status_after_restart,
 };
 
-/// How many worker events a slow subscriber may fall behind before it misses some.
-const EVENT_BUFFER: usize = 4096;
-
 /// How many lines of a worker's output go into a failure message.
 const OUTPUT_TAIL_LINES: usize = 20;
 
@@ -73,6 +70,8 @@ pub struct LifecycleConfig {
     pub stats_interval: Duration,
     /// Where GPU memory per process comes from (none: no GPU fields).
     pub gpu_usage: Option<Arc<dyn GpuUsage>>,
+    /// How many worker events a slow subscriber may fall behind before it misses some.
+    pub event_buffer: usize,
 }
 
 /// What to spawn.
@@ -152,7 +151,7 @@ impl WorkerManager {
                     removed: removed.clone(),
                     hurried: AtomicBool::new(false),
                     adopted_checks: Arc::new(tokio::sync::Semaphore::new(2)),
-                    events: tokio::sync::broadcast::channel(EVENT_BUFFER).0,
+                    events: tokio::sync::broadcast::channel(config.event_buffer.max(1)).0,
                 }),
                 ports: PortAllocator::new(config.ports.clone()),
                 catalog,

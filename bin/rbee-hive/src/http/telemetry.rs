@@ -41,6 +41,7 @@ pub async fn stream(State(state): State<AppState>) -> Response {
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let reader = Reader {
+        metrics: state.metrics.clone(),
         closing: state.closing.clone(),
         workers,
         events,
@@ -61,6 +62,7 @@ pub async fn stream(State(state): State<AppState>) -> Response {
 }
 
 struct Reader {
+    metrics: crate::metrics::Metrics,
     closing: tokio_util::sync::CancellationToken,
     workers: WorkerManager,
     events: tokio::sync::broadcast::Receiver<WorkerEvent>,
@@ -97,6 +99,7 @@ impl Reader {
                     Err(RecvError::Lagged(missed)) => {
                         // What is known may be stale now: the next telemetry event says how
                         // things are.
+                        self.metrics.stream_gap();
                         return Some(sse("gap", &json!({"missed": missed})));
                     }
                     Err(RecvError::Closed) => return None,
