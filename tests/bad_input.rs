@@ -547,9 +547,9 @@ async fn missing_or_wrong_tokens_are_refused() {
         ("wrong token", Some("Bearer wrong-token")),
         ("empty bearer", Some("Bearer ")),
         ("basic auth", Some("Basic cmlnaHQtdG9rZW4=")),
-        ("lower-case scheme", Some("bearer right-token")),
         ("token as prefix", Some("Bearer right-token-and-more")),
         ("token without scheme", Some("right-token")),
+        ("scheme glued to the token", Some("Bearerright-token")),
     ] {
         let mut request = client
             .post(hive.url("/v1/jobs"))
@@ -564,6 +564,16 @@ async fn missing_or_wrong_tokens_are_refused() {
         assert_eq!(answer["code"], "unauthorized", "{name}");
     }
     assert_eq!(hive.job_count().await, 0);
+    // The scheme is case-insensitive (RFC 7235).
+    let response = client
+        .post(hive.url("/v1/jobs"))
+        .header("content-type", "application/json")
+        .header("authorization", "bearer right-token")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -26,6 +26,8 @@ pub struct HiveBuilder {
     token: Option<String>,
     nvidia_smi: Option<NvidiaSmi>,
     nvml_library: Option<String>,
+    inherited: Option<std::sync::Arc<std::net::TcpListener>>,
+    no_config_flag: bool,
 }
 
 /// What the hive uses as `nvidia-smi`.
@@ -76,6 +78,21 @@ impl HiveBuilder {
     /// whatever driver the machine has.
     pub fn nvml_library(mut self, library: &str) -> Self {
         self.nvml_library = Some(library.to_owned());
+        self
+    }
+
+    /// Passes `listener` to the hive as a service manager would (socket activation: fd 3,
+    /// `LISTEN_FDS=1`, `LISTEN_PID`), at each start and restart; the test keeps its copy, so
+    /// connections wait in its backlog while no hive runs.
+    pub fn inherit_listener(mut self, listener: std::sync::Arc<std::net::TcpListener>) -> Self {
+        self.inherited = Some(listener);
+        self
+    }
+
+    /// Starts the hive without `--config` (its config file is still written), as the
+    /// upstream queen starts one.
+    pub fn without_config_flag(mut self) -> Self {
+        self.no_config_flag = true;
         self
     }
 
@@ -217,6 +234,21 @@ impl TestHive {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Makes the fixture's client send `token` from now on (after the hive's token file
+    /// changed and it was reloaded).
+    pub fn set_token(&mut self, token: &str) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().expect("header value"),
+        );
+        self.client = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client");
+        self.token = Some(token.to_owned());
     }
 
     /// `http://<addr><path>`.
@@ -507,10 +539,40 @@ fn launch(
         .append(true)
         .open(&stderr_path)
         .expect("stderr file");
-    let mut command = Command::new(&program);
+    // Socket activation: a small Python program (python3 is on every CI machine; dash's
+    // redirections stop at fd 9) puts the listener at fd 3 and names its own pid, which the
+    // hive keeps (`exec`), in LISTEN_PID, as systemd does after its fork.
+    let inherited_fd = options.inherited.as_ref().map(|listener| {
+        let copy = nix::unistd::dup(listener.as_ref()).expect("dup the listener");
+        nix::fcntl::fcntl(
+            &copy,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .expect("an inheritable copy");
+        copy
+    });
+    let mut command = match &inherited_fd {
+        Some(fd) => {
+            let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+            let mut python = Command::new("python3");
+            python.arg("-c").arg(format!(
+                "import os, sys\n\
+                 os.dup2({raw}, 3)\n\
+                 os.close({raw})\n\
+                 os.environ['LISTEN_PID'] = str(os.getpid())\n\
+                 os.environ['LISTEN_FDS'] = '1'\n\
+                 os.execv(sys.argv[1], sys.argv[1:])\n"
+            ));
+            python.arg(&program);
+            python
+        }
+        None => Command::new(&program),
+    };
+    command.args(["--port", "0"]);
+    if !options.no_config_flag {
+        command.arg("--config").arg(dir.join("hive.toml"));
+    }
     command
-        .args(["--port", "0", "--config"])
-        .arg(dir.join("hive.toml"))
         .arg("--state-dir")
         .arg(dir.join("state"))
         .args(&options.args)
@@ -528,6 +590,12 @@ fn launch(
         "RBEE_HIVE_CATALOG_DIR",
         "HF_ENDPOINT",
         "HF_TOKEN",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
     ] {
         command.env_remove(key);
     }
@@ -540,6 +608,8 @@ fn launch(
     let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+    // The child has its copy; this one must not reach other children.
+    drop(inherited_fd);
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

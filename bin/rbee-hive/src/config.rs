@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +23,7 @@ pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
 pub const DEFAULT_HIVE_ID: &str = "localhost";
 
 /// The daemon's flags (`rbee-hive [serve] …`); each also has an environment variable.
-#[derive(Debug, clap::Args, Default)]
+#[derive(Debug, Clone, clap::Args, Default)]
 pub struct ServeArgs {
     /// TCP port to listen on (0 picks a free one) [default: 7835]
     #[arg(long, env = "RBEE_HIVE_PORT")]
@@ -30,7 +31,8 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1]
     #[arg(long, env = "RBEE_HIVE_BIND")]
     pub bind: Option<IpAddr>,
-    /// Config file (TOML)
+    /// Config file (TOML) [default: $XDG_CONFIG_HOME/rbee/hive.toml or
+    /// ~/.config/rbee/hive.toml, when it exists]
     #[arg(long, env = "RBEE_HIVE_CONFIG")]
     pub config: Option<PathBuf>,
     /// Directory for worker logs and the state file [default: $XDG_STATE_HOME/rbee-hive]
@@ -82,6 +84,7 @@ struct FileConfig {
     worker_logs_max_age_days: Option<f64>,
     telemetry_interval_ms: Option<u64>,
     telemetry_event_buffer: Option<usize>,
+    log_level: Option<String>,
     metrics_public: Option<bool>,
     #[serde(default)]
     workers: BTreeMap<String, WorkerTypeConfig>,
@@ -220,6 +223,9 @@ pub struct Config {
     pub telemetry_interval_ms: u64,
     /// How many worker events a telemetry reader may fall behind before it gets a gap.
     pub telemetry_event_buffer: usize,
+    /// The daemon log's filter (`info`, `debug`, `rbee_hive=debug,info`, …); `RUST_LOG`
+    /// wins when set.
+    pub log_level: String,
     /// Whether `/metrics` is served without the token.
     pub metrics_public: bool,
     /// Configured worker types (`[workers.<name>]`), added to or replacing the built-in ones.
@@ -258,6 +264,7 @@ impl Default for Config {
             worker_logs_max_age_days: 7.0,
             telemetry_interval_ms: 1000,
             telemetry_event_buffer: 4096,
+            log_level: "info".to_owned(),
             metrics_public: false,
             workers: BTreeMap::new(),
         }
@@ -276,7 +283,10 @@ fn default_state_dir() -> PathBuf {
 
 impl Config {
     /// Merges flags (and their environment variables) over the config file over defaults.
-    pub fn load(cli: ServeArgs) -> Result<Self, ConfigError> {
+    pub fn load(mut cli: ServeArgs) -> Result<Self, ConfigError> {
+        // A hive started with no flags (as the upstream queen restarts one) still finds the
+        // config, and with it the state dir, of the hive it replaces.
+        cli.config = cli.config.or_else(default_config_file);
         let file = match &cli.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -330,6 +340,7 @@ impl Config {
             telemetry_event_buffer: file
                 .telemetry_event_buffer
                 .unwrap_or(defaults.telemetry_event_buffer),
+            log_level: file.log_level.unwrap_or(defaults.log_level),
             metrics_public: file.metrics_public.unwrap_or(defaults.metrics_public),
             workers: file.workers,
         };
@@ -372,6 +383,12 @@ impl Config {
                 reason: "must be between 0 and 36500".into(),
             });
         }
+        if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            return Err(ConfigError::Invalid {
+                key: "log_level",
+                reason: format!("{:?} is not a log filter: {error}", self.log_level),
+            });
+        }
         if !(1..=1_000_000).contains(&self.telemetry_event_buffer) {
             return Err(ConfigError::Invalid {
                 key: "telemetry_event_buffer",
@@ -394,9 +411,11 @@ impl Config {
     }
 
     /// Refuses a non-loopback listen address when no token is configured.
-    pub fn check_exposure(&self) -> Result<(), ConfigError> {
-        if !self.bind.is_loopback() && self.token.is_none() {
-            return Err(ConfigError::ExposedWithoutToken(self.bind));
+    /// `listening` is the address actually served (the inherited socket's, under socket
+    /// activation; else `bind`).
+    pub fn check_exposure(&self, listening: std::net::IpAddr) -> Result<(), ConfigError> {
+        if !listening.is_loopback() && self.token.is_none() {
+            return Err(ConfigError::ExposedWithoutToken(listening));
         }
         Ok(())
     }
@@ -465,6 +484,20 @@ impl Config {
     }
 }
 
+/// `$XDG_CONFIG_HOME/rbee/hive.toml`, else `~/.config/rbee/hive.toml`, when it exists.
+pub fn default_config_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|home| PathBuf::from(home).join(".config"))
+        })?;
+    let path = base.join("rbee").join("hive.toml");
+    path.is_file().then_some(path)
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_owned(),
@@ -491,6 +524,28 @@ fn read_token(path: &Path) -> Result<String, ConfigError> {
     Ok(token.to_owned())
 }
 
+/// The configuration in effect: read by every request, replaced whole by a reload (SIGHUP).
+/// A cheap `Clone` handle; its lock is held only to copy the `Arc` in or out.
+#[derive(Debug, Clone)]
+pub struct LiveConfig(Arc<std::sync::RwLock<Arc<Config>>>);
+
+impl LiveConfig {
+    /// The configuration `config`.
+    pub fn new(config: Config) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(Arc::new(config))))
+    }
+
+    /// The configuration now.
+    pub fn current(&self) -> Arc<Config> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `config` in effect.
+    pub fn replace(&self, config: Config) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,7 +569,7 @@ mod tests {
         assert_eq!(config.port, 7835);
         assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(config.effective_hive_id(), "localhost");
-        assert!(config.check_exposure().is_ok());
+        assert!(config.check_exposure(config.bind).is_ok());
     }
 
     #[test]
@@ -588,7 +643,7 @@ mod tests {
         })
         .unwrap();
         assert!(matches!(
-            config.check_exposure(),
+            config.check_exposure(config.bind),
             Err(ConfigError::ExposedWithoutToken(_))
         ));
         let dir = temp_dir("token");
@@ -600,7 +655,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(config.token.as_deref(), Some("s3cret"));
-        assert!(config.check_exposure().is_ok());
+        assert!(config.check_exposure(config.bind).is_ok());
         assert!(!config.to_toml().contains("s3cret"));
     }
 

@@ -16,6 +16,8 @@
 //! - [`gpu_usage`]: GPU memory per worker, from NVML or `nvidia-smi`.
 //! - [`metrics`]: the Prometheus / OpenMetrics `/metrics`.
 //! - [`cli`]: the command line: the daemon, the client subcommands, the demo worker mode.
+//! - [`reload`]: SIGHUP re-reads the config and applies what may change while serving.
+//! - [`service`]: systemd notify, watchdog and socket activation.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod capabilities;
@@ -25,6 +27,8 @@ pub mod gpu_usage;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod reload;
+pub mod service;
 pub mod shutdown;
 
 use std::future::Future;
@@ -34,7 +38,7 @@ use std::time::Duration;
 use job_server::{JobStore, JobStoreConfig};
 use worker_lifecycle::{LifecycleConfig, LifecycleError, WorkerManager};
 
-use crate::config::{Config, ConfigError, ShutdownPolicy};
+use crate::config::{Config, ConfigError, LiveConfig, ShutdownPolicy};
 use crate::jobs::router::OperationServices;
 
 pub use http::app;
@@ -42,8 +46,8 @@ pub use http::app;
 /// Everything a request handler needs. A cheap `Clone`.
 #[derive(Clone)]
 pub struct AppState {
-    /// The merged configuration.
-    pub config: Arc<Config>,
+    /// The configuration in effect (a reload replaces it).
+    pub config: LiveConfig,
     /// The hive's jobs.
     pub jobs: JobStore,
     /// What operations act on.
@@ -110,7 +114,7 @@ impl AppState {
         let metrics = metrics::Metrics::default();
         tokio::spawn(metrics.clone().follow_workers(services.workers.clone()));
         Ok(Self {
-            config: Arc::new(config),
+            config: LiveConfig::new(config),
             jobs,
             services,
             metrics,
@@ -151,6 +155,14 @@ impl Hive {
         Ok(Self { listener, state })
     }
 
+    /// What reloads its configuration while it serves.
+    pub fn reloader(&self) -> std::io::Result<reload::Reloader> {
+        Ok(reload::Reloader::new(
+            self.state.clone(),
+            self.listener.local_addr()?.ip(),
+        ))
+    }
+
     /// Where it listens.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
@@ -185,8 +197,7 @@ async fn serve(
     force: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), HiveError> {
     let workers = state.services.workers.clone();
-    let policy = state.config.on_shutdown;
-    let drain = Duration::from_secs(state.config.shutdown_drain_s);
+    let live_config = state.config.clone();
     let jobs = state.jobs.clone();
     let jobs_for_tasks = state.jobs.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -216,28 +227,36 @@ async fn serve(
     let closing = state.closing.clone();
     let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
         shutdown.await;
+        service::stopping();
         let _ = shutting_down_tx.send(());
         let cancelled = jobs.begin_shutdown();
         closing.cancel();
         tracing::info!("shutting down: stopped accepting, cancelled {cancelled} running job(s)");
         let _ = draining_tx.send(());
     });
-    let drain_deadline = async move {
+    // The state file is read, the workers adopted, the socket listens: ready.
+    let service_tasks = tokio_util::sync::CancellationToken::new();
+    service::spawn_watchdog(service_tasks.clone());
+    service::spawn_status(workers.clone(), state.closing.clone());
+    service::ready(&workers);
+    // Read when the shutdown begins: a reload may have changed them.
+    let drain = || Duration::from_secs(live_config.current().shutdown_drain_s);
+    let drain_deadline = async {
         if draining_rx.await.is_err() {
             std::future::pending::<()>().await;
         }
-        tokio::time::sleep(drain).await;
+        tokio::time::sleep(drain()).await;
     };
     tokio::select! {
         result = server => result?,
         _ = drain_deadline => {
-            tracing::warn!("connections still open {drain:?} after shutdown began; closing them");
+            tracing::warn!("connections still open {:?} after shutdown began; closing them", drain());
         }
     }
     // Running jobs were cancelled when shutdown began; once their tasks have ended, every
     // spawn they abandoned has asked for its worker to be stopped.
     jobs_for_tasks.wait_for_tasks().await;
-    match policy {
+    match live_config.current().on_shutdown {
         ShutdownPolicy::Stop => {
             let stopped = workers.stop_all().await;
             tracing::info!("stopped {stopped} worker(s)");
@@ -257,6 +276,7 @@ async fn serve(
         tracing::error!("the last state of the workers is not on disk: {error}");
     }
     drop(state);
+    service_tasks.cancel();
     tracing::info!("rbee-hive stopped");
     Ok(())
 }

@@ -45,20 +45,15 @@ async fn main() -> ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let print_config = args.print_config;
-    let config = Config::load(args).context("invalid configuration")?;
+    let config = Config::load(args.clone()).context("invalid configuration")?;
     if print_config {
         print!("{}", config.to_toml());
         return Ok(());
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    config.check_exposure()?;
+    // Installed first: from here on SIGHUP reloads, and never ends the hive.
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let set_log_filter = init_tracing(&config.log_level);
     // Said at once, so that a config that was not read (a forgotten `--` after `cargo run`
     // passes `--config` to cargo) is visible.
     tracing::info!(
@@ -72,8 +67,49 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let signals =
         rbee_hive::shutdown::Signals::install().context("cannot listen for SIGTERM/SIGINT")?;
-    let listener = match tokio::net::TcpListener::bind((config.bind, config.port)).await {
-        Ok(listener) => listener,
+    rbee_hive::service::spawn_test_wedge().context("cannot install the test hook")?;
+    let listener = match rbee_hive::service::inherited_listener()? {
+        Some(inherited) => {
+            let listener = tokio::net::TcpListener::from_std(inherited)?;
+            tracing::info!(
+                "serving on the socket the service manager passed (LISTEN_FDS), {}; --bind and --port are not used",
+                listener.local_addr()?
+            );
+            listener
+        }
+        None => bind(&config).await?,
+    };
+    config.check_exposure(listener.local_addr()?.ip())?;
+    let hive = rbee_hive::Hive::start(listener, config)?;
+    let reloader = hive.reloader()?.with_log_filter(set_log_filter);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            rbee_hive::service::reloading();
+            match reloader.reload(Config::load(args.clone())) {
+                Ok(report) => tracing::info!(
+                    "config reloaded; applied: {}; waiting for a restart: {}",
+                    list_or_none(&report.applied),
+                    list_or_none(&report.needs_restart)
+                ),
+                Err(error) => {
+                    tracing::warn!("config reload refused, the config in effect stays: {error}")
+                }
+            }
+            rbee_hive::service::ready(reloader.workers());
+        }
+    });
+    // The one line on stdout, printed once the hive is ready: scripts and tests read the
+    // bound port from it.
+    println!("rbee-hive listening on http://{}", hive.local_addr()?);
+    hive.serve(signals.clone().first(), signals.second())
+        .await?;
+    Ok(())
+}
+
+async fn bind(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind((config.bind, config.port)).await {
+        Ok(listener) => Ok(listener),
         Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
             "cannot listen on {}:{}: the address is in use (another rbee-hive? give this one \
              another port with --port)",
@@ -81,15 +117,44 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             config.port
         ),
         Err(error) => {
-            return Err(error)
-                .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port));
+            Err(error).with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))
         }
-    };
-    let hive = rbee_hive::Hive::start(listener, config)?;
-    // The one line on stdout, printed once the hive is ready: scripts and tests read the
-    // bound port from it.
-    println!("rbee-hive listening on http://{}", hive.local_addr()?);
-    hive.serve(signals.clone().first(), signals.second())
-        .await?;
-    Ok(())
+    }
+}
+
+fn list_or_none(keys: &[String]) -> String {
+    if keys.is_empty() {
+        "none".to_owned()
+    } else {
+        keys.join(", ")
+    }
+}
+
+/// The daemon log on stderr, filtered by `RUST_LOG` when set, else by `log_level`; returns
+/// what changes `log_level` on a reload.
+fn init_tracing(log_level: &str) -> rbee_hive::reload::LogFilterSetter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let from_environment = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let pinned = from_environment.is_some();
+    let filter = from_environment.unwrap_or_else(|| {
+        tracing_subscriber::EnvFilter::try_new(log_level)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+    });
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .init();
+    Box::new(move |level: &str| {
+        if pinned {
+            return Err("RUST_LOG is set, and wins over log_level".to_owned());
+        }
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }

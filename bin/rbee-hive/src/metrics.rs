@@ -26,6 +26,11 @@ struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
     operation: String,
 }
@@ -64,6 +69,7 @@ pub struct Metrics {
     exits: Family<ExitLabels, Counter>,
     stream_gaps: Counter,
     missed_worker_events: Counter,
+    reloads: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -77,6 +83,7 @@ impl Default for Metrics {
             exits: Family::default(),
             stream_gaps: Counter::default(),
             missed_worker_events: Counter::default(),
+            reloads: Family::default(),
         }
     }
 }
@@ -125,6 +132,15 @@ impl Metrics {
             started: Instant::now(),
             outcome: None,
         }
+    }
+
+    /// A config reload, `applied` or `refused`.
+    pub fn reload(&self, outcome: &str) {
+        self.reloads
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// A reader fell behind and missed narration lines.
@@ -231,6 +247,11 @@ impl Metrics {
             "worker_exits",
             "Worker exits, by reason",
             self.exits.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP), by outcome: applied, or refused (the old config stays)",
+            self.reloads.clone(),
         );
         registry.register(
             "stream_gaps",

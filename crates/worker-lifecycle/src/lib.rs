@@ -55,7 +55,7 @@ pub use catalog::{DeviceKind, WorkerTypeConfig};
 pub use error::LifecycleError;
 pub use logs::LogRetention;
 pub use manager::{
-    DeviceInventory, LifecycleConfig, SpawnRequest, Spawning, Stopping, WorkerManager,
+    DeviceInventory, LifecycleConfig, Reconfigure, SpawnRequest, Spawning, Stopping, WorkerManager,
 };
 pub use process::ProcessInfo;
 pub use record::{StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};

@@ -74,6 +74,17 @@ pub struct LifecycleConfig {
     pub event_buffer: usize,
 }
 
+/// What a reload may change in a running manager.
+#[derive(Debug, Clone)]
+pub struct Reconfigure {
+    /// The configured worker types (`[workers.<name>]`).
+    pub worker_types: BTreeMap<String, WorkerTypeConfig>,
+    /// Ports of workers spawned from now on.
+    pub ports: RangeInclusive<u16>,
+    /// The stop grace when a delete gives none.
+    pub stop_grace: Duration,
+}
+
 /// What to spawn.
 #[derive(Debug, Clone)]
 pub struct SpawnRequest {
@@ -97,7 +108,9 @@ pub struct WorkerManager {
 struct Inner {
     context: Arc<Context>,
     ports: PortAllocator,
-    catalog: Catalog,
+    /// The worker types; a reload replaces it (running workers keep the command they were
+    /// started with: it is in their record).
+    catalog: std::sync::RwLock<Arc<Catalog>>,
     config: LifecycleConfig,
     logs_dir: PathBuf,
     stats: StatsTable,
@@ -146,7 +159,9 @@ impl WorkerManager {
                 context: Arc::new(Context {
                     registry: registry.clone(),
                     http,
-                    default_grace: config.stop_grace,
+                    default_grace_ms: std::sync::atomic::AtomicU64::new(
+                        u64::try_from(config.stop_grace.as_millis()).unwrap_or(u64::MAX),
+                    ),
                     shutdown: stop.clone(),
                     removed: removed.clone(),
                     hurried: AtomicBool::new(false),
@@ -154,7 +169,7 @@ impl WorkerManager {
                     events: tokio::sync::broadcast::channel(config.event_buffer.max(1)).0,
                 }),
                 ports: PortAllocator::new(config.ports.clone()),
-                catalog,
+                catalog: std::sync::RwLock::new(Arc::new(catalog)),
                 logs_dir: logs_dir.clone(),
                 stats: StatsTable::default(),
                 config: config.clone(),
@@ -183,6 +198,37 @@ impl WorkerManager {
         Ok(manager)
     }
 
+    /// The worker types as they are now.
+    fn catalog(&self) -> Arc<Catalog> {
+        self.inner
+            .catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded configuration: worker types, the port range of new workers, the
+    /// default stop grace. Checked first: on an error nothing changes. Running workers keep
+    /// their command, port and the grace of a stop already under way.
+    pub fn reconfigure(&self, change: Reconfigure) -> Result<(), LifecycleError> {
+        let catalog = Catalog::new(
+            &change.worker_types,
+            self.inner.config.llama_server.as_deref(),
+            self.inner.config.demo_worker.as_deref(),
+        )?;
+        *self
+            .inner
+            .catalog
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+        self.inner.ports.set_range(change.ports);
+        self.inner.context.default_grace_ms.store(
+            u64::try_from(change.stop_grace.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
     fn registry(&self) -> &Registry {
         &self.inner.context.registry
     }
@@ -199,7 +245,8 @@ impl WorkerManager {
         watch::Receiver<WorkerRecord>,
         mpsc::UnboundedSender<Command>,
     ) {
-        let template = self.inner.catalog.get(&record.worker_type).ok();
+        let catalog = self.catalog();
+        let template = catalog.get(&record.worker_type).ok();
         let health_path = template
             .map(|t| t.health_path.clone())
             .unwrap_or_else(|| "/health".to_owned());
@@ -348,7 +395,7 @@ impl WorkerManager {
         // the supervisor records its own stop still finds these processes next time.
         let (reason, grace) = match &stop {
             Some(stop) => (stop.reason, remaining_grace(stop)),
-            None => (StopReason::Lost, self.inner.config.stop_grace),
+            None => (StopReason::Lost, self.inner.context.default_grace()),
         };
         record.stop = Some(StopProgress {
             reason,
@@ -487,7 +534,7 @@ impl WorkerManager {
 
     /// Whether worker type `name` takes a model file path (`model_is_path`).
     pub fn model_is_path(&self, name: &str) -> Result<bool, LifecycleError> {
-        Ok(self.inner.catalog.get(name)?.model_is_path)
+        Ok(self.catalog().get(name)?.model_is_path)
     }
 
     /// Every worker whose process is running and still provably the worker, with what
@@ -505,7 +552,7 @@ impl WorkerManager {
     /// reserved on disk before the process starts.
     pub async fn spawn(&self, request: &SpawnRequest) -> Result<Spawning, LifecycleError> {
         let inner = &self.inner;
-        let template = inner.catalog.get(&request.worker_type)?.clone();
+        let template = self.catalog().get(&request.worker_type)?.clone();
         // The program first: a missing program is the same answer whatever the model.
         let early_program = match (&request.program, template.command[0].contains('{')) {
             (Some(program), _) => Some(program.clone()),
@@ -594,7 +641,7 @@ impl WorkerManager {
             record,
             commands,
             registry: self.registry().clone(),
-            grace: inner.config.stop_grace,
+            grace: inner.context.default_grace(),
             ready_timeout: template.ready_timeout,
             settled: false,
         })
@@ -640,7 +687,7 @@ impl WorkerManager {
         if !initial.is_launched() {
             return Err(LifecycleError::NotFound(id.to_owned()));
         }
-        let grace = grace.unwrap_or(self.inner.config.stop_grace);
+        let grace = grace.unwrap_or(self.inner.context.default_grace());
         let _ = slot.commands.send(Command::Stop {
             grace,
             reason: StopReason::Delete,
@@ -685,7 +732,7 @@ impl WorkerManager {
             if record.exit.is_none() || record.is_stopping() {
                 count += 1;
                 let _ = slot.commands.send(Command::Stop {
-                    grace: self.inner.config.stop_grace,
+                    grace: self.inner.context.default_grace(),
                     reason: StopReason::Shutdown,
                 });
             }

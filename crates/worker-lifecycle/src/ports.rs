@@ -19,12 +19,13 @@ pub(crate) struct PortAllocator {
 }
 
 struct Inner {
-    range: RangeInclusive<u16>,
     // std Mutex: held while choosing and reserving, never across an await.
     state: Mutex<State>,
 }
 
 struct State {
+    /// Where new leases come from (a reload may change it).
+    range: RangeInclusive<u16>,
     held: BTreeSet<u16>,
     next: u16,
 }
@@ -38,7 +39,8 @@ pub(crate) struct PortLease {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PortAllocator({:?})", self.range)
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        write!(f, "PortAllocator({:?})", state.range)
     }
 }
 
@@ -66,8 +68,8 @@ impl PortAllocator {
         let next = *range.start();
         Self {
             inner: Arc::new(Inner {
-                range,
                 state: Mutex::new(State {
+                    range,
                     held: BTreeSet::new(),
                     next,
                 }),
@@ -77,8 +79,8 @@ impl PortAllocator {
 
     /// Takes a free port: not held by this hive, and bindable on 127.0.0.1 and 0.0.0.0.
     pub(crate) fn lease(&self) -> Result<PortLease, LifecycleError> {
-        let (first, last) = (*self.inner.range.start(), *self.inner.range.end());
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, last) = (*state.range.start(), *state.range.end());
         let count = u32::from(last) - u32::from(first) + 1;
         let start = state.next.clamp(first, last);
         for offset in 0..count {
@@ -99,6 +101,13 @@ impl PortAllocator {
             last,
             held: state.held.len(),
         })
+    }
+
+    /// Leases from `range` from now on; ports held stay held until released.
+    pub(crate) fn set_range(&self, range: RangeInclusive<u16>) {
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.next = *range.start();
+        state.range = range;
     }
 
     /// Holds a specific port (a worker adopted after a restart keeps its port).

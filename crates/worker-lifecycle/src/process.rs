@@ -87,6 +87,18 @@ enum Ownership {
     Adopted,
 }
 
+/// What the hive's service manager gave the hive alone (systemd's notify socket, watchdog
+/// and socket activation): a worker that inherited them could speak for the hive, or take
+/// the listening sockets for its own.
+const SERVICE_MANAGER_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
 /// Starts a process as the leader of its own process group, its output going to `log`.
 pub(crate) fn launch(spec: LaunchSpec, log: File) -> std::io::Result<Leader> {
     let stderr = log.try_clone()?;
@@ -97,6 +109,9 @@ pub(crate) fn launch(spec: LaunchSpec, log: File) -> std::io::Result<Leader> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr);
+    for key in SERVICE_MANAGER_ENV {
+        command.env_remove(key);
+    }
     for pattern in &spec.env_remove {
         match pattern.strip_suffix('*') {
             Some(prefix) => {

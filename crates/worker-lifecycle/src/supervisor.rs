@@ -75,7 +75,8 @@ pub(crate) enum Command {
 pub(crate) struct Context {
     pub(crate) registry: Registry,
     pub(crate) http: reqwest::Client,
-    pub(crate) default_grace: Duration,
+    /// The stop grace when none is given, in milliseconds (a reload may change it).
+    pub(crate) default_grace_ms: std::sync::atomic::AtomicU64,
     /// Cancelled when the manager is dropped: supervisors end without touching processes.
     pub(crate) shutdown: CancellationToken,
     /// Woken when a worker leaves the registry (its log may be pruned later).
@@ -88,6 +89,16 @@ pub(crate) struct Context {
     pub(crate) adopted_checks: Arc<tokio::sync::Semaphore>,
     /// Every change of every record, and every removal, as it happens (telemetry, metrics).
     pub(crate) events: tokio::sync::broadcast::Sender<WorkerEvent>,
+}
+
+impl Context {
+    /// The stop grace when none is given.
+    pub(crate) fn default_grace(&self) -> Duration {
+        Duration::from_millis(
+            self.default_grace_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
 }
 
 /// A change of a worker, as the one writer of its record makes it.
@@ -514,7 +525,7 @@ impl Supervisor {
             // file) in one change: a record that says "exited" without "stopping" would
             // let a restarted hive leave these processes running.
             None => {
-                let grace = self.context.default_grace;
+                let grace = self.context.default_grace();
                 self.begin_stop(StopReason::LeaderExited, grace, None);
             }
             Some(plan) => {
@@ -661,7 +672,7 @@ impl Supervisor {
             }
             Probe::TimedOut { detail } => {
                 tracing::warn!(worker = %self.id(), "not ready within {:?}; stopping it", self.ready_timeout);
-                let grace = self.context.default_grace;
+                let grace = self.context.default_grace();
                 self.begin_stop(StopReason::ReadyTimeout, grace, detail);
             }
             Probe::Health(health) => {

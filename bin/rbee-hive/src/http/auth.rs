@@ -1,7 +1,11 @@
-//! The optional bearer token: when configured, every route but `/health` needs
-//! `Authorization: Bearer <token>`.
+//! The optional bearer token: when configured, every request but `GET /health` (and
+//! `GET /metrics` with `metrics_public = true`) needs `Authorization: Bearer <token>`,
+//! unknown routes and wrong methods included, so that nothing about the hive is told to a
+//! client without it. The token is the one in effect now (a reload may change it); the
+//! scheme is matched without regard to case (RFC 7235) and the token in constant time.
 
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -15,18 +19,36 @@ pub async fn require_token(
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    if let Some(expected) = state.config.token.as_deref() {
+    let config = state.config.current();
+    if let Some(expected) = config.token.as_deref()
+        && !is_open(&request, config.metrics_public)
+    {
         let presented = request
             .headers()
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(bearer_token);
         if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
             return Err(ApiError::Unauthorized);
         }
     }
     Ok(next.run(request).await)
+}
+
+/// The requests served without the token.
+fn is_open(request: &Request, metrics_public: bool) -> bool {
+    let reads = request.method() == Method::GET || request.method() == Method::HEAD;
+    match request.uri().path() {
+        "/health" => reads,
+        "/metrics" => reads && metrics_public,
+        _ => false,
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme in any case.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// Compares without an early exit, so timing does not reveal how much of a guess matched.
@@ -39,12 +61,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::constant_time_eq;
+    use super::{bearer_token, constant_time_eq};
 
     #[test]
     fn compares_tokens() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn the_scheme_is_matched_in_any_case() {
+        for value in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "bEaReR  s3cret ",
+        ] {
+            assert_eq!(bearer_token(value), Some("s3cret"), "{value}");
+        }
+        for value in ["Basic s3cret", "Bearers3cret", "s3cret", "Bearer"] {
+            assert_ne!(bearer_token(value), Some("s3cret"), "{value}");
+        }
     }
 }

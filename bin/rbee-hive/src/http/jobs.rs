@@ -33,7 +33,7 @@ pub async fn submit(
         return Err(ApiError::ShuttingDown);
     }
     require_json(&headers)?;
-    let body = read_limited(&headers, body, state.config.body_limit_bytes).await?;
+    let body = read_limited(&headers, body, state.config.current().body_limit_bytes).await?;
     let job_id = match Operation::parse(&body) {
         Ok(operation) => match refusal(&state, &operation) {
             Some(reason) => refuse(&state, operation.name(), reason)?,
@@ -68,7 +68,8 @@ pub async fn submit(
 /// Why a valid operation is not run here: it names another hive than the one this hive was
 /// explicitly told it is.
 fn refusal(state: &AppState, operation: &Operation) -> Option<String> {
-    let configured = state.config.hive_id.as_ref()?;
+    let config = state.config.current();
+    let configured = config.hive_id.as_ref()?;
     (configured != operation.hive_id()).then(|| {
         format!(
             "this hive is '{configured}', not '{}'; address it as '{configured}'",

@@ -36,7 +36,9 @@ pub const HIVE_ID_HEADER: &str = "x-rbee-hive-id";
 
 /// The hive's router, ready to serve.
 pub fn app(state: AppState) -> Router {
-    let protected = Router::new()
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/capabilities", get(get_capabilities))
         .route("/v1/capabilities", get(get_capabilities))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
@@ -46,25 +48,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workers/{id}/logs", get(logs::logs))
         .route("/v1/heartbeats/stream", get(telemetry::stream))
         .fallback(no_route)
-        .route_layer(axum::middleware::from_fn_with_state(
+        .method_not_allowed_fallback(method_not_allowed)
+        // Outside the routing, so that unknown routes and wrong methods need the token too.
+        .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
-        ));
-    let mut open = Router::new().route("/health", get(health));
-    let protected = if state.config.metrics_public {
-        open = open.route("/metrics", get(metrics));
-        protected
-    } else {
-        protected.route(
-            "/metrics",
-            get(metrics).route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_token,
-            )),
-        )
-    };
-    open.merge(protected)
-        .method_not_allowed_fallback(method_not_allowed)
+        ))
         .layer(axum::middleware::map_response_with_state(
             state.clone(),
             identify,
@@ -81,7 +70,7 @@ async fn identify(State(state): State<AppState>, mut response: Response) -> Resp
         axum::http::header::SERVER,
         HeaderValue::from_static(concat!("rbee-hive/", env!("CARGO_PKG_VERSION"))),
     );
-    if let Ok(id) = HeaderValue::from_str(state.config.effective_hive_id()) {
+    if let Ok(id) = HeaderValue::from_str(state.config.current().effective_hive_id()) {
         headers.insert(HIVE_ID_HEADER, id);
     }
     response
@@ -103,7 +92,7 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn get_capabilities(State(state): State<AppState>) -> Json<Capabilities> {
-    Json(capabilities::detect(&state.config.nvidia_smi).await)
+    Json(capabilities::detect(&state.config.current().nvidia_smi).await)
 }
 
 async fn no_route(request: Request) -> ApiError {

@@ -37,7 +37,7 @@ pub async fn stream(State(state): State<AppState>) -> Response {
         .into_iter()
         .map(|r| (r.id.clone(), r))
         .collect();
-    let interval = Duration::from_millis(state.config.telemetry_interval_ms);
+    let interval = Duration::from_millis(state.config.current().telemetry_interval_ms);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let reader = Reader {
@@ -136,11 +136,12 @@ fn change(before: Option<&WorkerRecord>, after: &WorkerRecord) -> Option<&'stati
 
 fn snapshot(state: &AppState, workers: &WorkerManager) -> Value {
     let stats = workers.all_stats();
+    let config = state.config.current();
     json!({
         "hive": {
-            "id": state.config.effective_hive_id(),
+            "id": config.effective_hive_id(),
             "version": env!("CARGO_PKG_VERSION"),
-            "telemetry_interval_ms": state.config.telemetry_interval_ms,
+            "telemetry_interval_ms": config.telemetry_interval_ms,
         },
         "workers": workers
             .list()

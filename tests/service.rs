@@ -1,0 +1,288 @@
+//! Running as a service (issue 14): systemd's notify protocol spoken to a datagram socket of
+//! the test's own, the watchdog, SIGHUP reloads, socket activation across a restart under
+//! load, the default config file, and the token on every route.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rbee_hive_e2e::{TestHive, demo_worker_type};
+use serde_json::json;
+
+/// A `NOTIFY_SOCKET` of the test's own: every datagram the hive sends, with when it came.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: String,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifySocket {
+    fn bind() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify").display().to_string();
+        let socket = UnixDatagram::bind(&path).unwrap();
+        Self {
+            socket,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// The next datagram, or `None` after `timeout`.
+    fn next(&self, timeout: Duration) -> Option<(String, Instant)> {
+        self.socket.set_read_timeout(Some(timeout)).unwrap();
+        let mut buffer = vec![0; 4096];
+        let n = self.socket.recv(&mut buffer).ok()?;
+        Some((
+            String::from_utf8_lossy(&buffer[..n]).into_owned(),
+            Instant::now(),
+        ))
+    }
+
+    /// Datagrams until one holds `line` as a line; returns that one and those before it.
+    fn until(&self, line: &str) -> (String, Vec<String>) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut before = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            let Some((message, _)) = self.next(left) else {
+                break;
+            };
+            if message.lines().any(|l| l == line || l.starts_with(line)) {
+                return (message, before);
+            }
+            before.push(message);
+        }
+        panic!("no {line:?} from the hive; got {before:?}");
+    }
+}
+
+/// The number of workers a `STATUS=` line counts.
+fn workers_in_status(message: &str) -> u32 {
+    let status = message
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS="))
+        .unwrap_or_else(|| panic!("no STATUS in {message:?}"));
+    status
+        .split(", ")
+        .filter_map(|part| part.split_whitespace().next()?.parse::<u32>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn notify_says_ready_after_adoption_then_reloading_and_stopping() {
+    let notify = NotifySocket::bind();
+    let mut hive = TestHive::builder()
+        .env("NOTIFY_SOCKET", &notify.path)
+        .config("on_shutdown = \"keep\"")
+        .start()
+        .await;
+    let (ready, _) = notify.until("READY=1");
+    assert_eq!(workers_in_status(&ready), 0, "{ready}");
+    let worker = hive.spawn_ready("demo").await;
+    let id = worker["id"].as_str().unwrap().to_owned();
+    let (status, _) = notify.until("STATUS=1 ready");
+    assert_eq!(workers_in_status(&status), 1);
+
+    // A reload: RELOADING=1 with the monotonic time, then READY=1 again.
+    hive.signal(Signal::SIGHUP);
+    let (reloading, _) = notify.until("RELOADING=1");
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading}"
+    );
+    notify.until("READY=1");
+
+    hive.signal(Signal::SIGTERM);
+    notify.until("STOPPING=1");
+    hive.wait_exit(Duration::from_secs(30)).expect("exited");
+
+    // Started again: READY=1 comes only once the kept worker is adopted.
+    hive.restart();
+    let (ready, _) = notify.until("READY=1");
+    assert_eq!(workers_in_status(&ready), 1, "{ready}");
+    assert_eq!(hive.worker(&id).await.unwrap()["pid"], worker["pid"]);
+    hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+}
+
+#[tokio::test]
+async fn the_watchdog_is_pinged_until_the_runtime_wedges() {
+    let notify = NotifySocket::bind();
+    let mut hive = TestHive::builder()
+        .env("NOTIFY_SOCKET", &notify.path)
+        .env("WATCHDOG_USEC", "200000")
+        .env("RBEE_HIVE_TEST_WEDGE_ON_SIGUSR2", "1")
+        .start()
+        .await;
+    notify.until("READY=1");
+    let mut pings = Vec::new();
+    while pings.len() < 5 {
+        let (message, at) = notify
+            .next(Duration::from_secs(10))
+            .expect("a watchdog ping");
+        if message.lines().any(|l| l == "WATCHDOG=1") {
+            pings.push(at);
+        }
+    }
+    // Half of WATCHDOG_USEC apart (100 ms), as far as a busy machine lets the test see it.
+    let spans: Vec<Duration> = pings.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        spans.iter().any(|s| *s < Duration::from_millis(200)),
+        "{spans:?}"
+    );
+
+    hive.signal(Signal::SIGUSR2);
+    // Pings already sent may still be read; after a quiet second, none comes any more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match notify.next(Duration::from_secs(1)) {
+            None => break,
+            Some(_) => assert!(Instant::now() < deadline, "the pings did not stop"),
+        }
+    }
+    assert!(notify.next(Duration::from_secs(2)).is_none());
+    // A wedged hive does not answer SIGTERM either: as systemd would, kill it.
+    hive.kill_hard();
+}
+
+#[tokio::test]
+async fn sighup_applies_a_good_file_and_keeps_the_config_when_the_file_is_bad() {
+    let mut hive = TestHive::builder().token("first").start().await;
+    let worker = hive.spawn_ready("demo").await;
+    let id = worker["id"].as_str().unwrap().to_owned();
+    let config_path = hive.dir.path().join("hive.toml");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+
+    // A good file: a new token, a new worker type, debug logging.
+    std::fs::write(hive.dir.path().join("token"), "second").unwrap();
+    let good = format!(
+        "log_level = \"debug\"\n{original}\n{}",
+        demo_worker_type("echo", &[], 30.0)
+    );
+    std::fs::write(&config_path, &good).unwrap();
+    hive.signal(Signal::SIGHUP);
+    let client = reqwest::Client::new();
+    let jobs_url = hive.url("/v1/jobs");
+    let with = |token: &str| {
+        client
+            .get(&jobs_url)
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while with("second").await.unwrap().status() != 200 {
+        assert!(Instant::now() < deadline, "the new token never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(with("first").await.unwrap().status(), 401);
+    assert!(
+        hive.log().contains("config reloaded; applied:"),
+        "{}",
+        hive.log()
+    );
+    assert!(hive.log().contains("log_level"), "{}", hive.log());
+    hive.set_token("second");
+    let echo = hive.spawn_ready("echo").await;
+    // The worker that ran before the reload is untouched.
+    let before = hive.worker(&id).await.unwrap();
+    assert_eq!(before["pid"], worker["pid"]);
+    assert_eq!(before["status"], "Ready");
+
+    // A bad file: refused, the config in effect stays, the hive goes on.
+    std::fs::write(&config_path, "this is not = = toml").unwrap();
+    hive.signal(Signal::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hive.log().contains("config reload refused") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged: {}",
+            hive.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(with("second").await.unwrap().status(), 200);
+    let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
+    let samples = rbee_hive_e2e::openmetrics::parse(&metrics.text().await.unwrap());
+    for (outcome, count) in [("applied", 1.0), ("refused", 1.0)] {
+        assert_eq!(
+            rbee_hive_e2e::openmetrics::value(
+                &samples,
+                "rbee_hive_config_reloads_total",
+                &[("outcome", outcome)]
+            ),
+            Some(count),
+            "{outcome}"
+        );
+    }
+    for id in [id, echo["id"].as_str().unwrap().to_owned()] {
+        hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn without_config_flag_the_default_config_file_is_read() {
+    let config_home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(config_home.path().join("rbee")).unwrap();
+    std::fs::write(
+        config_home.path().join("rbee/hive.toml"),
+        "hive_id = \"from-xdg\"\n",
+    )
+    .unwrap();
+    let hive = TestHive::builder()
+        .without_config_flag()
+        .env("XDG_CONFIG_HOME", &config_home.path().display().to_string())
+        .start()
+        .await;
+    let response = hive.client.get(hive.url("/health")).send().await.unwrap();
+    assert_eq!(response.headers()["x-rbee-hive-id"], "from-xdg");
+    assert!(
+        hive.log().contains(&format!(
+            "config file: {}",
+            config_home.path().join("rbee/hive.toml").display()
+        )),
+        "{}",
+        hive.log()
+    );
+}
+
+#[tokio::test]
+async fn every_route_but_health_needs_the_token_and_the_scheme_is_any_case() {
+    let hive = TestHive::builder().token("s3cret").start().await;
+    let bare = reqwest::Client::new();
+    for (method, path) in [
+        ("GET", "/no/such/route"),
+        ("PUT", "/v1/jobs"),
+        ("POST", "/health"),
+        ("GET", "/metrics"),
+        ("GET", "/v1/jobs"),
+    ] {
+        let response = bare
+            .request(method.parse().unwrap(), hive.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{method} {path}");
+    }
+    assert_eq!(
+        bare.get(hive.url("/health")).send().await.unwrap().status(),
+        200
+    );
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let response = bare
+            .get(hive.url("/v1/jobs"))
+            .header("authorization", format!("{scheme} s3cret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{scheme}");
+    }
+    // With the token, an unknown route is a 404 again.
+    let response = hive
+        .client
+        .get(hive.url("/no/such/route"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
