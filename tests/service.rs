@@ -3,6 +3,8 @@
 //! load, the default config file, and the token on every route.
 
 use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -220,6 +222,97 @@ async fn sighup_applies_a_good_file_and_keeps_the_config_when_the_file_is_bad() 
     }
 }
 
+// Several threads: the test's own waits for the hive (blocking) must not hold the clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_an_inherited_socket_a_restart_under_load_refuses_nothing() {
+    let listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let address = listener.local_addr().unwrap();
+    let mut hive = TestHive::builder()
+        .inherit_listener(listener.clone())
+        .config("on_shutdown = \"keep\"")
+        .start()
+        .await;
+    assert_eq!(
+        hive.addr, address,
+        "the hive serves on the inherited socket"
+    );
+    let worker = hive.spawn_ready("demo").await;
+    let id = worker["id"].as_str().unwrap().to_owned();
+
+    // 64 clients, each a new connection per request, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (ok, failed, slowest_ms) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut clients = Vec::new();
+    for n in 0..64 {
+        let (stop, ok, failed, slowest_ms, client) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            slowest_ms.clone(),
+            client.clone(),
+        );
+        let path = if n % 2 == 0 { "/health" } else { "/v1/jobs" };
+        clients.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match client.get(format!("http://{address}{path}")).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(response) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("{path}: {}", response.status()));
+                    }
+                    Err(error) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        errors.push(format!("{path}: {error:?}"));
+                    }
+                }
+                slowest_ms.fetch_max(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before_restart = ok.load(Ordering::Relaxed);
+    hive.signal(Signal::SIGTERM);
+    hive.wait_exit(Duration::from_secs(30))
+        .expect("the old hive exited");
+    hive.restart();
+    let after_restart = ok.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ok.load(Ordering::Relaxed) < after_restart + 200 {
+        assert!(Instant::now() < deadline, "the new hive answers nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for client in clients {
+        errors.extend(client.await.unwrap());
+    }
+    eprintln!(
+        "requests: {} ok, {} failed; slowest {} ms",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        slowest_ms.load(Ordering::Relaxed)
+    );
+    assert!(before_restart > 0);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "{errors:#?}");
+    // on_shutdown = "keep": the worker was adopted, not restarted.
+    assert_eq!(hive.worker(&id).await.unwrap()["pid"], worker["pid"]);
+    hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+}
+
 #[tokio::test]
 async fn without_config_flag_the_default_config_file_is_read() {
     let config_home = tempfile::tempdir().unwrap();
@@ -285,4 +378,63 @@ async fn every_route_but_health_needs_the_token_and_the_scheme_is_any_case() {
         .await
         .unwrap();
     assert_eq!(response.status(), 404);
+}
+
+#[tokio::test]
+async fn silent_connections_time_out_and_the_cap_answers_503() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hive = TestHive::builder()
+        .config("header_timeout_s = 1")
+        .config("idle_timeout_s = 2")
+        .config("max_connections = 8")
+        .start()
+        .await;
+    // Eight connections that send nothing hold every slot.
+    let mut silent = Vec::new();
+    for _ in 0..8 {
+        silent.push(tokio::net::TcpStream::connect(hive.addr).await.unwrap());
+    }
+    // The ninth is answered 503 at once, and closed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        let mut extra = tokio::net::TcpStream::connect(hive.addr).await.unwrap();
+        let _ = extra
+            .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await;
+        let mut answer = String::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), extra.read_to_string(&mut answer)).await;
+        if answer.starts_with("HTTP/1.1 503") {
+            break answer;
+        }
+        // The hive may not have counted all eight yet.
+        assert!(Instant::now() < deadline, "no 503 at the cap: {answer:?}");
+    };
+    assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
+    // The silent ones are closed after the header timeout…
+    for mut connection in silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(10), connection.read(&mut byte))
+            .await
+            .expect("a silent connection was closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
+    // …and /health answers again; a kept-alive connection lasts until its idle timeout.
+    let mut kept = tokio::net::TcpStream::connect(hive.addr).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 4096];
+    let n = kept.read(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..n]).starts_with("HTTP/1.1 200"));
+    let idle_from = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(10), kept.read(&mut buffer))
+        .await
+        .expect("the idle connection was closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, before its idle timeout",
+        idle_from.elapsed()
+    );
 }

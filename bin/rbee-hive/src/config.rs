@@ -19,6 +19,9 @@ use worker_lifecycle::WorkerTypeConfig;
 pub const DEFAULT_PORT: u16 = 7835;
 /// The public Hugging Face hub.
 pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
+/// File descriptors kept out of the connection cap: worker logs and pidfds, the state file,
+/// catalog files, the listener.
+pub const FD_RESERVE: u64 = 256;
 /// The hive id used in narration when none is configured.
 pub const DEFAULT_HIVE_ID: &str = "localhost";
 
@@ -85,6 +88,10 @@ struct FileConfig {
     telemetry_interval_ms: Option<u64>,
     telemetry_event_buffer: Option<usize>,
     log_level: Option<String>,
+    header_timeout_s: Option<u64>,
+    body_timeout_s: Option<u64>,
+    idle_timeout_s: Option<u64>,
+    max_connections: Option<usize>,
     metrics_public: Option<bool>,
     #[serde(default)]
     workers: BTreeMap<String, WorkerTypeConfig>,
@@ -226,6 +233,14 @@ pub struct Config {
     /// The daemon log's filter (`info`, `debug`, `rbee_hive=debug,info`, …); `RUST_LOG`
     /// wins when set.
     pub log_level: String,
+    /// The longest wait for a request's head, in seconds.
+    pub header_timeout_s: u64,
+    /// The longest wait for the rest of a request's body, in seconds.
+    pub body_timeout_s: u64,
+    /// How long an idle keep-alive connection is kept between requests, in seconds.
+    pub idle_timeout_s: u64,
+    /// The most connections open at once (lowered to fit the file-descriptor limit).
+    pub max_connections: usize,
     /// Whether `/metrics` is served without the token.
     pub metrics_public: bool,
     /// Configured worker types (`[workers.<name>]`), added to or replacing the built-in ones.
@@ -265,6 +280,10 @@ impl Default for Config {
             telemetry_interval_ms: 1000,
             telemetry_event_buffer: 4096,
             log_level: "info".to_owned(),
+            header_timeout_s: 10,
+            body_timeout_s: 30,
+            idle_timeout_s: 75,
+            max_connections: 2048,
             metrics_public: false,
             workers: BTreeMap::new(),
         }
@@ -341,6 +360,10 @@ impl Config {
                 .telemetry_event_buffer
                 .unwrap_or(defaults.telemetry_event_buffer),
             log_level: file.log_level.unwrap_or(defaults.log_level),
+            header_timeout_s: file.header_timeout_s.unwrap_or(defaults.header_timeout_s),
+            body_timeout_s: file.body_timeout_s.unwrap_or(defaults.body_timeout_s),
+            idle_timeout_s: file.idle_timeout_s.unwrap_or(defaults.idle_timeout_s),
+            max_connections: file.max_connections.unwrap_or(defaults.max_connections),
             metrics_public: file.metrics_public.unwrap_or(defaults.metrics_public),
             workers: file.workers,
         };
@@ -387,6 +410,24 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "log_level",
                 reason: format!("{:?} is not a log filter: {error}", self.log_level),
+            });
+        }
+        for (key, value) in [
+            ("header_timeout_s", self.header_timeout_s),
+            ("body_timeout_s", self.body_timeout_s),
+            ("idle_timeout_s", self.idle_timeout_s),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: "must be between 1 and 86400".into(),
+                });
+            }
+        }
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                reason: "must be between 1 and 1000000".into(),
             });
         }
         if !(1..=1_000_000).contains(&self.telemetry_event_buffer) {
@@ -458,6 +499,22 @@ impl Config {
             return Err(invalid());
         }
         Ok(first..=last)
+    }
+
+    /// The longest wait for the rest of a request's body.
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_s)
+    }
+
+    /// The connection loop's bounds; `fd_limit` is the soft file-descriptor limit, of which
+    /// [`FD_RESERVE`] are kept for workers, logs and the state file.
+    pub fn connection_limits(&self, fd_limit: u64) -> crate::http::server::ConnectionLimits {
+        let fits = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+        crate::http::server::ConnectionLimits {
+            header_timeout: Duration::from_secs(self.header_timeout_s),
+            idle_timeout: Duration::from_secs(self.idle_timeout_s),
+            max_connections: self.max_connections.min(fits).max(1),
+        }
     }
 
     /// The default stop grace.

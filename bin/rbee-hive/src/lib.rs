@@ -180,6 +180,26 @@ impl Hive {
     }
 }
 
+/// Raises the soft limit of open files to the hard limit (a hive holds a socket per client,
+/// a log and a pidfd per worker); returns the soft limit in effect.
+fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(error) => {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {error}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(error) => {
+            tracing::warn!("cannot read the open-file limit: {error}");
+            1024
+        }
+    }
+}
+
 /// [`Hive::start`] then [`Hive::serve`].
 pub async fn run(
     listener: tokio::net::TcpListener,
@@ -216,24 +236,27 @@ async fn serve(
         );
         hurry.hurry_all();
     });
-    // Narration is many small writes: without TCP_NODELAY, Nagle's algorithm and the
-    // client's delayed ACK hold lines back for up to 40 ms.
-    let listener =
-        axum::serve::ListenerExt::tap_io(listener, |stream: &mut tokio::net::TcpStream| {
-            if let Err(error) = stream.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {error}");
-            }
-        });
     let closing = state.closing.clone();
-    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+    let server_shutdown = tokio_util::sync::CancellationToken::new();
+    let begin_shutdown = server_shutdown.clone();
+    tokio::spawn(async move {
         shutdown.await;
         service::stopping();
         let _ = shutting_down_tx.send(());
         let cancelled = jobs.begin_shutdown();
         closing.cancel();
         tracing::info!("shutting down: stopped accepting, cancelled {cancelled} running job(s)");
+        begin_shutdown.cancel();
         let _ = draining_tx.send(());
     });
+    let limits = live_config.current().connection_limits(raise_fd_limit());
+    tracing::info!(
+        "connections: at most {}; header timeout {:?}, idle keep-alive timeout {:?}",
+        limits.max_connections,
+        limits.header_timeout,
+        limits.idle_timeout
+    );
+    let server = http::server::serve(listener, app(state.clone()), limits, server_shutdown);
     // The state file is read, the workers adopted, the socket listens: ready.
     let service_tasks = tokio_util::sync::CancellationToken::new();
     service::spawn_watchdog(service_tasks.clone());
@@ -248,7 +271,7 @@ async fn serve(
         tokio::time::sleep(drain()).await;
     };
     tokio::select! {
-        result = server => result?,
+        () = server => {},
         _ = drain_deadline => {
             tracing::warn!("connections still open {:?} after shutdown began; closing them", drain());
         }

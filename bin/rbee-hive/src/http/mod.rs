@@ -8,12 +8,15 @@
 //! - [`logs`]: a worker's captured output, whole, tailed or followed.
 //! - [`telemetry`]: the telemetry stream (snapshot, worker changes, periodic stats).
 //! - [`stream`]: a job's narration stream in its three encodings.
+//! - [`server`]: the connection loop: header and idle timeouts, the connection cap, the
+//!   shutdown hand-over.
 
 pub mod auth;
 pub mod error;
 pub mod heartbeat;
 pub mod jobs;
 pub mod logs;
+pub mod server;
 pub mod stream;
 pub mod telemetry;
 
@@ -59,6 +62,10 @@ pub fn app(state: AppState) -> Router {
             identify,
         ))
         .layer(TraceLayer::new_for_http())
+        // A request body that trickles in is cut (the handler sees a read error).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            state.config.current().body_timeout(),
+        ))
         .with_state(state)
 }
 
