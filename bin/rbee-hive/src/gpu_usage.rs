@@ -1,7 +1,7 @@
 //! Where each sample of GPU memory and use comes from: NVML (the driver's library, loaded
 //! at run time by `nvml-wrapper`, so neither the build nor the tests need a GPU) and, when
 //! NVML cannot be loaded or a query through it fails, `nvidia-smi`
-//! ([`NvidiaSmiUsage`](crate::capabilities::NvidiaSmiUsage)), which costs a process start
+//! ([`NvidiaSmiUsage`]), which costs a process start
 //! (tens of milliseconds) per query. `gpu_source` in the config picks one or the other or
 //! none.
 //!
@@ -22,6 +22,10 @@ use crate::config::GpuSource;
 
 const MIB: u64 = 1024 * 1024;
 
+/// How long loading NVML or one query may take: a wedged driver must not stall sampling
+/// (the next samples come from `nvidia-smi`, which has its own timeout).
+const NVML_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// GPU samples by the configured source.
 pub struct DriverGpuUsage {
     source: GpuSource,
@@ -31,6 +35,9 @@ pub struct DriverGpuUsage {
     /// Whether a failed NVML query was logged already (once is enough: it fails alike each
     /// interval).
     nvml_failure_logged: AtomicBool,
+    /// Set while an NVML query runs on the blocking pool: a query stuck in the driver is
+    /// not joined by more.
+    nvml_query_running: Arc<AtomicBool>,
 }
 
 impl DriverGpuUsage {
@@ -42,6 +49,7 @@ impl DriverGpuUsage {
             nvml: tokio::sync::OnceCell::new(),
             nvidia_smi: NvidiaSmiUsage { nvidia_smi },
             nvml_failure_logged: AtomicBool::new(false),
+            nvml_query_running: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -50,12 +58,19 @@ impl DriverGpuUsage {
         self.nvml
             .get_or_init(|| async {
                 let library = self.nvml_library.clone();
-                let loaded = tokio::task::spawn_blocking(move || {
-                    Nvml::builder()
-                        .lib_path(std::ffi::OsStr::new(&library))
-                        .init()
-                })
+                let loaded = tokio::time::timeout(
+                    NVML_TIMEOUT,
+                    tokio::task::spawn_blocking(move || {
+                        Nvml::builder()
+                            .lib_path(std::ffi::OsStr::new(&library))
+                            .init()
+                    }),
+                )
                 .await;
+                let Ok(loaded) = loaded else {
+                    tracing::warn!("loading NVML took over {NVML_TIMEOUT:?}; not using it");
+                    return None;
+                };
                 match loaded {
                     Ok(Ok(nvml)) => {
                         tracing::info!("GPU memory per worker from NVML ({})", self.nvml_library);
@@ -84,7 +99,25 @@ impl DriverGpuUsage {
 
     async fn sample_nvml(&self) -> Option<GpuSample> {
         let nvml = self.nvml().await?;
-        match tokio::task::spawn_blocking(move || nvml_sample(&nvml)).await {
+        if self.nvml_query_running.swap(true, Ordering::SeqCst) {
+            // The last query is still stuck in the driver.
+            return None;
+        }
+        let running = self.nvml_query_running.clone();
+        let query = tokio::task::spawn_blocking(move || {
+            let sample = nvml_sample(&nvml);
+            running.store(false, Ordering::SeqCst);
+            sample
+        });
+        let Ok(result) = tokio::time::timeout(NVML_TIMEOUT, query).await else {
+            if !self.nvml_failure_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "an NVML query took over {NVML_TIMEOUT:?}; using nvidia-smi meanwhile"
+                );
+            }
+            return None;
+        };
+        match result {
             Ok(Ok(sample)) => Some(sample),
             Ok(Err(error)) => {
                 if !self.nvml_failure_logged.swap(true, Ordering::Relaxed) {

@@ -256,7 +256,14 @@ async fn serve(
         limits.header_timeout,
         limits.idle_timeout
     );
-    let server = http::server::serve(listener, app(state.clone()), limits, server_shutdown);
+    let abort_connections = tokio_util::sync::CancellationToken::new();
+    let server = http::server::serve(
+        listener,
+        app(state.clone()),
+        limits,
+        server_shutdown,
+        abort_connections.clone(),
+    );
     // The state file is read, the workers adopted, the socket listens: ready.
     let service_tasks = tokio_util::sync::CancellationToken::new();
     service::spawn_watchdog(service_tasks.clone());
@@ -274,6 +281,7 @@ async fn serve(
         () = server => {},
         _ = drain_deadline => {
             tracing::warn!("connections still open {:?} after shutdown began; closing them", drain());
+            abort_connections.cancel();
         }
     }
     // Running jobs were cancelled when shutdown began; once their tasks have ended, every

@@ -82,8 +82,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     config.check_exposure(listener.local_addr()?.ip())?;
     let hive = rbee_hive::Hive::start(listener, config)?;
     let reloader = hive.reloader()?.with_log_filter(set_log_filter);
+    let closing = reloader.closing();
     tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
+        // Once the shutdown begins, SIGHUP is ignored: a reload then could change the
+        // shutdown policy half-way, and READY=1 would follow STOPPING=1.
+        loop {
+            tokio::select! {
+                () = closing.cancelled() => break,
+                hangup = hangups.recv() => if hangup.is_none() { break },
+            }
             tracing::info!("SIGHUP received: reloading the config");
             rbee_hive::service::reloading();
             match reloader.reload(Config::load(args.clone())) {

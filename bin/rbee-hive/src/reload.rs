@@ -72,6 +72,11 @@ impl Reloader {
         self
     }
 
+    /// Cancelled when the hive's shutdown begins: reloads end then.
+    pub fn closing(&self) -> tokio_util::sync::CancellationToken {
+        self.state.closing.clone()
+    }
+
     /// The workers of the hive (for the status said after a reload).
     pub fn workers(&self) -> &worker_lifecycle::WorkerManager {
         &self.state.services.workers

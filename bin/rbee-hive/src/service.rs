@@ -131,6 +131,11 @@ pub enum ActivationError {
 /// The listening socket the service manager passed (`LISTEN_FDS`, fd 3 on), if any. Only
 /// the first is served; the descriptors are made close-on-exec, so no worker inherits them.
 pub fn inherited_listener() -> Result<Option<std::net::TcpListener>, ActivationError> {
+    // The descriptors are handed over once: a second call must not own fd 3 again.
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(None);
+    }
     let mut fds = sd_notify::listen_fds()?;
     let count = fds.len();
     let Some(fd) = fds.next() else {

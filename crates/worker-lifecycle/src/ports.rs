@@ -106,8 +106,11 @@ impl PortAllocator {
     /// Leases from `range` from now on; ports held stay held until released.
     pub(crate) fn set_range(&self, range: RangeInclusive<u16>) {
         let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.next = *range.start();
-        state.range = range;
+        // An unchanged range keeps its rotation: a port just given back is not taken next.
+        if state.range != range {
+            state.next = *range.start();
+            state.range = range;
+        }
     }
 
     /// Holds a specific port (a worker adopted after a restart keeps its port).

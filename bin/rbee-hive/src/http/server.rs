@@ -1,19 +1,22 @@
 //! The HTTP/1.1 server loop: accepts connections, serves each with hyper, and bounds what
 //! a client can hold:
 //!
-//! - a connection may wait for the head of a request at most `header_timeout_s` (from its
-//!   accept, or from the first byte of a later request): slow or silent headers are closed;
-//! - between requests, an idle keep-alive connection is closed after `idle_timeout_s`; a
-//!   request in flight, a job or telemetry stream included, is never cut by either;
+//! - a new connection may wait for the head of its first request at most
+//!   `header_timeout_s`: slow or silent headers are closed;
+//! - between requests, an idle keep-alive connection is closed after `idle_timeout_s` (a
+//!   later request's head that trickles in is bounded by that, as this loop does not see
+//!   partial bytes); a request in flight, a job or telemetry stream included, is never cut
+//!   by either;
 //! - at most `max_connections` are open (never more than the file-descriptor limit allows,
 //!   less a reserve for workers and files); beyond, a new connection gets a `503` and is
 //!   closed at once.
 //!
 //! Shutdown hands over without losing a request: accepting stops (under socket activation
 //! the socket itself stays with the service manager, and the next hive accepts from it);
-//! a request in flight is finished and its connection closed; an idle keep-alive
-//! connection is closed; a connection accepted whose request has not arrived yet is given
-//! until its header timeout for it, is served, and closed (`connection: close`).
+//! a request in flight is finished and its connection closed; an idle or fresh connection
+//! is given one second for a last request (a client may be sending it right now), which is
+//! served with `connection: close`, and is then closed; once the drain time is over, every
+//! connection still open is dropped.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,12 +57,13 @@ struct ConnectionState {
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then hands over as the module
-/// says. Returns once every connection has closed.
+/// says. Returns once every connection has closed; `abort` drops those still open.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
+    abort: CancellationToken,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let connections = tokio_util::task::TaskTracker::new();
@@ -87,8 +91,12 @@ pub async fn serve(
             Ok(permit) => {
                 let router = router.clone();
                 let shutdown = shutdown.clone();
+                let abort = abort.clone();
                 connections.spawn(async move {
-                    serve_connection(stream, router, limits, shutdown).await;
+                    tokio::select! {
+                        () = serve_connection(stream, router, limits, shutdown) => {}
+                        () = abort.cancelled() => {}
+                    }
                     drop(permit);
                 });
             }
@@ -115,7 +123,12 @@ async fn refuse(mut stream: TcpStream, cap: usize) {
     );
     let write = async {
         stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        // Read what the client sent until it closes: closing with unread data would reset
+        // the connection, and the client could see the reset instead of the 503.
+        let mut sink = [0u8; 4096];
+        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
@@ -139,8 +152,9 @@ async fn serve_connection(
         state.started.fetch_add(1, Ordering::SeqCst);
         state.in_flight.fetch_add(1, Ordering::SeqCst);
         state.changed.notify_one();
+        // Made here, not in the future: a future dropped unpolled still counts out.
+        let guard = InFlight(state.clone());
         async move {
-            let guard = InFlight(state.clone());
             let mut response = router
                 .oneshot(request.map(Body::new))
                 .await
@@ -190,14 +204,20 @@ async fn serve_connection(
         // request; after one, `idle_timeout` for the next. (A head that arrives in part is
         // not seen here; the idle time bounds it, as does hyper's buffer limit.) During the
         // shutdown, the last call bounds both.
-        let deadline = (in_flight == 0 && !told_to_close).then(|| {
+        let deadline = (in_flight == 0).then(|| {
             let timeout = if started == 0 {
                 limits.header_timeout
             } else {
                 limits.idle_timeout
             };
             let deadline = idle_since + timeout;
-            last_call.map_or(deadline, |last| deadline.min(last))
+            match (last_call, told_to_close) {
+                (None, _) => deadline,
+                (Some(last), false) => deadline.min(last),
+                // Told to close, and hyper has not (a head that arrived in part keeps it
+                // reading): the header timeout after the last call ends it.
+                (Some(last), true) => last + limits.header_timeout,
+            }
         });
         let wait_for_deadline = async {
             match deadline {
@@ -214,7 +234,7 @@ async fn serve_connection(
             }
             () = state.changed.notified() => {}
             () = wait_for_deadline => {
-                if last_call.is_none() {
+                if last_call.is_none() || told_to_close {
                     tracing::debug!("closing a connection idle past its timeout");
                     return;
                 }
