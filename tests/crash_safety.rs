@@ -187,7 +187,12 @@ async fn a_delete_cut_by_a_keep_shutdown_after_the_leader_exited_leaves_no_child
     );
     assert!(all_gone(&children), "no child of a deleted worker is left");
     hive.restart();
-    assert!(hive.workers().await.is_empty(), "not listed, not lost");
+    let listed = hive.workers().await;
+    assert!(
+        listed.is_empty(),
+        "not listed, not lost: {listed:#?}\n{}",
+        hive.log()
+    );
 }
 
 #[tokio::test]
