@@ -39,7 +39,7 @@ async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
     let hive = TestHive::builder()
         .nvidia_smi(&fake_nvidia_smi(fakes.path()))
         .config("telemetry_interval_ms = 100")
-        .config(&(demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n"))
+        .config(&cuda_type())
         .start()
         .await;
     let worker = hive.spawn_ready("cuda").await;
@@ -47,18 +47,7 @@ async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
     assert_eq!(worker["device"], "GPU-0");
     std::fs::write(fakes.path().join("gpu-pids"), worker["pid"].to_string()).unwrap();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stats = loop {
-        let record = hive
-            .job_result(json!({"operation": "worker_get", "hive_id": "localhost", "id": id}))
-            .await
-            .unwrap();
-        if record["stats"]["vram_mb"] == 1542.0 {
-            break record["stats"].clone();
-        }
-        assert!(Instant::now() < deadline, "no GPU sample: {record}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let stats = stats_when(&hive, &id, "no GPU sample", |s| s["vram_mb"] == 1542.0).await;
     assert_eq!(stats["gpu_util_pct"], 37.0);
     assert_eq!(stats["total_vram_mb"], 81559.0);
     let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
@@ -89,20 +78,10 @@ async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
     let id = worker["id"].as_str().unwrap().to_owned();
     let pid = worker["pid"].to_string();
     std::fs::write(fakes.path().join("stuck-pids"), &pid).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while hive.worker(&id).await.unwrap()["pid"].is_null()
-        || hive
-            .job_result(json!({"operation": "worker_get", "hive_id": "localhost", "id": id}))
-            .await
-            .unwrap()["stats"]["vram_mb"]
-            != 1542.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no GPU sample of the second worker"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    stats_when(&hive, &id, "no GPU sample of the second worker", |s| {
+        s["vram_mb"] == 1542.0
+    })
+    .await;
     let lines = hive
         .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
         .await;
@@ -113,6 +92,11 @@ async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
         "{lines:#?}"
     );
     assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
+}
+
+/// A `cuda` worker type that runs the demo worker on a GPU.
+fn cuda_type() -> String {
+    demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n"
 }
 
 /// Builds the fake NVML library into `dir`; it reads its steering files from `dir`.
@@ -160,7 +144,7 @@ async fn nvml_is_asked_first_and_nvidia_smi_answers_when_it_fails() {
         .nvidia_smi(&fake_nvidia_smi(fakes.path()))
         .nvml_library(&fake_nvml(fakes.path()))
         .config("telemetry_interval_ms = 100")
-        .config(&(demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n"))
+        .config(&cuda_type())
         .start()
         .await;
     let worker = hive.spawn_ready("cuda").await;
@@ -212,7 +196,7 @@ async fn gpu_sampling_is_off_with_gpu_source_none_and_absent_when_nvml_is_missin
             .nvidia_smi(&fake_nvidia_smi(fakes.path()))
             .config(&format!("gpu_source = \"{source}\""))
             .config("telemetry_interval_ms = 100")
-            .config(&(demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n"));
+            .config(&cuda_type());
         if let Some(library) = library {
             builder = builder.nvml_library(library);
         }

@@ -36,20 +36,6 @@ pub struct ReloadReport {
     pub needs_restart: Vec<String>,
 }
 
-/// The keys a reload applies (`token` stands for the token file's content).
-const RELOADABLE: &[&str] = &[
-    "token",
-    "token_file",
-    "body_limit_bytes",
-    "metrics_public",
-    "workers",
-    "worker_ports",
-    "stop_grace_ms",
-    "on_shutdown",
-    "shutdown_drain_s",
-    "log_level",
-];
-
 /// Reloads a serving hive's configuration.
 pub struct Reloader {
     state: AppState,
@@ -110,17 +96,11 @@ impl Reloader {
         // A reload must not open the hive: no token on a non-loopback socket is refused, as
         // at start-up.
         effective.check_exposure(self.listening)?;
-        let mut report = ReloadReport::default();
-        for (key, changed) in changed_keys(&old, &new) {
-            if !changed {
-                continue;
-            }
-            if RELOADABLE.contains(&key.as_str()) {
-                report.applied.push(key);
-            } else {
-                report.needs_restart.push(key);
-            }
-        }
+        // What `effective` takes from `new` is applied; what differs between them waits.
+        let report = ReloadReport {
+            applied: changed_keys(&old, &effective),
+            needs_restart: changed_keys(&effective, &new),
+        };
         self.state.services.workers.reconfigure(Reconfigure {
             worker_types: effective.workers.clone(),
             ports: effective.worker_port_range()?,
@@ -137,24 +117,20 @@ impl Reloader {
     }
 }
 
-/// Every key of the config, and whether `new` changes it.
-fn changed_keys(old: &Config, new: &Config) -> Vec<(String, bool)> {
+/// The keys of the config whose value differs between `a` and `b`.
+fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
     let as_map = |config: &Config| match serde_json::to_value(config) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => serde_json::Map::new(),
     };
-    let (before, after) = (as_map(old), as_map(new));
-    let mut keys: Vec<String> = before.keys().chain(after.keys()).cloned().collect();
+    let (a_keys, b_keys) = (as_map(a), as_map(b));
+    let mut keys: Vec<String> = a_keys.keys().chain(b_keys.keys()).cloned().collect();
     keys.sort();
     keys.dedup();
-    let mut changes: Vec<(String, bool)> = keys
-        .into_iter()
-        .map(|key| {
-            let changed = before.get(&key) != after.get(&key);
-            (key, changed)
-        })
-        .collect();
+    keys.retain(|key| a_keys.get(key) != b_keys.get(key));
     // The token is never serialised; it changes with its file's content.
-    changes.push(("token".to_owned(), old.token != new.token));
-    changes
+    if a.token != b.token {
+        keys.push("token".to_owned());
+    }
+    keys
 }

@@ -99,7 +99,7 @@ pub fn spawn_watchdog(stop: CancellationToken) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;
     };
-    let every = (timeout / 2).max(Duration::from_millis(1));
+    let every = ping_interval(timeout);
     tracing::info!("pinging the service manager's watchdog every {every:?}");
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
@@ -110,6 +110,11 @@ pub fn spawn_watchdog(stop: CancellationToken) {
             }
         }
     });
+}
+
+/// Half of the watchdog timeout, as sd_watchdog_enabled(3) advises.
+fn ping_interval(timeout: Duration) -> Duration {
+    (timeout / 2).max(Duration::from_millis(1))
 }
 
 /// Why an inherited socket cannot be served on.
@@ -189,4 +194,25 @@ pub fn spawn_test_wedge() -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_pinged_at_half_its_timeout() {
+        assert_eq!(
+            ping_interval(Duration::from_secs(30)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            ping_interval(Duration::from_micros(200_000)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            ping_interval(Duration::from_micros(1)),
+            Duration::from_millis(1)
+        );
+    }
 }

@@ -262,6 +262,7 @@ impl Supervisor {
         }
         let id = self.id();
         self.context.registry.remove(self.number);
+        self.answer_settle_waiters();
         self.context.removed.notify_one();
         // Nobody listening is fine.
         let _ = self.context.events.send(WorkerEvent::Removed { id });
@@ -610,6 +611,14 @@ impl Supervisor {
             }
             record.exit.get_or_insert(exit);
         });
+        // A worker that leaves the registry is settled once it has left (see `run`): a
+        // shutdown that flushes the state after settling must find it gone.
+        if !self.remove {
+            self.answer_settle_waiters();
+        }
+    }
+
+    fn answer_settle_waiters(&mut self) {
         for waiter in self.settle_waiters.drain(..) {
             let _ = waiter.send(());
         }

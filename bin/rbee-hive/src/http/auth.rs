@@ -1,4 +1,4 @@
-//! The optional bearer token: when configured, every request but `GET /health` (and
+//! The optional bearer token: when configured, every request but those to `/health` (and
 //! `GET /metrics` with `metrics_public = true`) needs `Authorization: Bearer <token>`,
 //! unknown routes and wrong methods included, so that nothing about the hive is told to a
 //! client without it. The token is the one in effect now (a reload may change it); the
@@ -35,11 +35,12 @@ pub async fn require_token(
     Ok(next.run(request).await)
 }
 
-/// The requests served without the token.
+/// The requests served without the token (PROTOCOL §8: only `/health` is open, whatever
+/// the method; a wrong method there is a 405 that tells nothing).
 fn is_open(request: &Request, metrics_public: bool) -> bool {
     let reads = request.method() == Method::GET || request.method() == Method::HEAD;
     match request.uri().path() {
-        "/health" => reads,
+        "/health" => true,
         "/metrics" => reads && metrics_public,
         _ => false,
     }

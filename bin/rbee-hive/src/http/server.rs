@@ -183,10 +183,9 @@ async fn serve_connection(
         .keep_alive(true);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
-    let accepted = Instant::now();
     // When the connection last became idle (no request in flight), and how many requests
     // had started then.
-    let mut idle_since = accepted;
+    let mut idle_since = Instant::now();
     let mut started_when_idle = 0;
     // Set when the shutdown began: until then, a request that arrives is still served.
     let mut last_call: Option<Instant> = None;
