@@ -35,6 +35,7 @@ const WORKER_TYPES: &[&str] = &[
     "stubborn",
     "crashy",
     "slow",
+    "phoenix",
 ];
 
 fn worker_types() -> String {
@@ -69,6 +70,22 @@ fn worker_types() -> String {
             10.0,
         ),
         demo_worker_type("slow", &["--start-delay-ms", "300"], 10.0),
+        // Restarted after each crash, twice in a minute, then a crash loop.
+        format!(
+            "{}restart = \"on-failure\"\nmax_restarts = 2\nrestart_backoff_ms = 100\n",
+            demo_worker_type(
+                "phoenix",
+                &[
+                    "--exit-after-ms",
+                    "500",
+                    "--exit-code",
+                    "3",
+                    "--children",
+                    "1",
+                ],
+                10.0,
+            )
+        ),
     ]
     .join("\n")
 }
@@ -188,11 +205,13 @@ async fn run_op(
     OpResult { op, outcome, lines }
 }
 
+/// Whether the worker's recorded pid should be running (a worker waiting for its restart is
+/// `Starting` with the pid of its last run, which is gone).
 fn is_live(worker: &Value) -> bool {
     matches!(
         worker["status"].as_str(),
         Some("Starting" | "Ready" | "Busy")
-    )
+    ) && worker.get("restart_at").is_none()
 }
 
 fn is_settled(worker: &Value) -> bool {

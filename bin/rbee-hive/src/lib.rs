@@ -237,10 +237,13 @@ async fn serve(
         hurry.hurry_all();
     });
     let closing = state.closing.clone();
+    let hold_restarts = workers.clone();
     let server_shutdown = tokio_util::sync::CancellationToken::new();
     let begin_shutdown = server_shutdown.clone();
     tokio::spawn(async move {
         shutdown.await;
+        // Not one more worker is started, whichever the shutdown policy.
+        hold_restarts.hold_restarts();
         service::stopping();
         let _ = shutting_down_tx.send(());
         let cancelled = jobs.begin_shutdown();

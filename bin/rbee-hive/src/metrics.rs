@@ -17,7 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use worker_lifecycle::{WorkerEvent, WorkerManager, WorkerRecord};
+use worker_lifecycle::{CRASH_LOOP, WorkerEvent, WorkerManager, WorkerRecord, WorkerStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
@@ -38,6 +38,11 @@ struct OperationLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExitLabels {
     reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerTypeLabel {
+    worker_type: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,6 +72,8 @@ pub struct Metrics {
     stop_seconds: Histogram,
     sigkills: Counter,
     exits: Family<ExitLabels, Counter>,
+    restarts: Family<WorkerTypeLabel, Counter>,
+    crash_loops: Family<WorkerTypeLabel, Counter>,
     stream_gaps: Counter,
     missed_worker_events: Counter,
     reloads: Family<OutcomeLabel, Counter>,
@@ -81,6 +88,8 @@ impl Default for Metrics {
             stop_seconds: duration_histogram(),
             sigkills: Counter::default(),
             exits: Family::default(),
+            restarts: Family::default(),
+            crash_loops: Family::default(),
             stream_gaps: Counter::default(),
             missed_worker_events: Counter::default(),
             reloads: Family::default(),
@@ -178,6 +187,18 @@ impl Metrics {
         let seconds = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
             (to - from).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6
         };
+        let worker_type = || WorkerTypeLabel {
+            worker_type: after.worker_type.clone(),
+        };
+        if before.is_some_and(|b| after.restart_count > b.restart_count) {
+            self.restarts.get_or_create(&worker_type()).inc();
+        }
+        if let WorkerStatus::Failed { reason } = &after.status
+            && reason.starts_with(CRASH_LOOP)
+            && before.is_some_and(|b| b.restart_pending() || !b.status.is_terminal())
+        {
+            self.crash_loops.get_or_create(&worker_type()).inc();
+        }
         let was_ready = before.is_some_and(|b| b.ready_at.is_some());
         if let (false, Some(ready_at)) = (was_ready, after.ready_at) {
             self.spawn_ready_seconds
@@ -247,6 +268,16 @@ impl Metrics {
             "worker_exits",
             "Worker exits, by reason",
             self.exits.clone(),
+        );
+        registry.register(
+            "worker_restarts",
+            "Workers started again after a failure (their type's `restart = \"on-failure\"`), by worker type",
+            self.restarts.clone(),
+        );
+        registry.register(
+            "worker_crash_loops",
+            "Workers left failed because they failed more than `max_restarts` times in `restart_window_s`, by worker type",
+            self.crash_loops.clone(),
         );
         registry.register(
             "config_reloads",

@@ -63,8 +63,10 @@ impl DeviceKind {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerTypeConfig {
-    /// Program and arguments, with placeholders.
-    pub command: Vec<String>,
+    /// Program and arguments, with placeholders. May be left out for a built-in type's name
+    /// (`[workers.cuda]` with only `restart = "on-failure"` keeps the built-in command).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
     /// Environment additions, with placeholders.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -88,6 +90,72 @@ pub struct WorkerTypeConfig {
     /// (default true; false for setups where detection cannot see the device).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_check: Option<bool>,
+    /// Whether a worker that fails after it was ready is started again: `"never"`
+    /// (default) or `"on-failure"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<RestartMode>,
+    /// At most this many restarts within `restart_window_s` (default 5); one more failure
+    /// in the window and the worker stays `Failed` ("crash loop").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_restarts: Option<u32>,
+    /// The window that `max_restarts` counts in, in seconds (default 60).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_window_s: Option<f64>,
+    /// The wait before the first restart in a window, in milliseconds (default 1000); it
+    /// doubles with each further restart in the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_backoff_ms: Option<u64>,
+    /// The longest wait before a restart, in milliseconds (default 30000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart_backoff_max_ms: Option<u64>,
+}
+
+/// Whether workers of a type are started again when they fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    /// A worker that ends stays ended.
+    #[default]
+    Never,
+    /// A worker that was ready once and then exits with a non-zero code, is killed by a
+    /// signal, or does not become ready again in time is started again.
+    OnFailure,
+}
+
+/// The restart policy of a worker type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Whether to restart at all.
+    pub mode: RestartMode,
+    /// At most this many restarts within `window`.
+    pub max_restarts: u32,
+    /// The window `max_restarts` counts in.
+    pub window: Duration,
+    /// The wait before the first restart in the window.
+    pub backoff: Duration,
+    /// The longest wait.
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            mode: RestartMode::Never,
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+            backoff: Duration::from_millis(1000),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before the next run, after `recent` restarts within the window: `backoff`
+    /// doubled for each, at most `backoff_max`.
+    pub fn delay(&self, recent: u32) -> Duration {
+        let factor = 2u32.saturating_pow(recent.min(31));
+        self.backoff.saturating_mul(factor).min(self.backoff_max)
+    }
 }
 
 /// A worker type, validated.
@@ -111,6 +179,38 @@ pub(crate) struct WorkerTemplate {
     pub(crate) model_is_path: bool,
     /// Whether the device must be one the hive detects.
     pub(crate) device_check: bool,
+    /// Whether and how a failed worker is started again.
+    pub(crate) restart: RestartPolicy,
+}
+
+impl WorkerTemplate {
+    /// One part of the template, filled in.
+    pub(crate) fn fill(
+        &self,
+        part: &str,
+        values: &TemplateValues<'_>,
+    ) -> Result<String, LifecycleError> {
+        fill(part, values).map_err(|reason| LifecycleError::Template {
+            name: self.name.clone(),
+            reason,
+        })
+    }
+
+    /// The environment additions of one worker, filled in, with the marker of its processes
+    /// (`RBEE_HIVE_WORKER=<marker>`) last.
+    pub(crate) fn worker_env(
+        &self,
+        values: &TemplateValues<'_>,
+        marker: String,
+    ) -> Result<Vec<(String, String)>, LifecycleError> {
+        let mut env = self
+            .env
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), self.fill(value, values)?)))
+            .collect::<Result<Vec<_>, LifecycleError>>()?;
+        env.push((crate::process::MARKER_VAR.to_owned(), marker));
+        Ok(env)
+    }
 }
 
 /// The values a template is filled with.
@@ -208,7 +308,8 @@ impl Catalog {
             demo.command.splice(0..1, prefix.iter().cloned());
         }
         for (name, config) in configured {
-            types.insert(name.clone(), template_from_config(name, config)?);
+            let template = template_from_config(name, config, types.get(name))?;
+            types.insert(name.clone(), template);
         }
         let probe = TemplateValues {
             worker_id: "worker-0",
@@ -248,30 +349,103 @@ impl Catalog {
     }
 }
 
+/// A configured type. One with a `command` replaces the built-in type of its name; one
+/// without takes what it leaves out from that built-in type (command, environment, …).
 fn template_from_config(
     name: &str,
     config: &WorkerTypeConfig,
+    builtin: Option<&WorkerTemplate>,
 ) -> Result<WorkerTemplate, LifecycleError> {
-    let ready_timeout_s = config.ready_timeout_s.unwrap_or(60.0);
-    if !(ready_timeout_s > 0.0 && ready_timeout_s <= 86_400.0) {
-        return Err(LifecycleError::InvalidWorkerType {
-            name: name.to_owned(),
-            reason: "`ready_timeout_s` must be between 0 and 86400".into(),
-        });
-    }
+    let builtin = builtin.filter(|_| config.command.is_none());
+    let invalid = |reason: &str| LifecycleError::InvalidWorkerType {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let command = match (&config.command, builtin) {
+        (Some(command), _) => command.clone(),
+        (None, Some(builtin)) => builtin.command.clone(),
+        (None, None) => {
+            return Err(invalid(
+                "`command` is needed (only a built-in type's name may leave it out)",
+            ));
+        }
+    };
+    let ready_timeout = match config.ready_timeout_s {
+        Some(seconds) => seconds_in(seconds, 86_400.0)
+            .ok_or_else(|| invalid("`ready_timeout_s` must be between 0 and 86400"))?,
+        None => builtin.map_or(Duration::from_secs(60), |b| b.ready_timeout),
+    };
+    let restart = restart_policy(config, builtin.map(|b| b.restart)).map_err(invalid)?;
+    let mut env = builtin.map(|b| b.env.clone()).unwrap_or_default();
+    let mut env_remove = builtin.map(|b| b.env_remove.clone()).unwrap_or_default();
+    env.extend(config.env.clone());
+    env_remove.extend(config.env_remove.iter().cloned());
     Ok(WorkerTemplate {
         name: name.to_owned(),
-        command: config.command.clone(),
-        env: config.env.clone(),
-        env_remove: config.env_remove.clone(),
+        command,
+        env,
+        env_remove,
         health_path: config
             .health_path
             .clone()
+            .or_else(|| builtin.map(|b| b.health_path.clone()))
             .unwrap_or_else(|| "/health".to_owned()),
-        ready_timeout: Duration::from_secs_f64(ready_timeout_s),
-        device: config.device.unwrap_or(default_device(name)),
-        model_is_path: config.model_is_path.unwrap_or(name == "llama"),
-        device_check: config.device_check.unwrap_or(true),
+        ready_timeout,
+        device: config
+            .device
+            .or(builtin.map(|b| b.device))
+            .unwrap_or(default_device(name)),
+        model_is_path: config
+            .model_is_path
+            .or(builtin.map(|b| b.model_is_path))
+            .unwrap_or(name == "llama"),
+        device_check: config
+            .device_check
+            .or(builtin.map(|b| b.device_check))
+            .unwrap_or(true),
+        restart,
+    })
+}
+
+/// `seconds` as a duration if it is above 0 and at most `max`.
+fn seconds_in(seconds: f64, max: f64) -> Option<Duration> {
+    (seconds > 0.0 && seconds <= max).then(|| Duration::from_secs_f64(seconds))
+}
+
+fn restart_policy(
+    config: &WorkerTypeConfig,
+    base: Option<RestartPolicy>,
+) -> Result<RestartPolicy, &'static str> {
+    const HOUR_MS: u64 = 3_600_000;
+    let base = base.unwrap_or_default();
+    let window = match config.restart_window_s {
+        Some(seconds) => {
+            seconds_in(seconds, 86_400.0).ok_or("`restart_window_s` must be between 0 and 86400")?
+        }
+        None => base.window,
+    };
+    let backoff_ms = config
+        .restart_backoff_ms
+        .unwrap_or(base.backoff.as_millis() as u64);
+    let backoff_max_ms = config
+        .restart_backoff_max_ms
+        .unwrap_or((base.backoff_max.as_millis() as u64).max(backoff_ms));
+    if backoff_ms > HOUR_MS || backoff_max_ms > HOUR_MS {
+        return Err("`restart_backoff_ms` and `restart_backoff_max_ms` must be at most 3600000");
+    }
+    if backoff_max_ms < backoff_ms {
+        return Err("`restart_backoff_max_ms` must not be below `restart_backoff_ms`");
+    }
+    let max_restarts = config.max_restarts.unwrap_or(base.max_restarts);
+    if max_restarts > 1000 {
+        return Err("`max_restarts` must be at most 1000");
+    }
+    Ok(RestartPolicy {
+        mode: config.restart.unwrap_or(base.mode),
+        max_restarts,
+        window,
+        backoff: Duration::from_millis(backoff_ms),
+        backoff_max: Duration::from_millis(backoff_max_ms),
     })
 }
 
@@ -325,6 +499,7 @@ fn builtin_types() -> BTreeMap<String, WorkerTemplate> {
                 // One llama-server build runs on what it was built for (a CPU build runs on
                 // a machine without GPU), so its device is not checked.
                 device_check: name != "llama",
+                restart: RestartPolicy::default(),
             },
         )
     };
@@ -542,6 +717,64 @@ mod tests {
         );
         let empty = parse("[workers.bad]\ncommand = []\n");
         assert!(Catalog::new(&empty, None, None).is_err());
+    }
+
+    #[test]
+    fn restart_policies_are_read_checked_and_inherited() {
+        let parse = |toml_text: &str| -> BTreeMap<String, WorkerTypeConfig> {
+            let table: BTreeMap<String, BTreeMap<String, WorkerTypeConfig>> =
+                toml_from_str(toml_text);
+            table.into_iter().next().map(|(_, v)| v).unwrap_or_default()
+        };
+        let configured = parse(
+            "[workers.cuda]\nrestart = \"on-failure\"\nmax_restarts = 3\n\
+             restart_backoff_ms = 200\nrestart_backoff_max_ms = 500\n\
+             [workers.custom]\ncommand = [\"x\"]\n",
+        );
+        let catalog = Catalog::new(&configured, None, None).unwrap();
+        let cuda = catalog.get("cuda").unwrap();
+        // No `command`: the built-in's command and device stay.
+        assert_eq!(cuda.command[0], "llm-worker-rbee-cuda");
+        assert_eq!(cuda.device, DeviceKind::Gpu);
+        assert_eq!(cuda.ready_timeout, Duration::from_secs(300));
+        let policy = cuda.restart;
+        assert_eq!(policy.mode, RestartMode::OnFailure);
+        assert_eq!(policy.max_restarts, 3);
+        assert_eq!(policy.window, Duration::from_secs(60));
+        let delays: Vec<u64> = (0..5).map(|n| policy.delay(n).as_millis() as u64).collect();
+        assert_eq!(delays, [200, 400, 500, 500, 500]);
+        assert_eq!(
+            catalog.get("custom").unwrap().restart,
+            RestartPolicy::default()
+        );
+        assert_eq!(RestartPolicy::default().delay(40), Duration::from_secs(30));
+
+        for (text, complaint) in [
+            ("[workers.x]\nrestart = \"always\"\ncommand = [\"x\"]\n", ""),
+            (
+                "[workers.nocommand]\nrestart = \"on-failure\"\n",
+                "`command` is needed",
+            ),
+            (
+                "[workers.cpu]\nrestart_backoff_ms = 900\nrestart_backoff_max_ms = 100\n",
+                "must not be below",
+            ),
+            ("[workers.cpu]\nrestart_window_s = 0\n", "restart_window_s"),
+        ] {
+            let parsed: Result<BTreeMap<String, BTreeMap<String, WorkerTypeConfig>>, _> =
+                toml::from_str(text);
+            match parsed {
+                // An unknown mode is a syntax error of the file.
+                Err(error) => assert!(complaint.is_empty(), "{text}: {error}"),
+                Ok(table) => {
+                    let configured = table.into_values().next().unwrap();
+                    let error = Catalog::new(&configured, None, None)
+                        .unwrap_err()
+                        .to_string();
+                    assert!(error.contains(complaint), "{text}: {error}");
+                }
+            }
+        }
     }
 
     fn toml_from_str<T: serde::de::DeserializeOwned>(text: &str) -> T {

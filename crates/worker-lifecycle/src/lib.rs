@@ -31,6 +31,7 @@
 //! - `sockets`: which sockets listen on a port (`sock_diag`, or `/proc/net/tcp`).
 //! - `ports`: ports from a range, held until the process is gone.
 //! - `catalog`: worker types, command templates, program lookup.
+//! - `restart`: restarts of failed workers (backoff, crash loops, the next run's launch).
 //! - `logs`: worker log files and their retention.
 //! - `stats`: live resource use of each worker's process group, sampled by one task.
 //! - `error`: [`LifecycleError`], what can go wrong.
@@ -46,18 +47,23 @@ mod process;
 mod readiness;
 mod record;
 mod registry;
+mod restart;
 mod sockets;
 mod state_file;
 mod stats;
 mod supervisor;
 
-pub use catalog::{DeviceKind, WorkerTypeConfig};
+pub use catalog::{DeviceKind, RestartMode, RestartPolicy, WorkerTypeConfig};
 pub use error::LifecycleError;
 pub use logs::LogRetention;
 pub use manager::{
     DeviceInventory, LifecycleConfig, Reconfigure, SpawnRequest, Spawning, Stopping, WorkerManager,
 };
 pub use process::ProcessInfo;
-pub use record::{StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
+pub use record::{
+    PAST_RUNS_KEPT, PastRun, StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord,
+    WorkerStatus,
+};
+pub use restart::CRASH_LOOP;
 pub use stats::{GpuSample, GpuState, GpuUsage, WorkerStats};
 pub use supervisor::{HeartbeatState, WorkerEvent};

@@ -21,7 +21,7 @@ use crate::catalog::{self, Catalog, DeviceKind, TemplateValues, WorkerTemplate, 
 use crate::error::LifecycleError;
 use crate::logs::{self, LogRetention};
 use crate::ports::{PortAllocator, PortLease};
-use crate::process::{self, LaunchSpec, MARKER_VAR, Members, ProcessInfo};
+use crate::process::{self, LaunchSpec, Members, ProcessInfo};
 use crate::record::{
     StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus,
 };
@@ -108,9 +108,6 @@ pub struct WorkerManager {
 struct Inner {
     context: Arc<Context>,
     ports: PortAllocator,
-    /// The worker types; a reload replaces it (running workers keep the command they were
-    /// started with: it is in their record).
-    catalog: std::sync::RwLock<Arc<Catalog>>,
     config: LifecycleConfig,
     logs_dir: PathBuf,
     stats: StatsTable,
@@ -167,9 +164,12 @@ impl WorkerManager {
                     hurried: AtomicBool::new(false),
                     adopted_checks: Arc::new(tokio::sync::Semaphore::new(2)),
                     events: tokio::sync::broadcast::channel(config.event_buffer.max(1)).0,
+                    catalog: std::sync::RwLock::new(Arc::new(catalog)),
+                    hive_url: config.hive_url.clone(),
+                    queen_url: config.queen_url.clone().unwrap_or_default(),
+                    restarts_held: AtomicBool::new(false),
                 }),
                 ports: PortAllocator::new(config.ports.clone()),
-                catalog: std::sync::RwLock::new(Arc::new(catalog)),
                 logs_dir: logs_dir.clone(),
                 stats: StatsTable::default(),
                 config: config.clone(),
@@ -200,11 +200,7 @@ impl WorkerManager {
 
     /// The worker types as they are now.
     fn catalog(&self) -> Arc<Catalog> {
-        self.inner
-            .catalog
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.context.catalog()
     }
 
     /// Applies a reloaded configuration: worker types, the port range of new workers, the
@@ -218,6 +214,7 @@ impl WorkerManager {
         )?;
         *self
             .inner
+            .context
             .catalog
             .write()
             .unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
@@ -299,6 +296,10 @@ impl WorkerManager {
         }
         if !record.is_launched() {
             self.restore_unlaunched(number, record);
+            return;
+        }
+        if record.restart_pending() {
+            self.restore_restart_pending(number, record);
             return;
         }
         let leader = record
@@ -422,16 +423,62 @@ impl WorkerManager {
 
     /// A reserved id whose process the state file does not know: the hive stopped between
     /// the reservation and saving the pid. The process is found by its marker.
-    fn restore_unlaunched(&self, number: u64, mut record: WorkerRecord) {
+    fn restore_unlaunched(&self, number: u64, record: WorkerRecord) {
+        let port = self.inner.ports.lease_exact(record.port);
+        if let Some(record) = self.adopt_unrecorded_run(number, record, port) {
+            // It never ran: the reservation goes (its id stays used).
+            tracing::info!("{}: reserved but never started; removed", record.id);
+            self.registry().bump();
+        }
+    }
+
+    /// A worker that waited for its restart when the hive stopped. If the hive had started
+    /// the next run without recording it, that run is found by its marker; otherwise the
+    /// restart is made when it is due.
+    fn restore_restart_pending(&self, number: u64, record: WorkerRecord) {
+        let port = self.inner.ports.lease_exact(record.port);
+        if let Some(record) = self.adopt_unrecorded_run(number, record, port) {
+            tracing::info!(
+                "{}: restarting it at {} as its type's `restart` asked",
+                record.id,
+                record
+                    .restart_at
+                    .map(|at| at.to_rfc3339())
+                    .unwrap_or_default()
+            );
+            let port = self.inner.ports.lease_exact(record.port);
+            self.install(number, record, Start::RestartPending, port, false);
+        }
+    }
+
+    /// Looks for processes of worker `record` that the state file does not name (started
+    /// by a hive killed before it saved their pid), by their marker: adopts their leader,
+    /// or stops what a dead leader left. Gives the record back when there are none.
+    fn adopt_unrecorded_run(
+        &self,
+        number: u64,
+        mut record: WorkerRecord,
+        port: Option<PortLease>,
+    ) -> Option<WorkerRecord> {
         let marker = self.marker(&record.id);
         let marked = process::find_marked(&marker);
-        let port = self.inner.ports.lease_exact(record.port);
+        let new_run = |record: &mut WorkerRecord, pid: u32, start_ticks: u64| {
+            if record.is_launched() {
+                // The next run of a worker that waited for its restart.
+                record.restart_count += 1;
+                record.restart_at = None;
+                record.exit = None;
+                record.stop = None;
+                record.status = WorkerStatus::Starting;
+            }
+            record.pid = pid;
+            record.pgid = pid;
+            record.start_ticks = Some(start_ticks);
+        };
         if let Some((pid, stat)) = marked.iter().find(|(pid, stat)| stat.pgid == *pid)
             && let Some(leader) = process::adopt(*pid, *pid, stat.start_ticks)
         {
-            record.pid = *pid;
-            record.pgid = *pid;
-            record.start_ticks = Some(stat.start_ticks);
+            new_run(&mut record, *pid, stat.start_ticks);
             tracing::info!("adopted {} (pid {pid}), found by its marker", record.id);
             self.install(
                 number,
@@ -443,20 +490,16 @@ impl WorkerManager {
                 port,
                 false,
             );
-            return;
+            return None;
         }
         let Some(first_start) = marked.iter().map(|(_, stat)| stat.start_ticks).min() else {
-            // It never ran: the reservation goes (its id stays used).
-            tracing::info!("{}: reserved but never started; removed", record.id);
-            self.registry().bump();
-            return;
+            return Some(record);
         };
         let pgid = marked[0].1.pgid;
-        record.pgid = pgid;
-        record.pid = pgid;
-        record.start_ticks = Some(first_start);
+        new_run(&mut record, pgid, first_start);
         let members = Members::survivors(pgid, first_start, &marker);
         self.restore_dead_leader(number, record, members, port);
+        None
     }
 
     /// What marks worker `id`'s processes (`RBEE_HIVE_WORKER=<instance>/<id>`).
@@ -512,10 +555,10 @@ impl WorkerManager {
         }
     }
 
-    /// Whether worker `id` is gone: removed, or its process has exited (nothing more will
-    /// be written to its log).
+    /// Whether worker `id` is gone: removed, or its processes have exited and no restart is
+    /// pending (nothing more will be written to its log).
     pub fn is_gone(&self, id: &str) -> bool {
-        self.get(id).map_or(true, |record| record.exit.is_some())
+        self.get(id).map_or(true, |record| !record.is_active())
     }
 
     /// The worker whose process has this pid, if that process is running and still provably
@@ -579,23 +622,12 @@ impl WorkerManager {
             hive_url: &inner.config.hive_url,
             queen_url: inner.config.queen_url.as_deref().unwrap_or(""),
         };
-        let fill = |part: &String| {
-            catalog::fill(part, &values).map_err(|reason| LifecycleError::Template {
-                name: template.name.clone(),
-                reason,
-            })
-        };
         let filled: Vec<String> = template
             .command
             .iter()
-            .map(fill)
+            .map(|part| template.fill(part, &values))
             .collect::<Result<_, _>>()?;
-        let mut env: Vec<(String, String)> = template
-            .env
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), fill(v)?)))
-            .collect::<Result<_, LifecycleError>>()?;
-        env.push((MARKER_VAR.to_owned(), self.marker(&id)));
+        let env = template.worker_env(&values, self.marker(&id))?;
         let program = match early_program {
             Some(program) => program,
             None => catalog::resolve_program(&filled[0], &template.name)?,
@@ -621,6 +653,10 @@ impl WorkerManager {
             health: None,
             stop: None,
             exit: None,
+            restart_count: 0,
+            restart_at: None,
+            past_runs: Vec::new(),
+            run_started_at: None,
             command,
             log_path,
         };
@@ -725,11 +761,12 @@ impl WorkerManager {
     /// Stops every worker in parallel, as a delete would but keeping the records, and waits
     /// until all are gone; returns how many had processes to stop.
     pub async fn stop_all(&self) -> usize {
+        self.hold_restarts();
         let slots = self.registry().slots();
         let mut count = 0;
         for slot in &slots {
             let record = slot.record.borrow().clone();
-            if record.exit.is_none() || record.is_stopping() {
+            if record.is_active() {
                 count += 1;
                 let _ = slot.commands.send(Command::Stop {
                     grace: self.inner.context.default_grace(),
@@ -739,6 +776,16 @@ impl WorkerManager {
         }
         settle(&slots).await;
         count
+    }
+
+    /// No failed worker is started again from now on (the hive is shutting down); a restart
+    /// that is pending stays so in the state file, for a `stop` shutdown to cancel or the
+    /// next hive to make.
+    pub fn hold_restarts(&self) {
+        self.inner
+            .context
+            .restarts_held
+            .store(true, Ordering::SeqCst);
     }
 
     /// Waits until no stop is under way (deletes, cancelled spawns, ready timeouts,

@@ -226,16 +226,59 @@ pub struct WorkerRecord {
     /// A stop of its processes: under way, or how the last one went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<StopProgress>,
-    /// How its leader ended, once it has.
+    /// How its leader ended, once it has (for a worker waiting to be restarted: how its
+    /// last run ended).
     #[serde(default)]
     pub exit: Option<WorkerExit>,
+    /// How many times the hive started it again after a failure (its type's `restart`).
+    #[serde(default)]
+    pub restart_count: u32,
+    /// When the next run starts, while it waits to be restarted (its status is `Starting`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<DateTime<Utc>>,
+    /// The runs that failed and were followed by a restart, oldest first (the last
+    /// [`PAST_RUNS_KEPT`]); each run's output is in the log, after a line of the hive's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_runs: Vec<PastRun>,
+    /// When the current (or last) run started; `started_at` for the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_started_at: Option<DateTime<Utc>>,
     /// The command line it was started with (no shell).
     pub command: Vec<String>,
     /// Its stdout and stderr.
     pub log_path: PathBuf,
 }
 
+/// How many past runs a record keeps.
+pub const PAST_RUNS_KEPT: usize = 20;
+
+/// A run of a worker that failed and was followed by a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastRun {
+    /// The pid it ran as.
+    pub pid: u32,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// How it ended.
+    pub exit: WorkerExit,
+    /// Why it counts as a failure (`exited with code 3`, `not ready within …`).
+    pub reason: String,
+    /// When the next run was due (its end plus the backoff).
+    pub restart_at: DateTime<Utc>,
+}
+
 impl WorkerRecord {
+    /// Whether it waits to be started again (its processes are gone).
+    pub fn restart_pending(&self) -> bool {
+        self.restart_at.is_some()
+    }
+
+    /// Whether its processes may run now or again: it has not exited, a stop of its
+    /// processes is under way, or a restart is pending.
+    pub fn is_active(&self) -> bool {
+        self.exit.is_none() || self.is_stopping() || self.restart_pending()
+    }
+
     /// Whether its process has been started (a reserved id has none yet).
     pub fn is_launched(&self) -> bool {
         self.pid != 0

@@ -10,7 +10,9 @@
 //! keeps reading commands all the while: a shorter grace or a hurry escalates at once, in
 //! every phase. When no process of the group is left, the port is given back, the record
 //! gets its exit and final status, and a deleted worker leaves the registry — here, and
-//! nowhere else.
+//! nowhere else. A worker whose type restarts on failure is started again from here after
+//! its backoff (`restart`), with the same id, port and log; the wait is on disk first, so a
+//! hive killed during it restarts the worker when it starts again.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,15 +25,17 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::catalog::{Catalog, RestartMode};
 use crate::logs;
 use crate::ports::PortLease;
 use crate::process::{self, LaunchSpec, Leader, Members, Sig};
 use crate::readiness::{self, Probe, ProbeTarget};
 use crate::record::{
-    LOST, StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus,
+    LOST, PastRun, StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus,
     signal_name,
 };
 use crate::registry::Registry;
+use crate::restart::{self, Next};
 
 /// How long to wait for processes after SIGKILL before calling them stuck.
 const SIGKILL_WAIT: Duration = Duration::from_secs(5);
@@ -89,9 +93,26 @@ pub(crate) struct Context {
     pub(crate) adopted_checks: Arc<tokio::sync::Semaphore>,
     /// Every change of every record, and every removal, as it happens (telemetry, metrics).
     pub(crate) events: tokio::sync::broadcast::Sender<WorkerEvent>,
+    /// The worker types; a reload replaces it (running workers keep the command they were
+    /// started with: it is in their record).
+    pub(crate) catalog: std::sync::RwLock<Arc<Catalog>>,
+    /// `{hive_url}` of a restarted worker's environment.
+    pub(crate) hive_url: String,
+    /// `{queen_url}` of a restarted worker's environment (empty when none is configured).
+    pub(crate) queen_url: String,
+    /// Set when the hive begins to shut down: no worker is started again from then on.
+    pub(crate) restarts_held: AtomicBool,
 }
 
 impl Context {
+    /// The worker types as they are now.
+    pub(crate) fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// The stop grace when none is given.
     pub(crate) fn default_grace(&self) -> Duration {
         Duration::from_millis(
@@ -122,6 +143,8 @@ pub(crate) enum Start {
         leader: Leader,
         resume: Option<(StopReason, Duration)>,
     },
+    /// A worker that waits for its restart (its record says when).
+    RestartPending,
     /// Processes left by a leader that died while the hive was down: stop them (with what
     /// is left of the grace of a stop that was under way).
     Survivors {
@@ -175,6 +198,9 @@ pub(crate) struct Supervisor {
     lost: bool,
     /// It leaves the registry once its processes are gone.
     remove: bool,
+    /// A restart is due at this instant, once the state file holds this generation (the
+    /// record that says it is pending).
+    restart: Option<(Instant, u64)>,
 }
 
 impl Supervisor {
@@ -205,6 +231,7 @@ impl Supervisor {
             stuck: Vec::new(),
             lost,
             remove: false,
+            restart: None,
         }
     }
 
@@ -230,6 +257,14 @@ impl Supervisor {
             } => {
                 self.process = Proc::Draining(members);
                 self.begin_stop(reason, grace, None);
+            }
+            Start::RestartPending => {
+                self.process = Proc::Gone;
+                let at = self.record.borrow().restart_at;
+                let wait = at
+                    .and_then(|at| (at - Utc::now()).to_std().ok())
+                    .unwrap_or_default();
+                self.restart = Some((Instant::now() + wait, self.context.registry.generation()));
             }
             Start::Ended => self.process = Proc::Gone,
         }
@@ -258,6 +293,7 @@ impl Supervisor {
                 _ = sleep_until_some(kill_at) => self.kill(),
                 _ = sleep_until_some(give_up_at) => self.give_up(),
                 probe = next_probe(&mut self.probe) => self.on_probe(probe),
+                recorded = restart_due(&self.context.registry, self.restart) => self.relaunch(recorded),
             }
         }
         let id = self.id();
@@ -381,7 +417,14 @@ impl Supervisor {
         self.remove |= reason.removes();
         if matches!(self.process, Proc::Gone | Proc::Pending) {
             // Nothing runs. The group was seen empty, so its id may already name another
-            // group: it is never looked at again.
+            // group: it is never looked at again. A restart that was pending is not made.
+            if self.record.borrow().restart_pending() {
+                let why = match reason {
+                    StopReason::Shutdown => "the hive shut down",
+                    _ => "it was stopped",
+                };
+                self.give_up_restart(why);
+            }
             return;
         }
         match &mut self.plan {
@@ -593,17 +636,44 @@ impl Supervisor {
         self.on_gone();
     }
 
-    /// No process of the group is left: give the port back and record how it ended.
+    /// No process of the group is left: record how it ended, and either give the port back
+    /// or, when its type restarts it, keep the port and schedule the next run.
     fn on_gone(&mut self) {
-        self.port = None;
         self.probe = None;
         let reason = self.plan.take().map(|plan| plan.reason);
         let exit = self.exit.clone().unwrap_or_else(WorkerExit::unknown);
         let status = self.final_status(reason, &exit);
+        let next = self.after_failure(reason, &status);
+        if !matches!(next, Some((Next::Restart { .. }, _))) {
+            self.port = None;
+        }
         let stuck = std::mem::take(&mut self.stuck);
-        self.publish(true, |record| {
-            if record.status.can_become(&status) {
-                record.status = status;
+        let now = Utc::now();
+        let restart_in = match &next {
+            Some((Next::Restart { delay }, _)) => Some(*delay),
+            _ => None,
+        };
+        let generation = self.publish(true, |record| {
+            match next {
+                Some((Next::Restart { delay }, max_restarts)) => {
+                    let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                    let run = PastRun {
+                        pid: record.pid,
+                        started_at: record.run_started_at.unwrap_or(record.started_at),
+                        exit: exit.clone(),
+                        reason: failure_text(&status),
+                        restart_at: at,
+                    };
+                    restart::remember_run(record, run, max_restarts);
+                    record.restart_at = Some(at);
+                    // Not `Failed` (the state machine's end): it starts again.
+                    record.status = WorkerStatus::Starting;
+                }
+                Some((Next::CrashLoop { reason }, _)) => {
+                    record.status = WorkerStatus::Failed { reason };
+                }
+                None if record.status.can_become(&status) => record.status = status,
+                None => {}
             }
             if let Some(stop) = record.stop.as_mut().filter(|stop| stop.is_under_way()) {
                 stop.finished_at = Some(Utc::now());
@@ -611,11 +681,133 @@ impl Supervisor {
             }
             record.exit.get_or_insert(exit);
         });
+        if let Some(delay) = restart_in {
+            tracing::warn!(worker = %self.id(), "failed; starting it again in {delay:?}");
+            self.restart = Some((Instant::now() + delay, generation));
+        }
         // A worker that leaves the registry is settled once it has left (see `run`): a
         // shutdown that flushes the state after settling must find it gone.
         if !self.remove {
             self.answer_settle_waiters();
         }
+    }
+
+    /// What follows a run that ended with `status` (after a stop for `reason`, if any) when
+    /// its type restarts on failure: with the type's `max_restarts`.
+    fn after_failure(
+        &self,
+        reason: Option<StopReason>,
+        status: &WorkerStatus,
+    ) -> Option<(Next, u32)> {
+        let WorkerStatus::Failed { reason: why } = status else {
+            return None;
+        };
+        let failed_on_its_own = matches!(
+            reason,
+            None | Some(StopReason::LeaderExited | StopReason::ReadyTimeout)
+        );
+        if self.lost || self.remove || !failed_on_its_own {
+            return None;
+        }
+        let record = self.record.borrow();
+        // A run that never became ready is its spawn's failure, reported to that job.
+        if record.ready_at.is_none() || self.context.restarts_held.load(Ordering::SeqCst) {
+            return None;
+        }
+        let policy = self
+            .context
+            .catalog()
+            .get(&record.worker_type)
+            .ok()?
+            .restart;
+        if policy.mode != RestartMode::OnFailure {
+            return None;
+        }
+        let next = restart::next(&policy, &record, Utc::now(), why);
+        if let Next::CrashLoop { reason } = &next {
+            tracing::error!(worker = %record.id, "{reason}");
+        }
+        Some((next, policy.max_restarts))
+    }
+
+    /// Starts the next run of a worker whose restart is due (and recorded, unless
+    /// `recorded` says the state file could not be written).
+    fn relaunch(&mut self, recorded: Result<(), crate::LifecycleError>) {
+        self.restart = None;
+        if self.context.restarts_held.load(Ordering::SeqCst) {
+            // Left pending: a `stop` shutdown cancels it; after a `keep` shutdown the next
+            // hive makes it.
+            tracing::info!(worker = %self.id(), "not restarted: the hive is shutting down");
+            return;
+        }
+        if let Err(error) = recorded {
+            self.give_up_restart(&format!("its restart could not be recorded: {error}"));
+            return;
+        }
+        let record = self.record.borrow().clone();
+        let catalog = self.context.catalog();
+        let template = match catalog.get(&record.worker_type) {
+            Ok(template) if template.restart.mode == RestartMode::OnFailure => template,
+            Ok(_) => return self.give_up_restart("its type's `restart` is now \"never\""),
+            Err(_) => return self.give_up_restart("its worker type is no longer configured"),
+        };
+        self.health_path = template.health_path.clone();
+        self.ready_timeout = template.ready_timeout;
+        let marker = format!("{}/{}", self.context.registry.instance(), record.id);
+        let urls = (
+            self.context.hive_url.as_str(),
+            self.context.queen_url.as_str(),
+        );
+        let launched = restart::launch_spec(template, &record, urls, marker).and_then(|spec| {
+            let program = spec.program.display().to_string();
+            restart::open_log_for_run(&record)
+                .map_err(|e| format!("cannot open its log {}: {e}", record.log_path.display()))
+                .and_then(|log| {
+                    process::launch(spec, log).map_err(|e| format!("cannot start {program}: {e}"))
+                })
+        });
+        let leader = match launched {
+            Ok(leader) => leader,
+            Err(why) => return self.give_up_restart(&why),
+        };
+        let pid = leader.pid();
+        let start_ticks = process::stat_fields(pid).map(|f| f.start_ticks);
+        tracing::info!(worker = %record.id, "started again (pid {pid}, restart {})", record.restart_count + 1);
+        self.exit = None;
+        self.process = Proc::Leader(leader);
+        self.publish(true, |record| {
+            record.pid = pid;
+            record.pgid = pid;
+            record.start_ticks = start_ticks;
+            record.status = WorkerStatus::Starting;
+            record.exit = None;
+            record.stop = None;
+            record.health = None;
+            record.last_heartbeat = None;
+            record.restart_at = None;
+            record.restart_count += 1;
+            record.run_started_at = Some(Utc::now());
+        });
+        let target = self.probe_target();
+        self.probe = Some(Box::pin(readiness::until_ready(target, self.ready_timeout)));
+    }
+
+    /// A pending restart is not made: the worker stays `Failed` with its last run's failure.
+    fn give_up_restart(&mut self, why: &str) {
+        self.restart = None;
+        self.port = None;
+        tracing::warn!(worker = %self.id(), "not restarted: {why}");
+        self.publish(true, |record| {
+            let last = record
+                .past_runs
+                .last()
+                .map(|run| run.reason.clone())
+                .unwrap_or_else(|| "failed".to_owned());
+            record.restart_at = None;
+            record.status = WorkerStatus::Failed {
+                reason: format!("{last}; not restarted: {why}"),
+            };
+        });
     }
 
     fn answer_settle_waiters(&mut self) {
@@ -691,6 +883,14 @@ impl Supervisor {
     }
 }
 
+/// The failure of a status, for a past run ("exited with code 3").
+fn failure_text(status: &WorkerStatus) -> String {
+    match status {
+        WorkerStatus::Failed { reason } => reason.clone(),
+        other => other.label().to_owned(),
+    }
+}
+
 /// Writes a leader's exit and the status that follows into a record.
 fn apply_exit(record: &mut WorkerRecord, exit: WorkerExit, status: WorkerStatus) {
     record.exit = Some(exit);
@@ -752,6 +952,20 @@ async fn stop_recorded(registry: &Registry, sigterm_after: Option<(u64, Instant)
     match sigterm_after {
         Some((generation, deadline)) => {
             let _ = tokio::time::timeout_at(deadline, registry.wait_durable(generation)).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when a restart is due and the state file holds its generation (or could not).
+async fn restart_due(
+    registry: &Registry,
+    restart: Option<(Instant, u64)>,
+) -> Result<(), crate::LifecycleError> {
+    match restart {
+        Some((at, generation)) => {
+            tokio::time::sleep_until(at).await;
+            registry.wait_durable(generation).await
         }
         None => std::future::pending().await,
     }

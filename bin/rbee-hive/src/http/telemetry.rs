@@ -3,7 +3,9 @@
 //!
 //! On connect, `event: snapshot` holds the hive and every worker. Then `event: worker`
 //! reports each state change as the lifecycle makes it (`spawned`, `ready`, `busy`,
-//! `stopping`, `exited`, `removed`), and every `telemetry_interval_ms` an `event: telemetry`
+//! `stopping`, `exited`, `restarting` (a failed run, the next one waits for its backoff),
+//! `restarted`, `crash_loop` (failed too often: no more restarts), `failed` (a pending
+//! restart not made: a shutdown, a reload, …), `removed`), and every `telemetry_interval_ms` an `event: telemetry`
 //! holds every running worker's stats in the upstream shape (`{pid, worker_id, model, state,
 //! cpu_pct, rss_mb, uptime_s}`, and `gpu_util_pct`, `vram_mb`, `total_vram_mb` for GPU
 //! workers when the driver reports them). Each reader has its own cursor in the
@@ -21,7 +23,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
-use worker_lifecycle::{WorkerEvent, WorkerManager, WorkerRecord, WorkerStatus};
+use worker_lifecycle::{CRASH_LOOP, WorkerEvent, WorkerManager, WorkerRecord, WorkerStatus};
 
 use crate::AppState;
 use crate::jobs::ops::worker_json;
@@ -115,6 +117,21 @@ fn change(before: Option<&WorkerRecord>, after: &WorkerRecord) -> Option<&'stati
     let Some(before) = before else {
         return Some("spawned");
     };
+    if after.restart_pending() && !before.restart_pending() {
+        return Some("restarting");
+    }
+    if after.restart_count > before.restart_count {
+        return Some("restarted");
+    }
+    if before.restart_pending() && !after.restart_pending() && after.status.is_terminal() {
+        return Some("failed");
+    }
+    if let WorkerStatus::Failed { reason } = &after.status
+        && reason.starts_with(CRASH_LOOP)
+        && before.status != after.status
+    {
+        return Some("crash_loop");
+    }
     if after.exit.is_some() && before.exit.is_none() {
         return Some("exited");
     }

@@ -89,7 +89,7 @@ fn workers_using(services: &OperationServices, id: &CatalogId) -> Vec<String> {
         .workers
         .list()
         .into_iter()
-        .filter(|worker| worker.exit.is_none())
+        .filter(|worker| worker.is_active())
         .filter(|worker| {
             worker.model_id == id.as_str()
                 || folder.as_ref().is_some_and(|folder| {

@@ -1,0 +1,514 @@
+//! Restart policies (issue 14, item 4): a worker type with `restart = "on-failure"` has its
+//! failed workers started again with the same id and port after an exponential backoff,
+//! until `max_restarts` failures in `restart_window_s` make it a crash loop; never after a
+//! delete or during a shutdown; a restart that was due when the hive died is made by the
+//! next hive; each run's output stays in the log.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nix::sys::signal::Signal;
+use rbee_hive_e2e::openmetrics::{parse, value};
+use rbee_hive_e2e::os::{pid_alive, port_free, signal_pid, wait_until};
+use rbee_hive_e2e::sse::events;
+use rbee_hive_e2e::{TestHive, demo_worker_type};
+use serde_json::{Value, json};
+
+/// A worker type `name` that runs the demo worker, becomes ready, and exits with code 3
+/// `exit_after_ms` later, with its restart policy.
+fn crashing_type(name: &str, exit_after_ms: u64, policy: &str) -> String {
+    let exit_after = exit_after_ms.to_string();
+    format!(
+        "{}{policy}\n",
+        demo_worker_type(
+            name,
+            &["--exit-after-ms", &exit_after, "--exit-code", "3"],
+            10.0
+        )
+    )
+}
+
+fn time(value: &Value) -> DateTime<Utc> {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("a time, not {value}"))
+        .parse()
+        .unwrap()
+}
+
+fn pid(record: &Value) -> u32 {
+    record["pid"].as_u64().unwrap() as u32
+}
+
+fn failed_reason(record: &Value) -> String {
+    record["status"]["Failed"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Waits until the state file's record of worker `id` satisfies `check`; returns it.
+async fn saved_record(hive: &TestHive, id: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let saved = hive.state_file();
+        let record = saved["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|w| w["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null);
+        if check(&record) {
+            return record;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the state file never held the expected record of {id}: {record:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn scrape(hive: &TestHive) -> Vec<Value> {
+    let text = hive
+        .client
+        .get(hive.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse(&text)
+}
+
+#[tokio::test]
+async fn a_crash_looping_worker_is_restarted_with_backoff_until_the_limit() {
+    let hive = TestHive::builder()
+        .config(&crashing_type(
+            "crashy",
+            300,
+            "restart = \"on-failure\"\nmax_restarts = 3\nrestart_window_s = 60\n\
+             restart_backoff_ms = 200\nrestart_backoff_max_ms = 5000",
+        ))
+        .start()
+        .await;
+    let telemetry = hive
+        .client
+        .get(hive.url("/v1/heartbeats/stream"))
+        .send()
+        .await
+        .unwrap();
+    let first = hive.spawn_ready("crashy").await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    let port = first["port"].as_u64().unwrap() as u16;
+
+    let last = hive
+        .wait_for_worker(&id, Duration::from_secs(60), |r| {
+            failed_reason(r).starts_with("crash loop")
+        })
+        .await;
+    let reason = failed_reason(&last);
+    // Four exits: the first run and three restarts, then no more.
+    assert!(
+        reason.starts_with(
+            "crash loop: 4 exits in 60 s (max_restarts = 3); last failure: exited with code 3"
+        ),
+        "{reason}"
+    );
+    // The last output lines of the last run are in the reason.
+    assert!(
+        reason.contains("exiting with code 3 after 300 ms, as asked"),
+        "{reason}"
+    );
+    assert_eq!(last["restart_count"], 3, "{last:#}");
+    assert_eq!(last["id"], id.as_str());
+    assert_eq!(last["port"], port);
+    assert_eq!(last["exit"]["code"], 3);
+    assert!(last.get("restart_at").is_none(), "{last:#}");
+
+    // The backoff is in the timestamps: each restart was due 200 ms × 2^n after the run
+    // before it ended, and each run started no sooner.
+    let runs = last["past_runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3, "{last:#}");
+    let mut starts: Vec<DateTime<Utc>> = runs[1..].iter().map(|r| time(&r["started_at"])).collect();
+    starts.push(time(&last["run_started_at"]));
+    let mut pids: Vec<u32> = runs
+        .iter()
+        .map(|r| r["pid"].as_u64().unwrap() as u32)
+        .collect();
+    pids.push(pid(&last));
+    for (n, run) in runs.iter().enumerate() {
+        let ended = time(&run["exit"]["at"]);
+        let due = time(&run["restart_at"]);
+        let backoff = chrono::Duration::milliseconds(200 << n);
+        assert!(due - ended >= backoff, "run {n}: {run:#}");
+        assert!(
+            starts[n] >= due,
+            "run {} started before it was due: {last:#}",
+            n + 1
+        );
+        assert_eq!(run["exit"]["code"], 3);
+        assert_eq!(run["reason"], "exited with code 3");
+    }
+    assert_eq!(pids[0], pid(&first));
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!(pids.len(), 4, "each run is a new process: {pids:?}");
+    assert!(pids.iter().all(|p| !pid_alive(*p)), "{pids:?}");
+    wait_until("the port is given back", Duration::from_secs(10), || {
+        port_free(port)
+    })
+    .await;
+
+    // Every run's output is in the log, each restart after a line of the hive's.
+    let log = hive
+        .client
+        .get(hive.url(&format!("/v1/workers/{id}/logs")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        log.matches("exiting with code 3 after 300 ms").count(),
+        4,
+        "{log}"
+    );
+    for restart in 1..=3 {
+        assert!(
+            log.contains(&format!("==== rbee-hive: {id} restart {restart} at ")),
+            "{log}"
+        );
+    }
+
+    let samples = scrape(&hive).await;
+    let by_type = [("worker_type", "crashy")];
+    assert_eq!(
+        value(&samples, "rbee_hive_worker_restarts_total", &by_type),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&samples, "rbee_hive_worker_crash_loops_total", &by_type),
+        Some(1.0)
+    );
+
+    // The telemetry stream narrates it: three restarts, then the crash loop.
+    let mut body = telemetry.bytes_stream();
+    let mut text = String::new();
+    let changes = tokio::time::timeout(Duration::from_secs(20), async {
+        use futures::StreamExt;
+        loop {
+            let complete = text.rfind("\n\n").map_or("", |end| &text[..end + 2]);
+            let changes: Vec<String> = events(complete)
+                .iter()
+                .filter(|e| e.event.as_deref() == Some("worker"))
+                .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+                .filter(|d| d["worker"]["id"] == id.as_str())
+                .map(|d| d["change"].as_str().unwrap().to_owned())
+                .collect();
+            if changes.last().is_some_and(|c| c == "crash_loop") {
+                return changes;
+            }
+            let chunk = body.next().await.expect("the stream goes on").unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no crash_loop event in {text}"));
+    let count = |name: &str| changes.iter().filter(|c| *c == name).count();
+    assert_eq!(
+        (count("restarting"), count("restarted"), count("crash_loop")),
+        (3, 3, 1),
+        "{changes:?}"
+    );
+    assert_eq!(changes[0], "spawned", "{changes:?}");
+    let mut hive = hive;
+    hive.signal(Signal::SIGTERM);
+    hive.wait_exit(Duration::from_secs(30));
+}
+
+#[tokio::test]
+async fn no_restart_after_a_delete_a_clean_exit_or_for_a_type_without_the_policy() {
+    let hive = TestHive::builder()
+        .config(&crashing_type(
+            "patient",
+            200,
+            "restart = \"on-failure\"\nrestart_backoff_ms = 1500",
+        ))
+        .config(&demo_worker_type(
+            "clean",
+            &["--exit-after-ms", "200", "--exit-code", "0"],
+            10.0,
+        ))
+        .config("restart = \"on-failure\"\nrestart_backoff_ms = 100")
+        .config(&crashing_type("plain", 200, ""))
+        .start()
+        .await;
+
+    // A delete while the restart waits for its backoff: nothing runs again.
+    let patient = hive.spawn_ready("patient").await;
+    let id = patient["id"].as_str().unwrap().to_owned();
+    let waiting = hive
+        .wait_for_worker(&id, Duration::from_secs(20), |r| {
+            r.get("restart_at").is_some()
+        })
+        .await;
+    assert_eq!(waiting["status"], "Starting", "{waiting:#}");
+    assert_eq!(waiting["exit"]["code"], 3);
+    let lines = hive
+        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("[DONE]"),
+        "{lines:#?}"
+    );
+    assert!(hive.worker(&id).await.is_none());
+    assert!(port_free(waiting["port"].as_u64().unwrap() as u16));
+
+    // Exit code 0 is not a failure; a type without `restart` keeps the default, never.
+    let clean = hive.spawn_ready("clean").await;
+    let plain = hive.spawn_ready("plain").await;
+    for (worker, status) in [
+        (&clean, json!("Stopped")),
+        (&plain, json!({"Failed": {"reason": "exited with code 3"}})),
+    ] {
+        let id = worker["id"].as_str().unwrap();
+        let ended = hive
+            .wait_for_worker(id, Duration::from_secs(20), |r| r["exit"].is_object())
+            .await;
+        assert_eq!(ended["status"], status, "{ended:#}");
+        assert_eq!(ended["restart_count"], 0);
+        assert!(ended.get("restart_at").is_none(), "{ended:#}");
+    }
+
+    // Absence needs a time: past the deleted worker's restart time, no process carries its
+    // marker, and the others were not started again.
+    let due = time(&waiting["restart_at"]);
+    while Utc::now() < due + chrono::Duration::milliseconds(500) {
+        let running = hive.tagged_processes();
+        assert!(running.is_empty(), "a worker process runs: {running:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(hive.worker(&id).await.is_none());
+    for worker in [&clean, &plain] {
+        let now = hive.worker(worker["id"].as_str().unwrap()).await.unwrap();
+        assert_eq!(now["restart_count"], 0, "{now:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_due_when_the_hive_was_killed_is_made_by_the_next_hive() {
+    let mut hive = TestHive::builder()
+        .config(&crashing_type(
+            "slowcrash",
+            200,
+            "restart = \"on-failure\"\nrestart_backoff_ms = 1500\nmax_restarts = 1",
+        ))
+        .start()
+        .await;
+    let first = hive.spawn_ready("slowcrash").await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    // Killed while the restart waits, once the wait is on disk (a restart is made only then;
+    // a hive killed before that finds the worker lost).
+    let waiting = saved_record(&hive, &id, |r| r.get("restart_at").is_some()).await;
+    hive.kill_hard();
+    assert!(hive.tagged_processes().is_empty());
+
+    hive.restart();
+    let second = hive
+        .wait_for_worker(&id, Duration::from_secs(30), |r| {
+            r["restart_count"] == 1 && r["status"] == "Ready"
+        })
+        .await;
+    assert_eq!(second["port"], first["port"]);
+    assert_ne!(pid(&second), pid(&first));
+    assert!(time(&second["run_started_at"]) >= time(&waiting["restart_at"]));
+    // Its second failure is past `max_restarts = 1`: a crash loop, and its port given back.
+    let last = hive
+        .wait_for_worker(&id, Duration::from_secs(30), |r| {
+            failed_reason(r).starts_with("crash loop: 2 exits")
+        })
+        .await;
+    assert!(!pid_alive(pid(&last)));
+    wait_until("the port is given back", Duration::from_secs(10), || {
+        port_free(last["port"].as_u64().unwrap() as u16)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_started_but_not_recorded_before_a_crash_is_adopted_not_started_twice() {
+    let mut hive = TestHive::builder()
+        .config(&crashing_type(
+            "onceagain",
+            200,
+            "restart = \"on-failure\"\nrestart_backoff_ms = 3000",
+        ))
+        .start()
+        .await;
+    let first = hive.spawn_ready("onceagain").await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    let record = saved_record(&hive, &id, |r| r.get("restart_at").is_some()).await;
+    hive.kill_hard();
+    // What a hive killed right after it started the next run, before it saved the new pid,
+    // leaves: the state file says "restart pending", and the run is up, marked as the
+    // worker's. This one does not exit by itself.
+    let saved = hive.state_file();
+    let command: Vec<String> = record["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|part| part.as_str().unwrap().to_owned())
+        .take_while(|part| part != "--exit-after-ms")
+        .collect();
+    let marker = format!("{}/{id}", saved["instance"].as_str().unwrap());
+    let mut unrecorded = std::process::Command::new(&command[0]);
+    std::os::unix::process::CommandExt::process_group(&mut unrecorded, 0);
+    let unrecorded = unrecorded
+        .args(&command[1..])
+        .env("RBEE_HIVE_WORKER", &marker)
+        .env("RBEE_TEST_TAG", &hive.tag)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let unrecorded_pid = unrecorded.id();
+    // Reaped by a thread: the test process is its parent, not the hive.
+    std::thread::spawn(move || {
+        let mut unrecorded = unrecorded;
+        let _ = unrecorded.wait();
+    });
+
+    hive.restart();
+    let adopted = hive
+        .wait_for_worker(&id, Duration::from_secs(30), |r| r["status"] == "Ready")
+        .await;
+    assert_eq!(pid(&adopted), unrecorded_pid, "{adopted:#}");
+    assert_eq!(adopted["restart_count"], 1);
+    assert!(adopted.get("restart_at").is_none(), "{adopted:#}");
+    assert!(hive.log().contains("found by its marker"), "{}", hive.log());
+    // Past the time the restart was due, still this one process and no second run.
+    let due = time(&record["restart_at"]);
+    while Utc::now() < due + chrono::Duration::milliseconds(500) {
+        assert_eq!(hive.tagged_processes(), [unrecorded_pid]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = hive
+        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("[DONE]"),
+        "{lines:#?}"
+    );
+    wait_until("the adopted run is gone", Duration::from_secs(10), || {
+        !pid_alive(unrecorded_pid)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shutdown_never_restarts_stop_cancels_the_wait_and_keep_hands_it_on() {
+    for policy in ["stop", "keep"] {
+        let mut hive = TestHive::builder()
+            .config(&format!("on_shutdown = \"{policy}\""))
+            .config(&crashing_type(
+                "waits",
+                200,
+                "restart = \"on-failure\"\nrestart_backoff_ms = 2000",
+            ))
+            .start()
+            .await;
+        let first = hive.spawn_ready("waits").await;
+        let id = first["id"].as_str().unwrap().to_owned();
+        hive.wait_for_worker(&id, Duration::from_secs(20), |r| {
+            r.get("restart_at").is_some()
+        })
+        .await;
+        hive.signal(Signal::SIGTERM);
+        assert!(
+            hive.wait_exit(Duration::from_secs(30)).is_some(),
+            "{policy}: the hive did not exit"
+        );
+        assert!(
+            hive.tagged_processes().is_empty(),
+            "{policy}: a worker was started during the shutdown"
+        );
+        let saved = hive.state_file();
+        let record = saved["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        match policy {
+            "stop" => {
+                assert!(record.get("restart_at").is_none(), "{record:#}");
+                assert_eq!(
+                    failed_reason(&record),
+                    "exited with code 3; not restarted: the hive shut down"
+                );
+                hive.restart();
+                let after = hive.worker(&id).await.unwrap();
+                assert_eq!(after["restart_count"], 0, "{after:#}");
+                assert!(after.get("restart_at").is_none());
+            }
+            _ => {
+                assert!(record.get("restart_at").is_some(), "{record:#}");
+                hive.restart();
+                let again = hive
+                    .wait_for_worker(&id, Duration::from_secs(30), |r| r["restart_count"] == 1)
+                    .await;
+                assert_ne!(pid(&again), pid(&first));
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_turns_the_policy_on_applies_to_running_workers() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type("steady", &[], 10.0))
+        .start()
+        .await;
+    let first = hive.spawn_ready("steady").await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    let config = hive.dir.path().join("hive.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{text}\nrestart = \"on-failure\"\nrestart_backoff_ms = 100\n"),
+    )
+    .unwrap();
+    hive.signal(Signal::SIGHUP);
+    wait_until("the reload is applied", Duration::from_secs(10), || {
+        hive.log().contains("config reloaded")
+    })
+    .await;
+    // SIGKILL from outside (an OOM kill, say) is a failure.
+    signal_pid(pid(&first), Signal::SIGKILL);
+    let again = hive
+        .wait_for_worker(&id, Duration::from_secs(20), |r| {
+            r["restart_count"] == 1 && r["status"] == "Ready"
+        })
+        .await;
+    assert_eq!(
+        again["past_runs"][0]["reason"],
+        "killed by signal 9 (SIGKILL)"
+    );
+    assert_ne!(pid(&again), pid(&first));
+    let lines = hive
+        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("[DONE]"),
+        "{lines:#?}"
+    );
+    assert!(!pid_alive(pid(&again)));
+}
