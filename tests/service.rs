@@ -384,37 +384,100 @@ async fn every_route_but_health_needs_the_token_and_the_scheme_is_any_case() {
     assert_eq!(response.status(), 404);
 }
 
+/// Whether the hive has closed `connection` (without waiting: an open one has nothing to
+/// read).
+fn is_closed(connection: &tokio::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    match connection.try_read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+    }
+}
+
+/// Sends `GET <path>` on a new connection and returns it with the start of the answer.
+async fn get_on_new_connection(hive: &TestHive, path: &str) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut connection = tokio::net::TcpStream::connect(hive.addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n");
+    let _ = connection.write_all(request.as_bytes()).await;
+    let mut buffer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), connection.read(&mut buffer))
+        .await
+        .expect("an answer")
+        .unwrap_or(0);
+    (
+        connection,
+        String::from_utf8_lossy(&buffer[..n]).into_owned(),
+    )
+}
+
 #[tokio::test]
-async fn silent_connections_time_out_and_the_cap_answers_503() {
+async fn at_the_cap_a_new_connection_replaces_the_longest_idle_one_and_only_busy_ones_get_503() {
+    let hive = TestHive::builder()
+        .config("header_timeout_s = 60")
+        .config("max_connections = 8")
+        .start()
+        .await;
+    // Eight kept-alive connections, idle after one request each, fill the cap, in order.
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        let (connection, answer) = get_on_new_connection(&hive, "/health").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        idle.push(connection);
+    }
+    // /health on a ninth connection is answered: it takes the place of the connection idle
+    // longest, the first, which is closed; the others stay.
+    let (_ninth, answer) = get_on_new_connection(&hive, "/health").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !idle.iter().any(is_closed) {
+        assert!(Instant::now() < deadline, "no idle connection was closed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let closed: Vec<bool> = idle.iter().map(is_closed).collect();
+    assert_eq!(
+        closed,
+        [true, false, false, false, false, false, false, false]
+    );
+
+    // Eight telemetry streams are requests in flight: they take every place, and are never
+    // closed for a newcomer; a new connection is then answered 503.
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let (stream, answer) = get_on_new_connection(&hive, "/v1/heartbeats/stream").await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        streams.push(stream);
+    }
+    let (_, answer) = get_on_new_connection(&hive, "/health").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
+    assert!(!streams.iter().any(is_closed));
+    // A stream that ends gives its place back.
+    drop(streams.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, answer) = get_on_new_connection(&hive, "/health").await;
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn silent_connections_time_out_and_kept_alive_ones_last_until_their_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hive = TestHive::builder()
         .config("header_timeout_s = 1")
         .config("idle_timeout_s = 2")
-        .config("max_connections = 8")
         .start()
         .await;
-    // Eight connections that send nothing hold every slot.
     let mut silent = Vec::new();
     for _ in 0..8 {
         silent.push(tokio::net::TcpStream::connect(hive.addr).await.unwrap());
     }
-    // The ninth is answered 503 at once, and closed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let answer = loop {
-        let mut extra = tokio::net::TcpStream::connect(hive.addr).await.unwrap();
-        let _ = extra
-            .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await;
-        let mut answer = String::new();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(5), extra.read_to_string(&mut answer)).await;
-        if answer.starts_with("HTTP/1.1 503") {
-            break answer;
-        }
-        // The hive may not have counted all eight yet.
-        assert!(Instant::now() < deadline, "no 503 at the cap: {answer:?}");
-    };
-    assert!(answer.contains("\"code\":\"overloaded\""), "{answer}");
     // The silent ones are closed after the header timeout…
     for mut connection in silent {
         let mut byte = [0u8; 1];

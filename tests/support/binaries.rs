@@ -1,9 +1,9 @@
 //! Builds and locates the workspace's programs (`rbee-hive`, `rbee-demo-worker`).
 //!
 //! Integration tests of this package cannot see other packages' binaries through
-//! `CARGO_BIN_EXE_*`, so the first test that needs them runs `cargo build` for them with the
-//! test's own profile and target dir (a no-op when they are up to date), once per test
-//! binary. This keeps `cargo test -p rbee-hive-e2e` from testing a stale daemon.
+//! `CARGO_BIN_EXE_*`, so the first test that needs them runs `cargo build` for the
+//! workspace with the test's own profile and target dir (a no-op when they are up to date),
+//! once per test binary. This keeps `cargo test -p rbee-hive-e2e` from testing a stale daemon.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -40,14 +40,16 @@ fn build() -> PathBuf {
         Some(other) => other.to_owned(),
         None => "dev".to_owned(),
     };
+    // The whole workspace's binaries and tests, as `cargo test --workspace` builds them:
+    // the features of shared dependencies are then the same as in that build, so a test run
+    // after it finds the programs up to date instead of building them again with another
+    // feature set (and the next workspace build building them back).
     let mut command = Command::new(env!("CARGO"));
     command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "--quiet", "--profile", &profile, "--target-dir"])
+        .args(["build", "--quiet", "--workspace", "--bins", "--tests"])
+        .args(["--profile", &profile, "--target-dir"])
         .arg(&target_dir);
-    for (package, _) in PROGRAMS {
-        command.args(["-p", package]);
-    }
     let status = command
         .status()
         .expect("run cargo build for the test programs");

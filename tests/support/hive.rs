@@ -28,6 +28,7 @@ pub struct HiveBuilder {
     nvml_library: Option<String>,
     inherited: Option<std::sync::Arc<std::net::TcpListener>>,
     no_config_flag: bool,
+    nofile_limit: Option<u64>,
 }
 
 /// What the hive uses as `nvidia-smi`.
@@ -86,6 +87,13 @@ impl HiveBuilder {
     /// connections wait in its backlog while no hive runs.
     pub fn inherit_listener(mut self, listener: std::sync::Arc<std::net::TcpListener>) -> Self {
         self.inherited = Some(listener);
+        self
+    }
+
+    /// Starts the hive with soft and hard `RLIMIT_NOFILE` at `limit` (as `prlimit
+    /// --nofile=<limit>` would).
+    pub fn nofile_limit(mut self, limit: u64) -> Self {
+        self.nofile_limit = Some(limit);
         self
     }
 
@@ -539,9 +547,9 @@ fn launch(
         .append(true)
         .open(&stderr_path)
         .expect("stderr file");
-    // Socket activation: a small Python program (python3 is on every CI machine; dash's
-    // redirections stop at fd 9) puts the listener at fd 3 and names its own pid, which the
-    // hive keeps (`exec`), in LISTEN_PID, as systemd does after its fork.
+    // Socket activation: the Python prelude below (dash's redirections stop at fd 9) puts
+    // the listener at fd 3 and names its own pid, which the hive keeps (`exec`), in
+    // LISTEN_PID, as systemd does after its fork.
     let inherited_fd = options.inherited.as_ref().map(|listener| {
         let copy = nix::unistd::dup(listener.as_ref()).expect("dup the listener");
         nix::fcntl::fcntl(
@@ -551,22 +559,34 @@ fn launch(
         .expect("an inheritable copy");
         copy
     });
-    let mut command = match &inherited_fd {
-        Some(fd) => {
-            let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+    // A small Python program (python3 is on every CI machine) prepares what the hive is to
+    // inherit, then becomes the hive (`exec`).
+    let mut prelude = String::new();
+    if let Some(fd) = &inherited_fd {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(fd);
+        prelude.push_str(&format!(
+            "os.dup2({raw}, 3)\n\
+             os.close({raw})\n\
+             os.environ['LISTEN_PID'] = str(os.getpid())\n\
+             os.environ['LISTEN_FDS'] = '1'\n"
+        ));
+    }
+    if let Some(limit) = options.nofile_limit {
+        // As `prlimit --nofile=N`: soft and hard, so the hive cannot raise it.
+        prelude.push_str(&format!(
+            "import resource\nresource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))\n"
+        ));
+    }
+    let mut command = match prelude.is_empty() {
+        false => {
             let mut python = Command::new("python3");
             python.arg("-c").arg(format!(
-                "import os, sys\n\
-                 os.dup2({raw}, 3)\n\
-                 os.close({raw})\n\
-                 os.environ['LISTEN_PID'] = str(os.getpid())\n\
-                 os.environ['LISTEN_FDS'] = '1'\n\
-                 os.execv(sys.argv[1], sys.argv[1:])\n"
+                "import os, sys\n{prelude}os.execv(sys.argv[1], sys.argv[1:])\n"
             ));
             python.arg(&program);
             python
         }
-        None => Command::new(&program),
+        true => Command::new(&program),
     };
     command.args(["--port", "0"]);
     if !options.no_config_flag {

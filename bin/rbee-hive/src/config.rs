@@ -512,6 +512,7 @@ impl Config {
         let fits = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
         crate::http::server::ConnectionLimits {
             header_timeout: Duration::from_secs(self.header_timeout_s),
+            body_timeout: self.body_timeout(),
             idle_timeout: Duration::from_secs(self.idle_timeout_s),
             max_connections: self.max_connections.min(fits).max(1),
         }

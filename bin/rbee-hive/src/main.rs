@@ -114,8 +114,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The listen backlog: connections the kernel completes while the hive is busy wait there
+/// instead of having their SYN dropped (a client retries a dropped SYN only after a second).
+/// The kernel caps it at `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
-    match tokio::net::TcpListener::bind((config.bind, config.port)).await {
+    let address = std::net::SocketAddr::new(config.bind, config.port);
+    let listen = || {
+        let socket = match address {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        // As std and tokio do: a port whose last connections are in TIME_WAIT can be reused.
+        socket.set_reuseaddr(true)?;
+        socket.bind(address)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    match listen() {
         Ok(listener) => Ok(listener),
         Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
             "cannot listen on {}:{}: the address is in use (another rbee-hive? give this one \

@@ -24,6 +24,9 @@ pub enum ApiError {
     /// The body could not be read.
     #[error("the request body could not be read: {0}")]
     BodyUnreadable(String),
+    /// The body did not arrive whole within the body timeout.
+    #[error(transparent)]
+    BodyTimedOut(#[from] crate::http::server::BodyTimedOut),
     /// Not `application/json`.
     #[error("the request body must be JSON: send `Content-Type: application/json` (got {got})")]
     UnsupportedMediaType {
@@ -106,6 +109,7 @@ impl ApiError {
             Self::BadOperation(e) => (StatusCode::BAD_REQUEST, e.code()),
             Self::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             Self::BodyUnreadable(_) => (StatusCode::BAD_REQUEST, "body_unreadable"),
+            Self::BodyTimedOut(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             Self::UnsupportedMediaType { .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
@@ -120,6 +124,19 @@ impl ApiError {
             Self::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             Self::NoRoute { .. } => (StatusCode::NOT_FOUND, "no_route"),
             Self::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        }
+    }
+}
+
+impl ApiError {
+    /// A request body that could not be read: too slow (`408`), or broken.
+    pub fn body_read(error: axum::Error) -> Self {
+        match error
+            .into_inner()
+            .downcast::<crate::http::server::BodyTimedOut>()
+        {
+            Ok(timed_out) => Self::BodyTimedOut(*timed_out),
+            Err(other) => Self::BodyUnreadable(other.to_string()),
         }
     }
 }

@@ -163,7 +163,7 @@ async fn read_limited(
     let mut body = body.into_data_stream();
     let mut collected = bytes::BytesMut::new();
     while let Some(chunk) = futures::StreamExt::next(&mut body).await {
-        let chunk = chunk.map_err(|error| ApiError::BodyUnreadable(error.to_string()))?;
+        let chunk = chunk.map_err(ApiError::body_read)?;
         if collected.len() + chunk.len() > limit {
             let rest = futures::StreamExt::fold(body, 0u64, |n, c| async move {
                 n + c.map(|c| c.len() as u64).unwrap_or(0)

@@ -62,10 +62,6 @@ pub fn app(state: AppState) -> Router {
             identify,
         ))
         .layer(TraceLayer::new_for_http())
-        // A request body that trickles in is cut (the handler sees a read error).
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            state.config.current().body_timeout(),
-        ))
         .with_state(state)
 }
 

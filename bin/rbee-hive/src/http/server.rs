@@ -3,13 +3,20 @@
 //!
 //! - a new connection may wait for the head of its first request at most
 //!   `header_timeout_s`: slow or silent headers are closed;
+//! - a request's body must arrive whole within `body_timeout_s` of its head (a total, not
+//!   a wait between bytes: a body that trickles in a byte at a time is cut too); the
+//!   handler then answers `408` and the connection closes;
 //! - between requests, an idle keep-alive connection is closed after `idle_timeout_s` (a
 //!   later request's head that trickles in is bounded by that, as this loop does not see
 //!   partial bytes); a request in flight, a job or telemetry stream included, is never cut
 //!   by either;
 //! - at most `max_connections` are open (never more than the file-descriptor limit allows,
-//!   less a reserve for workers and files); beyond, a new connection gets a `503` and is
-//!   closed at once.
+//!   less a reserve for workers and files). At the cap, a new connection takes the place of
+//!   the connection that has been idle longest (no request in flight: a silent, slow-header
+//!   or kept-alive connection), which is closed, so `/health` and real clients keep being
+//!   served while idle connections pile up; when every connection has a request in flight,
+//!   the new one gets a `503` and is closed (and beyond 64 refusals at once,
+//!   it is closed without an answer).
 //!
 //! Shutdown hands over without losing a request: accepting stops (under socket activation
 //! the socket itself stays with the service manager, and the next hive accepts from it);
@@ -38,6 +45,8 @@ use tower::ServiceExt;
 pub struct ConnectionLimits {
     /// The longest wait for a request's head.
     pub header_timeout: Duration,
+    /// The longest time for a request's body, from its head on.
+    pub body_timeout: Duration,
     /// The longest idle time of a keep-alive connection between requests.
     pub idle_timeout: Duration,
     /// The most connections open at once.
@@ -65,7 +74,16 @@ pub async fn serve(
     shutdown: CancellationToken,
     abort: CancellationToken,
 ) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let server = Server {
+        router,
+        limits,
+        shutdown: shutdown.clone(),
+        abort,
+        permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+        refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
+        idle: IdleConnections::default(),
+        waiting: Arc::new(AtomicUsize::new(0)),
+    };
     let connections = tokio_util::task::TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -87,22 +105,19 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {error}");
         }
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let router = router.clone();
-                let shutdown = shutdown.clone();
-                let abort = abort.clone();
-                connections.spawn(async move {
-                    tokio::select! {
-                        () = serve_connection(stream, router, limits, shutdown) => {}
-                        () = abort.cancelled() => {}
-                    }
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                connections.spawn(refuse(stream, limits.max_connections));
-            }
+        // Places freed by evictions belong to the connections that evicted for them: a
+        // newcomer takes a free place only beyond those.
+        let free = server.permits.available_permits() > server.waiting.load(Ordering::SeqCst);
+        let place = free
+            .then(|| server.permits.clone().try_acquire_owned().ok())
+            .flatten();
+        if let Some(place) = place {
+            connections.spawn(server.clone().serve(stream, place));
+        } else if server.idle.evict_oldest() {
+            server.waiting.fetch_add(1, Ordering::SeqCst);
+            connections.spawn(server.clone().serve_after_eviction(stream));
+        } else {
+            connections.spawn(server.clone().refuse(stream));
         }
     }
     // Under socket activation the service manager keeps its copy: connections that arrive
@@ -112,25 +127,148 @@ pub async fn serve(
     connections.wait().await;
 }
 
-/// Answers a connection over the cap with a 503 and closes it.
-async fn refuse(mut stream: TcpStream, cap: usize) {
-    let body = format!(
-        r#"{{"error":"too many connections (the cap is {cap}); try again shortly","code":"overloaded"}}"#
-    );
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let write = async {
-        stream.write_all(response.as_bytes()).await?;
-        stream.shutdown().await?;
-        // Read what the client sent until it closes: closing with unread data would reset
-        // the connection, and the client could see the reset instead of the 503.
-        let mut sink = [0u8; 4096];
-        while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
-        Ok::<(), std::io::Error>(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+/// How many connections over the cap may be answered `503` at once (each holds a descriptor
+/// for up to a second); beyond, they are closed without an answer.
+const MAX_REFUSING: usize = 64;
+
+/// How long a connection that took an idle connection's place waits for that place.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// What every connection task of one server shares.
+#[derive(Clone)]
+struct Server {
+    router: Router,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+    /// One per open connection, up to the cap.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// One per `503` being answered.
+    refusing: Arc<tokio::sync::Semaphore>,
+    idle: IdleConnections,
+    /// Connections that evicted an idle one and wait for its place.
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Server {
+    /// Serves one connection, holding its place until it ends (or the drain is over).
+    async fn serve(self, stream: TcpStream, place: tokio::sync::OwnedSemaphorePermit) {
+        tokio::select! {
+            () = serve_connection(stream, self.router, self.limits, self.shutdown, self.idle) => {}
+            () = self.abort.cancelled() => {}
+        }
+        drop(place);
+    }
+
+    /// Serves a connection once the idle connection evicted for it has given its place
+    /// back; refuses it if none comes free in time.
+    async fn serve_after_eviction(self, stream: TcpStream) {
+        let place = tokio::time::timeout(EVICTION_WAIT, self.permits.clone().acquire_owned()).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        match place {
+            Ok(Ok(place)) => self.serve(stream, place).await,
+            _ => self.refuse(stream).await,
+        }
+    }
+
+    /// Answers a connection over the cap with a 503 and closes it; closes it without an
+    /// answer when too many are being refused already.
+    async fn refuse(self, mut stream: TcpStream) {
+        let Ok(_refusal) = self.refusing.clone().try_acquire_owned() else {
+            return;
+        };
+        let cap = self.limits.max_connections;
+        let body = format!(
+            r#"{{"error":"too many connections (the cap is {cap}); try again shortly","code":"overloaded"}}"#
+        );
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let write = async {
+            stream.write_all(response.as_bytes()).await?;
+            stream.shutdown().await?;
+            // Read what the client sent until it closes: closing with unread data would reset
+            // the connection, and the client could see the reset instead of the 503.
+            let mut sink = [0u8; 4096];
+            while tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    }
+}
+
+/// The connections that have no request in flight, oldest idle first, each with the token
+/// that closes it. A connection is in it only while idle.
+#[derive(Clone, Default)]
+struct IdleConnections {
+    // std Mutex: held for a map operation, never across an await.
+    by_age: Arc<std::sync::Mutex<std::collections::BTreeMap<(Instant, u64), CancellationToken>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl IdleConnections {
+    /// A key for a connection that became idle at `since`.
+    fn key(&self, since: Instant) -> (Instant, u64) {
+        (since, self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn insert(&self, key: (Instant, u64), evict: CancellationToken) {
+        self.lock().insert(key, evict);
+    }
+
+    fn remove(&self, key: &(Instant, u64)) {
+        self.lock().remove(key);
+    }
+
+    /// Closes the connection idle longest; false if none is idle.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self.lock().pop_first();
+        match oldest {
+            Some((_, evict)) => {
+                evict.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(Instant, u64), CancellationToken>>
+    {
+        self.by_age.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Takes a connection out of [`IdleConnections`] when it ends.
+struct IdleEntry {
+    idle: IdleConnections,
+    key: Option<(Instant, u64)>,
+}
+
+impl IdleEntry {
+    /// Listed as idle since `since` (once).
+    fn set_idle(&mut self, since: Instant, evict: &CancellationToken) {
+        if self.key.is_none() {
+            let key = self.idle.key(since);
+            self.idle.insert(key, evict.clone());
+            self.key = Some(key);
+        }
+    }
+
+    /// Not idle any more.
+    fn set_busy(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.idle.remove(&key);
+        }
+    }
+}
+
+impl Drop for IdleEntry {
+    fn drop(&mut self) {
+        self.set_busy();
+    }
 }
 
 async fn serve_connection(
@@ -138,6 +276,7 @@ async fn serve_connection(
     router: Router,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
+    idle: IdleConnections,
 ) {
     let state = Arc::new(ConnectionState {
         in_flight: AtomicUsize::new(0),
@@ -154,9 +293,18 @@ async fn serve_connection(
         state.changed.notify_one();
         // Made here, not in the future: a future dropped unpolled still counts out.
         let guard = InFlight(state.clone());
+        let body_deadline = Instant::now() + limits.body_timeout;
         async move {
+            let request = request.map(|body| {
+                Body::new(DeadlineBody {
+                    inner: body,
+                    deadline: body_deadline,
+                    timeout: limits.body_timeout,
+                    timer: None,
+                })
+            });
             let mut response = router
-                .oneshot(request.map(Body::new))
+                .oneshot(request)
                 .await
                 .unwrap_or_else(|never: Infallible| match never {});
             if state.closing.load(Ordering::SeqCst) {
@@ -190,14 +338,21 @@ async fn serve_connection(
     // Set when the shutdown began: until then, a request that arrives is still served.
     let mut last_call: Option<Instant> = None;
     let mut told_to_close = false;
+    // Cancelled when a new connection at the cap takes this one's place.
+    let evicted = CancellationToken::new();
+    let mut listed = IdleEntry { idle, key: None };
     loop {
         let in_flight = state.in_flight.load(Ordering::SeqCst);
         let started = state.started.load(Ordering::SeqCst);
         if in_flight > 0 {
             started_when_idle = usize::MAX;
-        } else if started_when_idle != started {
-            idle_since = Instant::now();
-            started_when_idle = started;
+            listed.set_busy();
+        } else {
+            if started_when_idle != started {
+                idle_since = Instant::now();
+                started_when_idle = started;
+            }
+            listed.set_idle(idle_since, &evicted);
         }
         // No request in flight: a fresh connection may wait `header_timeout` for its first
         // request; after one, `idle_timeout` for the next. (A head that arrives in part is
@@ -232,6 +387,17 @@ async fn serve_connection(
                 return;
             }
             () = state.changed.notified() => {}
+            () = evicted.cancelled(), if !told_to_close => {
+                if state.in_flight.load(Ordering::SeqCst) == 0 {
+                    tracing::debug!("closing an idle connection for a new one (at the cap)");
+                    return;
+                }
+                // A request arrived as it was chosen: it is finished, then the connection
+                // closes.
+                told_to_close = true;
+                state.closing.store(true, Ordering::SeqCst);
+                connection.as_mut().graceful_shutdown();
+            }
             () = wait_for_deadline => {
                 if last_call.is_none() || told_to_close {
                     tracing::debug!("closing a connection idle past its timeout");
@@ -285,6 +451,51 @@ impl http_body::Body for GuardedBody {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The request body arrived too slowly: not whole within the body timeout of its head.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?} (body_timeout_s)")]
+pub struct BodyTimedOut(Duration);
+
+/// A request body that must end by a deadline; past it, it yields [`BodyTimedOut`].
+struct DeadlineBody {
+    inner: hyper::body::Incoming,
+    deadline: Instant,
+    timeout: Duration,
+    /// Made at the first read that has to wait (most bodies are read at once, or empty).
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut(self.timeout).into()))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn is_end_stream(&self) -> bool {
