@@ -12,13 +12,16 @@
 //! (against 100 workers' own parallel exit); restart with 200 live workers (`keep`); the
 //! hive's memory (idle, after 100 000 jobs, after retention) and its start-up time to the
 //! first `/health` answer; a 256 MiB `model_download` from a local file server, without and
-//! with a sha256 check, against `curl -o` of the same file (`download`, skipped without curl).
+//! with a sha256 check, against `curl -o` of the same file (`download`, skipped without curl);
+//! a socket-activated restart under 64 clients, 2 000 idle connections, and `/health` under
+//! a hostile load at a 1024 descriptor limit (`service`).
 //! A p99 is shown only over 100 samples or more.
 //!
 //! # Layout
 //! - `client`: a minimal keep-alive HTTP/1.1 client.
 //! - `download`: the download scenario (a file server in this process, curl, the hive).
 //! - `hive`: starting, stopping and measuring a hive process.
+//! - `service`: the service scenarios (socket activation, idle connections, hostile load).
 //! - `worker`: the demo worker's own times, without the hive.
 //! - `stats`: median, p99, min, max.
 
@@ -26,6 +29,7 @@ mod client;
 mod download;
 mod hive;
 mod observe;
+mod service;
 mod stats;
 mod worker;
 
@@ -69,7 +73,8 @@ struct Args {
     #[arg(long, default_value = "bench.json")]
     out: std::path::PathBuf,
     /// Run only these scenarios (comma-separated): round-trip, throughput, list, spawn,
-    /// cli, stubborn, concurrent, shutdown, restart, memory, download, observe.
+    /// cli, stubborn, concurrent, shutdown, restart, memory, download, observe, service
+    /// (or one of its parts: service-restart, service-idle, service-hostile).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -528,6 +533,19 @@ async fn main() -> anyhow::Result<()> {
         rows.extend(observe::sampling_cost(&bin_dir).await?);
         rows.push(observe::telemetry_latency(&bin_dir).await?);
         rows.push(observe::logs_latency(&bin_dir).await?);
+    }
+
+    if args.runs("service") || args.runs("service-restart") {
+        eprintln!("service: socket-activated restart under 64 clients");
+        rows.extend(service::restart_under_load(&bin_dir).await?);
+    }
+    if args.runs("service") || args.runs("service-idle") {
+        eprintln!("service: 2000 idle connections");
+        rows.extend(service::idle_connections(&bin_dir).await?);
+    }
+    if args.runs("service") || args.runs("service-hostile") {
+        eprintln!("service: /health under a hostile load at a 1024 fd limit");
+        rows.extend(service::hostile(&bin_dir).await?);
     }
 
     print_table(&rows, &notes);
