@@ -232,7 +232,8 @@ async fn a_hive_under_a_1024_fd_limit_survives_idle_slowloris_and_slow_body_floo
     let answers = prober.await.unwrap();
 
     // A slow body is a request in flight, never taken over: the body timeout cuts it (408).
-    // Slowloris connections are never answered 200.
+    // (One chosen for a newcomer in the instant before its head was parsed is closed with
+    // no answer.) Slowloris connections are never answered 200.
     let timed_out = body_answers
         .iter()
         .filter(|a| a.starts_with("HTTP/1.1 408"))
@@ -255,7 +256,15 @@ async fn a_hive_under_a_1024_fd_limit_survives_idle_slowloris_and_slow_body_floo
         body_answers.len(),
         connect_failures.load(Ordering::SeqCst)
     );
-    assert_eq!(timed_out, body_answers.len(), "{:?}", &body_answers[..3]);
+    let other: Vec<&String> = body_answers
+        .iter()
+        .filter(|a| !a.is_empty() && !a.starts_with("HTTP/1.1 408"))
+        .collect();
+    assert!(
+        other.is_empty(),
+        "a slow body got another answer: {other:?}"
+    );
+    assert!(timed_out > 0, "no slow body got its 408");
     assert!(failed.is_empty(), "/health failed under load: {failed:?}");
     assert!(answers.len() >= 10, "too few probes: {answers:?}");
 

@@ -236,7 +236,7 @@ async fn no_restart_after_a_delete_a_clean_exit_or_for_a_type_without_the_policy
         .config(&crashing_type(
             "patient",
             200,
-            "restart = \"on-failure\"\nrestart_backoff_ms = 1500",
+            "restart = \"on-failure\"\nrestart_backoff_ms = 4000",
         ))
         .config(&demo_worker_type(
             "clean",
@@ -264,6 +264,11 @@ async fn no_restart_after_a_delete_a_clean_exit_or_for_a_type_without_the_policy
     assert_eq!(
         lines.last().map(String::as_str),
         Some("[DONE]"),
+        "{lines:#?}"
+    );
+    // The delete came during the wait, not after a restart.
+    assert!(
+        lines.iter().any(|l| l.contains("had already exited")),
         "{lines:#?}"
     );
     assert!(hive.worker(&id).await.is_none());
@@ -306,7 +311,7 @@ async fn a_restart_due_when_the_hive_was_killed_is_made_by_the_next_hive() {
         .config(&crashing_type(
             "slowcrash",
             200,
-            "restart = \"on-failure\"\nrestart_backoff_ms = 1500\nmax_restarts = 1",
+            "restart = \"on-failure\"\nrestart_backoff_ms = 3000\nmax_restarts = 1",
         ))
         .start()
         .await;

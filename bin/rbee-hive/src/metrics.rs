@@ -195,7 +195,7 @@ impl Metrics {
         }
         if let WorkerStatus::Failed { reason } = &after.status
             && reason.starts_with(CRASH_LOOP)
-            && before.is_some_and(|b| b.restart_pending() || !b.status.is_terminal())
+            && before.is_some_and(|b| b.status != after.status)
         {
             self.crash_loops.get_or_create(&worker_type()).inc();
         }

@@ -437,8 +437,10 @@ fn restart_policy(
         return Err("`restart_backoff_max_ms` must not be below `restart_backoff_ms`");
     }
     let max_restarts = config.max_restarts.unwrap_or(base.max_restarts);
-    if max_restarts > 1000 {
-        return Err("`max_restarts` must be at most 1000");
+    // Each restart in the window is kept in the record (`past_runs`), which the state
+    // file holds.
+    if max_restarts > 100 {
+        return Err("`max_restarts` must be at most 100");
     }
     Ok(RestartPolicy {
         mode: config.restart.unwrap_or(base.mode),

@@ -16,7 +16,10 @@
 //!   or kept-alive connection), which is closed, so `/health` and real clients keep being
 //!   served while idle connections pile up; when every connection has a request in flight,
 //!   the new one gets a `503` and is closed (and beyond 64 refusals at once,
-//!   it is closed without an answer).
+//!   it is closed without an answer). A connection chosen at the instant its request's
+//!   head arrives, before hyper has parsed it, is closed with it (its client sees a reset
+//!   and may retry); one whose request was parsed finishes it and then closes, and its
+//!   newcomer may wait up to a second for the place.
 //!
 //! Shutdown hands over without losing a request: accepting stops (under socket activation
 //! the socket itself stays with the service manager, and the next hive accepts from it);
@@ -113,7 +116,8 @@ pub async fn serve(
             .flatten();
         if let Some(place) = place {
             connections.spawn(server.clone().serve(stream, place));
-        } else if server.idle.evict_oldest() {
+        } else if server.waiting.load(Ordering::SeqCst) < MAX_EVICTING && server.idle.evict_oldest()
+        {
             server.waiting.fetch_add(1, Ordering::SeqCst);
             connections.spawn(server.clone().serve_after_eviction(stream));
         } else {
@@ -130,6 +134,10 @@ pub async fn serve(
 /// How many connections over the cap may be answered `503` at once (each holds a descriptor
 /// for up to a second); beyond, they are closed without an answer.
 const MAX_REFUSING: usize = 64;
+
+/// How many newcomers may wait at once for the place of a connection they evicted (each
+/// holds a descriptor beyond the cap meanwhile); beyond, a newcomer is refused.
+const MAX_EVICTING: usize = 64;
 
 /// How long a connection that took an idle connection's place waits for that place.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
@@ -223,14 +231,16 @@ impl IdleConnections {
 
     /// Closes the connection idle longest; false if none is idle.
     fn evict_oldest(&self) -> bool {
-        let oldest = self.lock().pop_first();
-        match oldest {
-            Some((_, evict)) => {
+        let mut idle = self.lock();
+        while let Some((_, evict)) = idle.pop_first() {
+            // One already told to go (it had a request when chosen, and is closing) does
+            // not give a second place.
+            if !evict.is_cancelled() {
                 evict.cancel();
-                true
+                return true;
             }
-            None => false,
         }
+        false
     }
 
     fn lock(
@@ -248,9 +258,9 @@ struct IdleEntry {
 }
 
 impl IdleEntry {
-    /// Listed as idle since `since` (once).
+    /// Listed as idle since `since` (once; never once it was evicted: it is closing).
     fn set_idle(&mut self, since: Instant, evict: &CancellationToken) {
-        if self.key.is_none() {
+        if self.key.is_none() && !evict.is_cancelled() {
             let key = self.idle.key(since);
             self.idle.insert(key, evict.clone());
             self.key = Some(key);
