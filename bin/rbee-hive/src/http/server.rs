@@ -86,9 +86,19 @@ pub async fn serve(
         refusing: Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING)),
         idle: IdleConnections::default(),
         waiting: Arc::new(AtomicUsize::new(0)),
+        placed: Arc::new(tokio::sync::Notify::new()),
     };
     let connections = tokio_util::task::TaskTracker::new();
     loop {
+        // While many newcomers wait for the places of connections they evicted (each holds
+        // a descriptor beyond the cap), the next connections wait in the kernel's backlog
+        // instead: they cost the hive nothing there.
+        while server.waiting.load(Ordering::SeqCst) >= MAX_EVICTING && !shutdown.is_cancelled() {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = server.placed.notified() => {}
+            }
+        }
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -116,8 +126,7 @@ pub async fn serve(
             .flatten();
         if let Some(place) = place {
             connections.spawn(server.clone().serve(stream, place));
-        } else if server.waiting.load(Ordering::SeqCst) < MAX_EVICTING && server.idle.evict_oldest()
-        {
+        } else if server.idle.evict_oldest() {
             server.waiting.fetch_add(1, Ordering::SeqCst);
             connections.spawn(server.clone().serve_after_eviction(stream));
         } else {
@@ -136,7 +145,7 @@ pub async fn serve(
 const MAX_REFUSING: usize = 64;
 
 /// How many newcomers may wait at once for the place of a connection they evicted (each
-/// holds a descriptor beyond the cap meanwhile); beyond, a newcomer is refused.
+/// holds a descriptor beyond the cap meanwhile); beyond, accepting pauses.
 const MAX_EVICTING: usize = 64;
 
 /// How long a connection that took an idle connection's place waits for that place.
@@ -156,6 +165,8 @@ struct Server {
     idle: IdleConnections,
     /// Connections that evicted an idle one and wait for its place.
     waiting: Arc<AtomicUsize>,
+    /// Woken when one of them got its place (or gave up).
+    placed: Arc<tokio::sync::Notify>,
 }
 
 impl Server {
@@ -173,6 +184,7 @@ impl Server {
     async fn serve_after_eviction(self, stream: TcpStream) {
         let place = tokio::time::timeout(EVICTION_WAIT, self.permits.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.placed.notify_one();
         match place {
             Ok(Ok(place)) => self.serve(stream, place).await,
             _ => self.refuse(stream).await,
