@@ -417,6 +417,84 @@ async fn a_run_started_but_not_recorded_before_a_crash_is_adopted_not_started_tw
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_hive_killed_while_stopping_what_a_failed_leader_left_still_restarts_it() {
+    // The state a hive leaves when it is SIGKILLed after it saw a worker's leader exit with
+    // code 3 and began stopping the child the leader left: `Failed`, the exit, and a
+    // `leader_exited` stop under way. Written by hand, for both cases: the child is gone by
+    // the time the next hive starts, or it still runs.
+    for child_survives in [false, true] {
+        let mut hive = TestHive::builder()
+            .config(&format!(
+                "{}restart = \"on-failure\"\nrestart_backoff_ms = 100\n",
+                demo_worker_type("family", &["--children", "1"], 10.0)
+            ))
+            .start()
+            .await;
+        let first = hive.spawn_ready("family").await;
+        let id = first["id"].as_str().unwrap().to_owned();
+        let leader = pid(&first);
+        let child = wait_for_child(&hive, leader).await;
+        hive.kill_hard();
+        signal_pid(leader, Signal::SIGKILL);
+        if !child_survives {
+            signal_pid(child, Signal::SIGKILL);
+        }
+        wait_until("the leader is gone", Duration::from_secs(10), || {
+            !pid_alive(leader)
+        })
+        .await;
+        let path = hive.state_dir().join("workers.json");
+        let mut state = hive.state_file();
+        let now = Utc::now().to_rfc3339();
+        let record = &mut state["workers"][0];
+        record["status"] = json!({"Failed": {"reason": "exited with code 3"}});
+        record["exit"] = json!({"code": 3, "signal": null, "at": now});
+        record["stop"] = json!({
+            "reason": "leader_exited", "grace_ms": 1000, "requested_at": now,
+            "sigterm_at": null, "sigkill_at": null, "finished_at": null
+        });
+        std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+        hive.restart();
+        let again = hive
+            .wait_for_worker(&id, Duration::from_secs(30), |r| {
+                r["restart_count"] == 1 && r["status"] == "Ready"
+            })
+            .await;
+        assert_eq!(
+            again["past_runs"][0]["reason"], "exited with code 3",
+            "{again:#}"
+        );
+        assert_eq!(again["port"], first["port"]);
+        assert!(!pid_alive(child), "the child the leader left is stopped");
+        let lines = hive
+            .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+            .await;
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some("[DONE]"),
+            "{lines:#?}"
+        );
+    }
+}
+
+/// The one child of worker leader `leader` (the demo worker's `--children 1`).
+async fn wait_for_child(hive: &TestHive, leader: u32) -> u32 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(child) = hive
+            .tagged_processes()
+            .into_iter()
+            .find(|p| *p != leader && rbee_hive_e2e::os::group_members(leader).contains(p))
+        {
+            return child;
+        }
+        assert!(std::time::Instant::now() < deadline, "no child of {leader}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_shutdown_never_restarts_stop_cancels_the_wait_and_keep_hands_it_on() {
     for policy in ["stop", "keep"] {
         let mut hive = TestHive::builder()

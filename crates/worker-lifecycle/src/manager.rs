@@ -362,9 +362,21 @@ impl WorkerManager {
     ) {
         let stop = record.stop.clone().filter(|s| s.is_under_way());
         let lost = stop.is_none();
-        record.status = status_after_restart(stop.as_ref());
+        // The hive saw the leader exit (its exit is recorded) and was stopping what it left:
+        // the record's status stands, and the stop is finished by a supervisor (which also
+        // restarts the worker if its type says so), even when nothing is left to stop.
+        let exit_seen = stop
+            .as_ref()
+            .is_some_and(|s| s.reason == StopReason::LeaderExited)
+            && record
+                .exit
+                .as_ref()
+                .is_some_and(|e| e.code.is_some() || e.signal.is_some());
+        if !exit_seen {
+            record.status = status_after_restart(stop.as_ref());
+        }
         record.exit.get_or_insert_with(WorkerExit::unknown);
-        if members.is_empty() {
+        if members.is_empty() && !exit_seen {
             if stop.as_ref().is_some_and(|s| s.reason.removes()) {
                 tracing::info!(
                     "{}: its stop finished while the hive was down; removed",
@@ -387,9 +399,13 @@ impl WorkerManager {
             return;
         }
         tracing::warn!(
-            "{}: its leader (pid {}) died while the hive was down and left {:?}; stopping them",
+            "{}: its leader (pid {}) {} and left {:?}; stopping them",
             record.id,
             record.pid,
+            match exit_seen {
+                true => "exited before the hive stopped",
+                false => "died while the hive was down",
+            },
             members.pids()
         );
         // The record says "stopping" from the first save on, so that a hive killed before

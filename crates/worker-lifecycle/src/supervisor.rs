@@ -145,8 +145,9 @@ pub(crate) enum Start {
     },
     /// A worker that waits for its restart (its record says when).
     RestartPending,
-    /// Processes left by a leader that died while the hive was down: stop them (with what
-    /// is left of the grace of a stop that was under way).
+    /// Processes left by a leader that died while the hive was down, or whose exit the last
+    /// hive saw: stop them (with what is left of the grace of a stop that was under way;
+    /// there may be none left to stop).
     Survivors {
         members: Members,
         reason: StopReason,
@@ -255,6 +256,13 @@ impl Supervisor {
                 reason,
                 grace,
             } => {
+                // A leader's exit the last hive saw (it was its child) is the run's end.
+                self.exit = self
+                    .record
+                    .borrow()
+                    .exit
+                    .clone()
+                    .filter(|e| e.code.is_some() || e.signal.is_some());
                 self.process = Proc::Draining(members);
                 self.begin_stop(reason, grace, None);
             }
