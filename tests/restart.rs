@@ -70,6 +70,19 @@ async fn saved_record(hive: &TestHive, id: &str, check: impl Fn(&Value) -> bool)
     }
 }
 
+/// Deletes worker `id`; its job's lines, which end with `[DONE]`.
+async fn delete(hive: &TestHive, id: &str) -> Vec<String> {
+    let lines = hive
+        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
+        .await;
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some("[DONE]"),
+        "{lines:#?}"
+    );
+    lines
+}
+
 async fn scrape(hive: &TestHive) -> Vec<Value> {
     let text = hive
         .client
@@ -258,14 +271,7 @@ async fn no_restart_after_a_delete_a_clean_exit_or_for_a_type_without_the_policy
         .await;
     assert_eq!(waiting["status"], "Starting", "{waiting:#}");
     assert_eq!(waiting["exit"]["code"], 3);
-    let lines = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some("[DONE]"),
-        "{lines:#?}"
-    );
+    let lines = delete(&hive, &id).await;
     // The delete came during the wait, not after a restart.
     assert!(
         lines.iter().any(|l| l.contains("had already exited")),
@@ -402,14 +408,7 @@ async fn a_run_started_but_not_recorded_before_a_crash_is_adopted_not_started_tw
         assert_eq!(hive.tagged_processes(), [unrecorded_pid]);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let lines = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some("[DONE]"),
-        "{lines:#?}"
-    );
+    delete(&hive, &id).await;
     wait_until("the adopted run is gone", Duration::from_secs(10), || {
         !pid_alive(unrecorded_pid)
     })
@@ -467,14 +466,7 @@ async fn a_hive_killed_while_stopping_what_a_failed_leader_left_still_restarts_i
         );
         assert_eq!(again["port"], first["port"]);
         assert!(!pid_alive(child), "the child the leader left is stopped");
-        let lines = hive
-            .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-            .await;
-        assert_eq!(
-            lines.last().map(String::as_str),
-            Some("[DONE]"),
-            "{lines:#?}"
-        );
+        delete(&hive, &id).await;
     }
 }
 
@@ -585,13 +577,6 @@ async fn a_reload_that_turns_the_policy_on_applies_to_running_workers() {
         "killed by signal 9 (SIGKILL)"
     );
     assert_ne!(pid(&again), pid(&first));
-    let lines = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some("[DONE]"),
-        "{lines:#?}"
-    );
+    delete(&hive, &id).await;
     assert!(!pid_alive(pid(&again)));
 }

@@ -26,6 +26,7 @@ use crate::record::{
     StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus,
 };
 use crate::registry::{Registry, Slot, format_id, parse_id};
+use crate::restart;
 use crate::state_file::{PersistedState, StateDir};
 use crate::stats::{GpuUsage, StatsTable, WorkerStats};
 use crate::supervisor::{
@@ -453,6 +454,9 @@ impl WorkerManager {
     /// restart is made when it is due.
     fn restore_restart_pending(&self, number: u64, record: WorkerRecord) {
         let port = self.inner.ports.lease_exact(record.port);
+        if port.is_none() {
+            tracing::error!("{}: port {} is recorded twice", record.id, record.port);
+        }
         if let Some(record) = self.adopt_unrecorded_run(number, record, port) {
             tracing::info!(
                 "{}: restarting it at {} as its type's `restart` asked",
@@ -480,16 +484,14 @@ impl WorkerManager {
         let marked = process::find_marked(&marker);
         let new_run = |record: &mut WorkerRecord, pid: u32, start_ticks: u64| {
             if record.is_launched() {
-                // The next run of a worker that waited for its restart.
-                record.restart_count += 1;
-                record.restart_at = None;
-                record.exit = None;
-                record.stop = None;
-                record.status = WorkerStatus::Starting;
+                // The next run of a worker that waited for its restart (when it started is
+                // not known).
+                restart::begin_next_run(record, pid, Some(start_ticks), None);
+            } else {
+                record.pid = pid;
+                record.pgid = pid;
+                record.start_ticks = Some(start_ticks);
             }
-            record.pid = pid;
-            record.pgid = pid;
-            record.start_ticks = Some(start_ticks);
         };
         if let Some((pid, stat)) = marked.iter().find(|(pid, stat)| stat.pgid == *pid)
             && let Some(leader) = process::adopt(*pid, *pid, stat.start_ticks)

@@ -90,6 +90,27 @@ pub(crate) fn remember_run(record: &mut WorkerRecord, run: PastRun, policy_max: 
     record.past_runs.drain(..excess);
 }
 
+/// Makes `record` that of its next run, led by `pid` (started at `started`, when known):
+/// `Starting`, nothing of the last run's exit, stop or health, one restart more.
+pub(crate) fn begin_next_run(
+    record: &mut WorkerRecord,
+    pid: u32,
+    start_ticks: Option<u64>,
+    started: Option<DateTime<Utc>>,
+) {
+    record.pid = pid;
+    record.pgid = pid;
+    record.start_ticks = start_ticks;
+    record.status = crate::record::WorkerStatus::Starting;
+    record.exit = None;
+    record.stop = None;
+    record.health = None;
+    record.last_heartbeat = None;
+    record.restart_at = None;
+    record.restart_count += 1;
+    record.run_started_at = started;
+}
+
 /// "60 s", "0.5 s".
 fn seconds(duration: Duration) -> String {
     let seconds = duration.as_secs_f64();

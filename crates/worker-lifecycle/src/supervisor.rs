@@ -651,7 +651,7 @@ impl Supervisor {
         let reason = self.plan.take().map(|plan| plan.reason);
         let exit = self.exit.clone().unwrap_or_else(WorkerExit::unknown);
         let status = self.final_status(reason, &exit);
-        let next = self.after_failure(reason, &status);
+        let next = self.after_failure(reason, &status, &exit);
         if !matches!(next, Some((Next::Restart { .. }, _))) {
             self.port = None;
         }
@@ -706,6 +706,7 @@ impl Supervisor {
         &self,
         reason: Option<StopReason>,
         status: &WorkerStatus,
+        exit: &WorkerExit,
     ) -> Option<(Next, u32)> {
         let WorkerStatus::Failed { reason: why } = status else {
             return None;
@@ -714,10 +715,18 @@ impl Supervisor {
             reason,
             None | Some(StopReason::LeaderExited | StopReason::ReadyTimeout)
         );
-        if self.lost || self.remove || !failed_on_its_own {
+        // An adopted leader's exit status is unknown (it is not the hive's child): it may
+        // have been a clean exit. Processes stuck after SIGKILL still hold the port and
+        // perhaps the GPU: a new run would only fail beside them.
+        let unknown_exit = exit.code.is_none() && exit.signal.is_none();
+        if self.lost || self.remove || !failed_on_its_own || unknown_exit {
             return None;
         }
-        let record = self.record.borrow();
+        if !self.stuck.is_empty() {
+            return None;
+        }
+        // A clone: the crash-loop reason reads the log, not to be done under the borrow.
+        let record = self.record.borrow().clone();
         // A run that never became ready is its spawn's failure, reported to that job.
         if record.ready_at.is_none() || self.context.restarts_held.load(Ordering::SeqCst) {
             return None;
@@ -749,7 +758,12 @@ impl Supervisor {
             return;
         }
         if let Err(error) = recorded {
-            self.give_up_restart(&format!("its restart could not be recorded: {error}"));
+            // The writer retries a failed save: so does the restart, a second later.
+            tracing::warn!(worker = %self.id(), "restart postponed: its wait is not saved yet ({error})");
+            self.restart = Some((
+                Instant::now() + Duration::from_secs(1),
+                self.context.registry.generation(),
+            ));
             return;
         }
         let record = self.record.borrow().clone();
@@ -784,17 +798,7 @@ impl Supervisor {
         self.exit = None;
         self.process = Proc::Leader(leader);
         self.publish(true, |record| {
-            record.pid = pid;
-            record.pgid = pid;
-            record.start_ticks = start_ticks;
-            record.status = WorkerStatus::Starting;
-            record.exit = None;
-            record.stop = None;
-            record.health = None;
-            record.last_heartbeat = None;
-            record.restart_at = None;
-            record.restart_count += 1;
-            record.run_started_at = Some(Utc::now());
+            restart::begin_next_run(record, pid, start_ticks, Some(Utc::now()));
         });
         let target = self.probe_target();
         self.probe = Some(Box::pin(readiness::until_ready(target, self.ready_timeout)));
