@@ -505,3 +505,55 @@ async fn silent_connections_time_out_and_kept_alive_ones_last_until_their_idle_t
         idle_from.elapsed()
     );
 }
+
+/// Reads what the hive sends on `connection` until it closes it (at most 10 s).
+async fn read_to_close(connection: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), connection.read_to_end(&mut answer))
+        .await
+        .expect("the hive closed the connection");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn at_shutdown_idle_connections_close_at_once_and_arriving_requests_are_served() {
+    use tokio::io::AsyncWriteExt;
+    let mut hive = TestHive::start().await;
+    // The worker keeps an idle heartbeat connection to the hive, as every rbee worker does.
+    let worker = hive.spawn_ready("demo").await;
+    let worker_pid = worker["pid"].as_u64().unwrap() as u32;
+    // A kept-alive connection, idle after one request…
+    let (mut kept, answer) = get_on_new_connection(&hive, "/health").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // …one whose next request has begun to arrive…
+    let (mut arriving, answer) = get_on_new_connection(&hive, "/health").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    arriving
+        .write_all(b"GET /health HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    // …and a fresh one that has sent nothing yet; the answer on a later connection shows
+    // that the hive accepted it (connections are accepted in order).
+    let mut fresh = tokio::net::TcpStream::connect(hive.addr).await.unwrap();
+    let (_, answer) = get_on_new_connection(&hive, "/health").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    hive.signal(Signal::SIGTERM);
+    // The idle connection is closed at once, without an answer: no request was on its way.
+    assert_eq!(read_to_close(&mut kept).await, "");
+    // While the requests on their way are still served, each closing its connection.
+    arriving.write_all(b"host: x\r\n\r\n").await.unwrap();
+    fresh
+        .write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    for connection in [&mut arriving, &mut fresh] {
+        let answer = read_to_close(connection).await.to_lowercase();
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
+    let status = hive.wait_exit(Duration::from_secs(30)).expect("hive exits");
+    assert_eq!(status.code(), Some(0), "{}", hive.log());
+    assert!(!rbee_hive_e2e::os::pid_alive(worker_pid));
+}

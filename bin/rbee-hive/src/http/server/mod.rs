@@ -21,16 +21,28 @@
 //!   and may retry); one whose request was parsed finishes it and then closes, and its
 //!   newcomer may wait up to a second for the place.
 //!
-//! Shutdown hands over without losing a request: accepting stops (under socket activation
-//! the socket itself stays with the service manager, and the next hive accepts from it);
-//! a request in flight is finished and its connection closed; an idle or fresh connection
-//! is given one second for a last request (a client may be sending it right now), which is
-//! served with `connection: close`, and is then closed; once the drain time is over, every
-//! connection still open is dropped.
+//! Shutdown hands over without losing a request, and without waiting for idle clients:
+//! accepting stops (under socket activation the socket itself stays with the service
+//! manager, and the next hive accepts from it); a request in flight is finished and its
+//! connection closed; an idle kept-alive connection is closed at once unless a request's
+//! bytes are arriving on it ([`io`]); a fresh connection that has not sent its first byte yet
+//! is given one second for it (its client connected to send a request); a request that
+//! arrives is served with `connection: close`; once the drain time is over, every connection
+//! still open is dropped.
+//!
+//! # Layout
+//! - this file: the accept loop, the connection cap, and the monitor of one connection;
+//! - [`io`]: the socket as hyper reads it, which ends idle reads once closing;
+//! - [`idle`]: the idle connections a newcomer at the cap may take the place of;
+//! - [`body`]: the response body that counts a request in flight, the request body deadline.
+
+mod body;
+mod idle;
+mod io;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -42,6 +54,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+pub use body::BodyTimedOut;
+use body::{DeadlineBody, GuardedBody};
+use idle::{IdleConnections, IdleEntry};
 
 /// The bounds of the server loop.
 #[derive(Debug, Clone, Copy)]
@@ -62,10 +78,39 @@ struct ConnectionState {
     in_flight: AtomicUsize,
     /// Requests whose head arrived.
     started: AtomicUsize,
-    /// Set when the shutdown began: every response closes its connection.
+    /// Set when the shutdown began (or the connection was evicted with a request in
+    /// flight): every response closes its connection, and a read between requests ends it.
     closing: AtomicBool,
+    /// Bytes hyper has read from the socket.
+    bytes_read: AtomicU64,
+    /// `bytes_read` when the last request in flight ended: more since means a request's
+    /// bytes are arriving.
+    bytes_read_when_idle: AtomicU64,
     /// Woken when a request starts or ends.
     changed: tokio::sync::Notify,
+}
+
+impl ConnectionState {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicUsize::new(0),
+            closing: AtomicBool::new(false),
+            bytes_read: AtomicU64::new(0),
+            bytes_read_when_idle: AtomicU64::new(0),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Closing, a request was served before, none is in flight and no byte of another has
+    /// been read: nothing is arriving that the client expects an answer to.
+    fn is_between_requests_while_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+            && self.started.load(Ordering::SeqCst) > 0
+            && self.in_flight.load(Ordering::SeqCst) == 0
+            && self.bytes_read.load(Ordering::SeqCst)
+                == self.bytes_read_when_idle.load(Ordering::SeqCst)
+    }
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then hands over as the module
@@ -218,81 +263,6 @@ impl Server {
     }
 }
 
-/// The connections that have no request in flight, oldest idle first, each with the token
-/// that closes it. A connection is in it only while idle.
-#[derive(Clone, Default)]
-struct IdleConnections {
-    // std Mutex: held for a map operation, never across an await.
-    by_age: Arc<std::sync::Mutex<std::collections::BTreeMap<(Instant, u64), CancellationToken>>>,
-    next_id: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl IdleConnections {
-    /// A key for a connection that became idle at `since`.
-    fn key(&self, since: Instant) -> (Instant, u64) {
-        (since, self.next_id.fetch_add(1, Ordering::Relaxed))
-    }
-
-    fn insert(&self, key: (Instant, u64), evict: CancellationToken) {
-        self.lock().insert(key, evict);
-    }
-
-    fn remove(&self, key: &(Instant, u64)) {
-        self.lock().remove(key);
-    }
-
-    /// Closes the connection idle longest; false if none is idle.
-    fn evict_oldest(&self) -> bool {
-        let mut idle = self.lock();
-        while let Some((_, evict)) = idle.pop_first() {
-            // One already told to go (it had a request when chosen, and is closing) does
-            // not give a second place.
-            if !evict.is_cancelled() {
-                evict.cancel();
-                return true;
-            }
-        }
-        false
-    }
-
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<(Instant, u64), CancellationToken>>
-    {
-        self.by_age.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Takes a connection out of [`IdleConnections`] when it ends.
-struct IdleEntry {
-    idle: IdleConnections,
-    key: Option<(Instant, u64)>,
-}
-
-impl IdleEntry {
-    /// Listed as idle since `since` (once; never once it was evicted: it is closing).
-    fn set_idle(&mut self, since: Instant, evict: &CancellationToken) {
-        if self.key.is_none() && !evict.is_cancelled() {
-            let key = self.idle.key(since);
-            self.idle.insert(key, evict.clone());
-            self.key = Some(key);
-        }
-    }
-
-    /// Not idle any more.
-    fn set_busy(&mut self) {
-        if let Some(key) = self.key.take() {
-            self.idle.remove(&key);
-        }
-    }
-}
-
-impl Drop for IdleEntry {
-    fn drop(&mut self) {
-        self.set_busy();
-    }
-}
-
 async fn serve_connection(
     stream: TcpStream,
     router: Router,
@@ -300,12 +270,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
     idle: IdleConnections,
 ) {
-    let state = Arc::new(ConnectionState {
-        in_flight: AtomicUsize::new(0),
-        started: AtomicUsize::new(0),
-        closing: AtomicBool::new(false),
-        changed: tokio::sync::Notify::new(),
-    });
+    let state = Arc::new(ConnectionState::new());
     let service_state = state.clone();
     let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
         let router = router.clone();
@@ -315,16 +280,8 @@ async fn serve_connection(
         state.changed.notify_one();
         // Made here, not in the future: a future dropped unpolled still counts out.
         let guard = InFlight(state.clone());
-        let body_deadline = Instant::now() + limits.body_timeout;
+        let request = request.map(|body| Body::new(DeadlineBody::new(body, limits.body_timeout)));
         async move {
-            let request = request.map(|body| {
-                Body::new(DeadlineBody {
-                    inner: body,
-                    deadline: body_deadline,
-                    timeout: limits.body_timeout,
-                    timer: None,
-                })
-            });
             let mut response = router
                 .oneshot(request)
                 .await
@@ -337,10 +294,7 @@ async fn serve_connection(
             // The request counts as in flight until its response body has been sent or
             // dropped: a stream is never idle.
             let (parts, body) = response.into_parts();
-            let body = Body::new(GuardedBody {
-                inner: body,
-                _guard: guard,
-            });
+            let body = Body::new(GuardedBody::new(body, guard));
             Ok::<_, Infallible>(Response::from_parts(parts, body))
         }
     });
@@ -351,7 +305,8 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let io = io::DrainingIo::new(stream, state.clone());
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     // When the connection last became idle (no request in flight), and how many requests
     // had started then.
@@ -431,10 +386,12 @@ async fn serve_connection(
                 connection.as_mut().graceful_shutdown();
             }
             () = shutdown.cancelled(), if last_call.is_none() => {
+                // From now on every response closes its connection, and a kept-alive
+                // connection with nothing arriving reads as closed: hyper sees that at its
+                // next read, when the loop polls it again right below. A fresh connection
+                // (its client connected to send a request) or one whose request's bytes are
+                // arriving has the last call for it. A request under way is finished.
                 state.closing.store(true, Ordering::SeqCst);
-                // A client may be sending a request on this connection right now (a fresh
-                // one, or a keep-alive one it reuses): it has a moment to arrive, and is
-                // served with `connection: close`. A request under way is finished.
                 last_call = Some(Instant::now() + SHUTDOWN_LAST_CALL);
                 if in_flight > 0 {
                     told_to_close = true;
@@ -445,86 +402,22 @@ async fn serve_connection(
     }
 }
 
-/// How long an idle connection may still bring a request once the shutdown began.
+/// How long a fresh connection may still bring its first request (or one whose request is
+/// arriving, the rest of it) once the shutdown began.
 const SHUTDOWN_LAST_CALL: Duration = Duration::from_secs(1);
 
 /// Counts a request out when dropped.
-struct InFlight(Arc<ConnectionState>);
+pub(super) struct InFlight(Arc<ConnectionState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.changed.notify_one();
-    }
-}
-
-/// A response body that holds its request's [`InFlight`] until it is done.
-struct GuardedBody {
-    inner: Body,
-    _guard: InFlight,
-}
-
-impl http_body::Body for GuardedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The request body arrived too slowly: not whole within the body timeout of its head.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body did not arrive within {0:?} (body_timeout_s)")]
-pub struct BodyTimedOut(Duration);
-
-/// A request body that must end by a deadline; past it, it yields [`BodyTimedOut`].
-struct DeadlineBody {
-    inner: hyper::body::Incoming,
-    deadline: Instant,
-    timeout: Duration,
-    /// Made at the first read that has to wait (most bodies are read at once, or empty).
-    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl http_body::Body for DeadlineBody {
-    type Data = bytes::Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        use std::task::Poll;
-        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        let state = &self.0;
+        // What was read so far belongs to the requests served (bytes read later are the
+        // next request's) when the last one in flight ends.
+        let read = state.bytes_read.load(Ordering::SeqCst);
+        if state.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            state.bytes_read_when_idle.store(read, Ordering::SeqCst);
         }
-        let deadline = self.deadline;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(BodyTimedOut(self.timeout).into()))),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        state.changed.notify_one();
     }
 }
