@@ -85,9 +85,10 @@ async fn spawn_ps_get_stop_and_prune_drive_real_workers() {
     let get = stdout(&cli(&hive, &["get", "worker-1"]));
     assert!(
         get.lines()
-            .any(|l| l.starts_with("status:") && l.ends_with("Ready")),
+            .any(|l| l.starts_with("status:") && l.ends_with(" ready")),
         "{get}"
     );
+    assert!(!get.contains('{'), "a readable record, no raw JSON: {get}");
 
     // A worker that crashes: the spawn fails with exit code 1, its reason last on stderr,
     // and the worker's output once.
@@ -167,8 +168,8 @@ async fn exit_codes_say_who_said_no() {
     let cancel = cli(&hive, &["cancel", &job]);
     assert_eq!(
         cancel.status.code(),
-        Some(2),
-        "a finished job cannot be cancelled"
+        Some(1),
+        "a finished job cannot be cancelled: the hive answered, it could not be done"
     );
     assert!(stderr(&cancel).contains("409"), "{}", stderr(&cancel));
     // 3: no hive there.
@@ -178,7 +179,7 @@ async fn exit_codes_say_who_said_no() {
         .unwrap()
         .port();
     let mut nobody = hive.cli();
-    nobody.args(["ps", "--hive", &format!("http://127.0.0.1:{port}")]);
+    nobody.args(["--hive", &format!("http://127.0.0.1:{port}"), "ps"]);
     let nobody = run(nobody);
     assert_eq!(nobody.status.code(), Some(3));
     assert_eq!(
@@ -326,4 +327,193 @@ async fn ctrl_c_stops_following_and_leaves_the_job_running() {
     let followed = cli(&hive, &["follow", &job]);
     assert_eq!(followed.status.code(), Some(0));
     assert!(stdout(&followed).contains("✅ Worker ready: worker-1"));
+}
+
+#[tokio::test]
+async fn global_flags_go_before_or_after_and_an_unknown_command_says_so() {
+    let hive = TestHive::start().await;
+    let url = format!("http://{}", hive.addr);
+    // Before the command, as with git, cargo and pueue, and after it.
+    for args in [
+        vec!["--hive", url.as_str(), "--json", "ps"],
+        vec!["ps", "--hive", url.as_str(), "--json"],
+    ] {
+        let mut command = hive.cli();
+        command.env_remove("RBEE_HIVE_URL").args(&args);
+        let ps = run(command);
+        assert_eq!(ps.status.code(), Some(0), "{args:?}: {}", stderr(&ps));
+        let answer: Value = serde_json::from_str(&stdout(&ps)).unwrap();
+        assert_eq!(answer["workers"], serde_json::json!([]), "{args:?}");
+    }
+    let unknown = cli(&hive, &["frobnicate"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let err = stderr(&unknown);
+    assert!(
+        err.starts_with("error: 'frobnicate' is not a command of `rbee-hive`; the commands are: serve, spawn, ps,"),
+        "{err}"
+    );
+    let help = stdout(&cli(&hive, &["--help"]));
+    assert!(
+        help.contains("Run the daemon with `rbee-hive` (or `rbee-hive serve`)"),
+        "{help}"
+    );
+    assert!(help.contains("rbee-hive serve --help"), "{help}");
+    assert!(
+        help.contains("  spawn ") && help.contains("  ps "),
+        "{help}"
+    );
+    assert!(
+        !help.contains("--state-dir <"),
+        "the daemon's flags are under serve --help: {help}"
+    );
+    let serve_help = stdout(&cli(&hive, &["serve", "--help"]));
+    assert!(serve_help.contains("--state-dir <"), "{serve_help}");
+    assert!(
+        serve_help.contains("when set, a job naming another hive_id fails with the reason (not set: any hive_id is accepted"),
+        "{serve_help}"
+    );
+    let misplaced = cli(&hive, &["--port", "7900", "ps"]);
+    assert_eq!(misplaced.status.code(), Some(2));
+    assert!(stderr(&misplaced).contains("--port is a flag of the daemon"));
+}
+
+/// The one JSON object a `--json` command printed on stderr for its error.
+fn json_error(output: &Output) -> Value {
+    let err = stderr(output);
+    assert_eq!(err.lines().count(), 1, "one object on stderr: {err}");
+    serde_json::from_str(&err).unwrap_or_else(|e| panic!("{err}: {e}"))
+}
+
+#[tokio::test]
+async fn one_exit_code_per_outcome_in_every_command_and_json_errors() {
+    let hive = TestHive::start().await;
+    // An unknown worker or job: 1 in every command that names one.
+    for args in [
+        vec!["get", "worker-99"],
+        vec!["get", "worker-99", "--field", "url"],
+        vec!["stop", "worker-99"],
+        vec!["logs", "worker-99"],
+        vec!["logs", "worker-99", "-f"],
+        vec!["follow", "job-00000000-0000-0000-0000-000000000000"],
+        vec!["cancel", "job-00000000-0000-0000-0000-000000000000"],
+        vec!["model", "get", "no-such-model"],
+    ] {
+        let output = cli(&hive, &args);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(stdout(&output).is_empty(), "{args:?}");
+        let mut json = args.clone();
+        json.insert(0, "--json");
+        let output = cli(&hive, &json);
+        assert_eq!(output.status.code(), Some(1), "{json:?}");
+        let error = json_error(&output);
+        assert_eq!(error["exit"], 1, "{json:?}: {error}");
+        assert!(
+            error["error"].as_str().unwrap().contains("99")
+                || error["error"].as_str().unwrap().contains("not found")
+                || error["error"].as_str().unwrap().contains("no-such-model"),
+            "{json:?}: {error}"
+        );
+        assert!(!error["code"].as_str().unwrap().is_empty());
+    }
+    // A usage error and a malformed request: 2, as JSON too.
+    let usage = cli(&hive, &["--json", "stop"]);
+    assert_eq!(usage.status.code(), Some(2));
+    assert_eq!(json_error(&usage)["code"], "usage");
+    let malformed = cli(
+        &hive,
+        &[
+            "--json",
+            "submit",
+            r#"{"operation":"frobnicate","hive_id":"x"}"#,
+        ],
+    );
+    assert_eq!(malformed.status.code(), Some(2));
+    let error = json_error(&malformed);
+    assert_eq!(error["code"], "unknown_operation");
+    assert_eq!(error["exit"], 2);
+    // No hive: 3.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nobody = cli(
+        &hive,
+        &[
+            "--json",
+            "--hive",
+            &format!("http://127.0.0.1:{port}"),
+            "status",
+        ],
+    );
+    assert_eq!(nobody.status.code(), Some(3));
+    assert_eq!(json_error(&nobody)["code"], "unreachable");
+}
+
+#[tokio::test]
+async fn get_reads_as_text_json_covers_every_command_and_docs_are_generated() {
+    let hive = TestHive::builder()
+        // No sample comes before the test is over.
+        .config("telemetry_interval_ms = 600000")
+        .start()
+        .await;
+    let id = stdout(&cli(&hive, &["spawn", "m", "-q"])).trim().to_owned();
+    let stats = cli(&hive, &["get", &id, "--field", "stats"]);
+    assert_eq!(stdout(&stats), "no sample yet\n");
+    let stats = cli(&hive, &["--json", "get", &id, "--field", "stats"]);
+    assert_eq!(stdout(&stats), "null\n");
+    let url = cli(&hive, &["--json", "get", &id, "--field", "url"]);
+    let url: Value = serde_json::from_str(&stdout(&url)).unwrap();
+    assert!(url.as_str().unwrap().starts_with("http://127.0.0.1:"));
+    let logs = cli(&hive, &["--json", "logs", &id]);
+    assert_eq!(logs.status.code(), Some(0));
+    let lines: Vec<Value> = stdout(&logs)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["worker_id"] == id.as_str() && l["line"].is_string())
+    );
+
+    // A worker killed by a signal reads as such.
+    let pid = hive.worker(&id).await.unwrap()["pid"].as_u64().unwrap() as u32;
+    rbee_hive_e2e::os::signal_pid(pid, Signal::SIGKILL);
+    hive.wait_for_worker(&id, PATIENCE, |r| r["status"].is_object())
+        .await;
+    let get = stdout(&cli(&hive, &["get", &id]));
+    let status = get.lines().find(|l| l.starts_with("status:")).unwrap();
+    assert!(
+        status.ends_with(" failed: killed by signal 9 (SIGKILL)"),
+        "{get}"
+    );
+    let ps = stdout(&cli(&hive, &["ps"]));
+    assert!(ps.lines().nth(1).unwrap().contains(" failed "), "{ps}");
+    let cancel = cli(&hive, &["--json", "prune"]);
+    assert_eq!(cancel.status.code(), Some(0), "{}", stderr(&cancel));
+
+    let bash = cli(&hive, &["completions", "bash"]);
+    assert_eq!(bash.status.code(), Some(0));
+    assert!(
+        stdout(&bash).contains("complete -F _rbee__hive"),
+        "{}",
+        stdout(&bash)
+    );
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert_eq!(
+            cli(&hive, &["completions", shell]).status.code(),
+            Some(0),
+            "{shell}"
+        );
+    }
+    let man = cli(&hive, &["man"]);
+    assert_eq!(man.status.code(), Some(0));
+    assert!(stdout(&man).contains(".TH rbee-hive 1"));
 }

@@ -52,7 +52,7 @@ async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
     assert_eq!(stats["total_vram_mb"], 81559.0);
     let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
     let text = metrics.text().await.unwrap();
-    let samples = rbee_hive_e2e::openmetrics::parse(&text);
+    let samples = rbee_hive_e2e::openmetrics::samples(&text);
     assert_eq!(
         rbee_hive_e2e::openmetrics::value(
             &samples,

@@ -101,7 +101,7 @@ async fn bad_log_requests_get_clear_errors() {
     let (status, body) = get(&hive, &format!("/v1/workers/{id}/logs?follow=maybe")).await;
     assert_eq!(status, 400, "{body}");
     let output = hive.cli().args(["logs", "worker-99"]).output().unwrap();
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert_eq!(output.status.code(), Some(1), "not found: {output:?}");
     assert!(
         String::from_utf8_lossy(&output.stderr).contains("worker 'worker-99' not found"),
         "{output:?}"

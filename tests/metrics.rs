@@ -1,7 +1,8 @@
 //! `GET /metrics` (issue 13, item 4): valid OpenMetrics (checked with a real parser), the
-//! token like every route unless `metrics_public`, and numbers that follow what happened.
+//! token like every route unless `metrics_public`, numbers that follow what happened, and
+//! no holes: every series whose labels are known up front is there at 0 (issue 20).
 
-use rbee_hive_e2e::openmetrics::{parse, value};
+use rbee_hive_e2e::openmetrics::{samples, validate, value};
 use rbee_hive_e2e::{TestHive, demo_worker_type};
 use serde_json::json;
 
@@ -40,7 +41,7 @@ async fn metrics_parse_and_follow_jobs_workers_and_stops() {
     assert!(lines.iter().any(|l| l.starts_with("[ERROR]")));
     // Wait for a resource sample of the demo worker.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let samples = loop {
+    let (samples, text) = loop {
         let (status, content_type, text) = scrape(&hive).await;
         assert_eq!(status, 200, "{text}");
         assert!(
@@ -48,9 +49,9 @@ async fn metrics_parse_and_follow_jobs_workers_and_stops() {
             "{content_type}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
-        let samples = parse(&text);
+        let samples = samples(&text);
         if value(&samples, "rbee_hive_worker_resident_memory_bytes", &[]).is_some() {
-            break samples;
+            break (samples, text);
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -116,6 +117,64 @@ async fn metrics_parse_and_follow_jobs_workers_and_stops() {
     assert!(memory > 1_000_000.0, "{memory}");
     assert!(value(&samples, "rbee_hive_process_resident_memory_bytes", &[]).unwrap() > 1e6);
     assert!(value(&samples, "rbee_hive_process_open_fds", &[]).unwrap() >= 3.0);
+    check_with_the_strict_parser(&text, &samples);
+}
+
+/// With the strict parser installed: the text is valid OpenMetrics, and the parser reads
+/// the same numbers as the tests do.
+#[cfg(openmetrics_parser)]
+fn check_with_the_strict_parser(text: &str, samples: &[serde_json::Value]) {
+    let strict = validate(text);
+    for sample in samples {
+        let name = sample["name"].as_str().unwrap();
+        let labels: Vec<(&str, &str)> = sample["labels"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            value(&strict, name, &labels),
+            sample["value"].as_f64(),
+            "{name} {labels:?}"
+        );
+    }
+}
+
+#[cfg(not(openmetrics_parser))]
+fn check_with_the_strict_parser(_: &str, _: &[serde_json::Value]) {}
+
+#[tokio::test]
+#[cfg_attr(
+    not(openmetrics_parser),
+    ignore = "Python's prometheus_client is not installed (.ci/run installs it; see tests/support/build.rs)"
+)]
+async fn metrics_are_valid_openmetrics_for_a_strict_parser() {
+    let hive = TestHive::builder()
+        .config("telemetry_interval_ms = 100")
+        .start()
+        .await;
+    let (_, _, empty) = scrape(&hive).await;
+    validate(&empty);
+    hive.spawn_ready("demo").await;
+    hive.run_job(json!({"operation": "model_get", "hive_id": "localhost", "id": "nope"}))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, _, text) = scrape(&hive).await;
+        let strict = validate(&text);
+        if value(&strict, "rbee_hive_worker_resident_memory_bytes", &[]).is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no worker sample: {text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // And it is strict: text that is not OpenMetrics is refused.
+    let refused = std::panic::catch_unwind(|| validate("# TYPE x counter\nx 1\n# EOF\n"));
+    assert!(refused.is_err(), "a counter sample without _total");
 }
 
 #[tokio::test]
@@ -127,8 +186,82 @@ async fn metrics_can_be_public() {
         .await;
     let anonymous = reqwest::get(hive.url("/metrics")).await.unwrap();
     assert_eq!(anonymous.status().as_u16(), 200);
-    parse(&anonymous.text().await.unwrap());
+    let text = anonymous.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"));
+    assert!(value(&samples(&text), "rbee_hive_process_open_fds", &[]).is_some());
     // Only /metrics: the rest still needs the token.
     let jobs = reqwest::get(hive.url("/v1/jobs")).await.unwrap();
     assert_eq!(jobs.status().as_u16(), 401);
+}
+
+#[tokio::test]
+async fn an_empty_hive_exports_every_known_series_at_zero() {
+    let hive = TestHive::builder()
+        .config(&demo_worker_type("mine", &[], 30.0))
+        .start()
+        .await;
+    let (status, _, text) = scrape(&hive).await;
+    assert_eq!(status, 200);
+    let samples = samples(&text);
+    for worker_type in ["demo", "cpu", "cuda", "llama", "mine"] {
+        for state in ["starting", "ready", "busy", "stopped", "failed"] {
+            assert_eq!(
+                value(
+                    &samples,
+                    "rbee_hive_workers",
+                    &[("state", state), ("worker_type", worker_type)]
+                ),
+                Some(0.0),
+                "workers{{state={state}, worker_type={worker_type}}}"
+            );
+        }
+        for counter in [
+            "rbee_hive_worker_restarts_total",
+            "rbee_hive_worker_crash_loops_total",
+        ] {
+            assert_eq!(
+                value(&samples, counter, &[("worker_type", worker_type)]),
+                Some(0.0),
+                "{counter}{{worker_type={worker_type}}}"
+            );
+        }
+    }
+    for outcome in ["succeeded", "failed", "cancelled"] {
+        for operation in [
+            "worker_spawn",
+            "worker_list",
+            "worker_delete",
+            "model_download",
+        ] {
+            assert_eq!(
+                value(
+                    &samples,
+                    "rbee_hive_jobs_total",
+                    &[("operation", operation), ("outcome", outcome)]
+                ),
+                Some(0.0),
+                "jobs{{{operation}, {outcome}}}"
+            );
+        }
+    }
+    for reason in ["exit_code_0", "exit_code_nonzero", "signal", "unknown"] {
+        assert_eq!(
+            value(
+                &samples,
+                "rbee_hive_worker_exits_total",
+                &[("reason", reason)]
+            ),
+            Some(0.0)
+        );
+    }
+    for outcome in ["applied", "refused"] {
+        assert_eq!(
+            value(
+                &samples,
+                "rbee_hive_config_reloads_total",
+                &[("outcome", outcome)]
+            ),
+            Some(0.0)
+        );
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use nix::sys::signal::Signal;
-use rbee_hive_e2e::openmetrics::{parse, value};
+use rbee_hive_e2e::openmetrics::{samples, value};
 use rbee_hive_e2e::os::{pid_alive, port_free, signal_pid, wait_until};
 use rbee_hive_e2e::sse::events;
 use rbee_hive_e2e::{TestHive, demo_worker_type};
@@ -93,7 +93,7 @@ async fn scrape(hive: &TestHive) -> Vec<Value> {
         .text()
         .await
         .unwrap();
-    parse(&text)
+    samples(&text)
 }
 
 #[tokio::test]

@@ -195,7 +195,7 @@ async fn sighup_applies_a_good_file_and_keeps_the_config_when_the_file_is_bad() 
     }
     assert_eq!(with("second").await.unwrap().status(), 200);
     let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
-    let samples = rbee_hive_e2e::openmetrics::parse(&metrics.text().await.unwrap());
+    let samples = rbee_hive_e2e::openmetrics::samples(&metrics.text().await.unwrap());
     for (outcome, count) in [("applied", 1.0), ("refused", 1.0)] {
         assert_eq!(
             rbee_hive_e2e::openmetrics::value(

@@ -281,7 +281,7 @@ async fn a_reader_that_stops_reading_gets_a_gap_and_never_holds_the_hive() {
     assert_eq!(truth["workers"][0]["worker_id"], id.as_str());
 
     let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
-    let samples = rbee_hive_e2e::openmetrics::parse(&metrics.text().await.unwrap());
+    let samples = rbee_hive_e2e::openmetrics::samples(&metrics.text().await.unwrap());
     assert!(
         rbee_hive_e2e::openmetrics::value(&samples, "rbee_hive_stream_gaps_total", &[])
             .is_some_and(|gaps| gaps >= 1.0)

@@ -1,13 +1,74 @@
-//! A real OpenMetrics parser for the `/metrics` tests: Python's `prometheus_client`
-//! (its `openmetrics.parser`, which refuses what the format does not allow), installed once
-//! per machine into `~/.cache/rbee-hive/python` (`.ci/run` does it first).
+//! Reading `/metrics` in the tests.
+//!
+//! - [`samples`] reads the sample lines (`name{label="value",…} number`) of the text, to
+//!   check the numbers; it validates nothing.
+//! - [`validate`] checks the whole text with a real OpenMetrics parser, Python's
+//!   `prometheus_client` (its `openmetrics.parser`, which refuses what the format does not
+//!   allow). It is never installed by a test: `.ci/run` installs it into
+//!   `~/.cache/rbee-hive/python`, and `tests/support/build.rs` compiles the test that needs it as
+//!   ignored where it is missing (the summary then says so).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 
-/// Where the parser is installed.
+/// The sample lines of `text` as `{"name", "labels", "value"}` objects.
+pub fn samples(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(|line| sample(line).unwrap_or_else(|| panic!("not a sample line: {line}")))
+        .collect()
+}
+
+/// One sample line: its name, its labels (values unescaped) and its number.
+fn sample(line: &str) -> Option<Value> {
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    let mut labels = Map::new();
+    let mut rest = &line[name_end..];
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices();
+        let mut key = String::new();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '}' => {
+                    end = Some(i + 1);
+                    break;
+                }
+                ',' => {}
+                '=' => {
+                    // A quoted value with \\, \" and \n escapes.
+                    chars.next().filter(|(_, quote)| *quote == '"')?;
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()? {
+                            (_, '"') => break,
+                            (_, '\\') => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            (_, other) => value.push(other),
+                        }
+                    }
+                    labels.insert(std::mem::take(&mut key), json!(value));
+                }
+                other => key.push(other),
+            }
+        }
+        rest = &inner[end?..];
+    }
+    let number = rest.split_whitespace().next()?;
+    let value: f64 = match number {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        other => other.parse().ok()?,
+    };
+    Some(json!({"name": name, "labels": labels, "value": value}))
+}
+
+/// Where `.ci/run` installs the parser.
 fn cache() -> PathBuf {
     std::env::var_os("RBEE_PYTHON_CACHE")
         .map(PathBuf::from)
@@ -17,32 +78,10 @@ fn cache() -> PathBuf {
         })
 }
 
-fn importable() -> bool {
-    Command::new("python3")
-        .args(["-c", "import prometheus_client.openmetrics.parser"])
-        .env("PYTHONPATH", cache())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Parses OpenMetrics `text`; returns its samples as `{"name", "labels", "value"}` objects.
-/// Panics with the parser's reason if the text is not valid OpenMetrics.
-pub fn parse(text: &str) -> Vec<Value> {
-    if !importable() {
-        let status = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--target"])
-            .arg(cache())
-            .arg("prometheus_client==0.21.1")
-            .status()
-            .expect("run pip");
-        assert!(
-            status.success() && importable(),
-            "cannot install Python's prometheus_client into {} (run .ci/run once)",
-            cache().display()
-        );
-    }
+/// Checks OpenMetrics `text` with Python's `prometheus_client` parser and returns its
+/// samples as `{"name", "labels", "value", "type"}` objects. Panics with the parser's
+/// reason if the text is not valid OpenMetrics (or with how to install the parser).
+pub fn validate(text: &str) -> Vec<Value> {
     let script = r#"
 import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -68,10 +107,15 @@ print(json.dumps(out))
         .write_all(text.as_bytes())
         .unwrap();
     let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named 'prometheus_client'"),
+        "Python's prometheus_client is not installed in {} (.ci/run installs it)",
+        cache().display()
+    );
     assert!(
         output.status.success(),
-        "not valid OpenMetrics: {}\n{text}",
-        String::from_utf8_lossy(&output.stderr)
+        "not valid OpenMetrics: {stderr}\n{text}"
     );
     serde_json::from_slice::<Vec<Value>>(&output.stdout).expect("parser output")
 }

@@ -44,14 +44,16 @@ pub struct ServeArgs {
     /// Model and worker-binary catalog [default: $XDG_CACHE_HOME/rbee or ~/.cache/rbee]
     #[arg(long, env = "RBEE_HIVE_CATALOG_DIR")]
     pub catalog_dir: Option<PathBuf>,
-    /// This hive's id; when set, jobs naming another hive_id are refused [default: localhost]
-    #[arg(long, env = "RBEE_HIVE_HIVE_ID")]
+    /// This hive's id (the global `--hive-id`, shared with the client commands): when set,
+    /// a job naming another `hive_id` fails with the reason; when not, any is accepted.
+    #[arg(skip)]
     pub hive_id: Option<String>,
     /// URL of the queen-rbee orchestrator, passed to workers as {queen_url}
     #[arg(long, env = "RBEE_HIVE_QUEEN_URL")]
     pub queen_url: Option<String>,
-    /// File holding the API bearer token; when set, every route but /health needs it
-    #[arg(long, env = "RBEE_HIVE_TOKEN_FILE")]
+    /// The file holding the API token (the global `--token-file`, shared with the client
+    /// commands): when set, every route but /health needs it.
+    #[arg(skip)]
     pub token_file: Option<PathBuf>,
     /// Print the merged configuration as TOML and exit
     #[arg(long)]

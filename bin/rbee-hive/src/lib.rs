@@ -19,6 +19,7 @@
 //! - [`reload`]: SIGHUP re-reads the config and applies what may change while serving.
 //! - [`service`]: systemd notify, watchdog and socket activation.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
+//! - [`units`]: sizes in binary units, as the CLI and narration say them.
 
 pub mod capabilities;
 pub mod cli;
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod reload;
 pub mod service;
 pub mod shutdown;
+pub mod units;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -111,7 +113,11 @@ impl AppState {
             downloads,
             gpu: Some(gpu),
         };
-        let metrics = metrics::Metrics::default();
+        let operations: Vec<&str> = <jobs::OperationKind as strum::VariantArray>::VARIANTS
+            .iter()
+            .map(|kind| kind.name())
+            .collect();
+        let metrics = metrics::Metrics::new(&operations);
         tokio::spawn(metrics.clone().follow_workers(services.workers.clone()));
         Ok(Self {
             config: LiveConfig::new(config),

@@ -25,7 +25,11 @@ pub static JEMALLOC_CONF: &[u8; 60] =
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match rbee_hive::cli::parse(std::env::args_os()).command {
+    let invocation = match rbee_hive::cli::parse(std::env::args_os()) {
+        Ok(invocation) => invocation,
+        Err(code) => return code,
+    };
+    match invocation.command {
         Command::Serve(args) => match serve(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
@@ -39,7 +43,7 @@ async fn main() -> ExitCode {
             let code = rbee_demo_worker::run(args, &relaunch).await;
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
-        client => rbee_hive::cli::commands::run(client).await,
+        client => rbee_hive::cli::commands::run(invocation.global, client).await,
     }
 }
 

@@ -79,6 +79,46 @@ pub struct Metrics {
     reloads: Family<OutcomeLabel, Counter>,
 }
 
+/// The states of `rbee_hive_workers`, as `WorkerStatus::label` names them.
+const WORKER_STATES: &[&str] = &["starting", "ready", "busy", "stopped", "failed"];
+
+/// The outcomes of `rbee_hive_jobs_total`.
+const JOB_OUTCOMES: &[&str] = &["succeeded", "failed", "cancelled"];
+
+/// The reasons of `rbee_hive_worker_exits_total`.
+const EXIT_REASONS: &[&str] = &["exit_code_0", "exit_code_nonzero", "signal", "unknown"];
+
+/// The outcomes of `rbee_hive_config_reloads_total`.
+const RELOAD_OUTCOMES: &[&str] = &["applied", "refused"];
+
+impl Metrics {
+    /// The hive's metrics, with every counter whose labels are known up front at 0 (jobs
+    /// by each of `operations` and outcome, exits by reason, reloads by outcome): a series
+    /// that appears only at its first event breaks `rate()` and alerts.
+    pub fn new(operations: &[&str]) -> Self {
+        let metrics = Self::default();
+        for operation in operations {
+            for outcome in JOB_OUTCOMES {
+                let _ = metrics.jobs.get_or_create(&JobLabels {
+                    operation: (*operation).to_owned(),
+                    outcome: (*outcome).to_owned(),
+                });
+            }
+        }
+        for reason in EXIT_REASONS {
+            let _ = metrics.exits.get_or_create(&ExitLabels {
+                reason: (*reason).to_owned(),
+            });
+        }
+        for outcome in RELOAD_OUTCOMES {
+            let _ = metrics.reloads.get_or_create(&OutcomeLabel {
+                outcome: (*outcome).to_owned(),
+            });
+        }
+        metrics
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self {
@@ -299,6 +339,22 @@ impl Metrics {
         let rss: Family<WorkerLabels, Gauge<f64, AtomicU64>> = Family::default();
         let cpu: Family<WorkerLabels, Gauge<f64, AtomicU64>> = Family::default();
         let vram: Family<WorkerLabels, Gauge<f64, AtomicU64>> = Family::default();
+        // Every state of every type, at 0 where no worker is: a dashboard or an alert on
+        // `state="failed"` needs a 0, not a missing series.
+        let worker_types = workers.worker_type_names();
+        for worker_type in &worker_types {
+            for state in WORKER_STATES {
+                let _ = by_state.get_or_create(&StateLabels {
+                    state: (*state).to_owned(),
+                    worker_type: worker_type.clone(),
+                });
+            }
+            let label = WorkerTypeLabel {
+                worker_type: worker_type.clone(),
+            };
+            let _ = self.restarts.get_or_create(&label);
+            let _ = self.crash_loops.get_or_create(&label);
+        }
         let stats = workers.all_stats();
         for record in workers.list() {
             by_state

@@ -338,6 +338,11 @@ impl Catalog {
         Ok(Self { types })
     }
 
+    /// The names of every type, built-in and configured, in order.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.types.keys().cloned().collect()
+    }
+
     /// One type.
     pub(crate) fn get(&self, name: &str) -> Result<&WorkerTemplate, LifecycleError> {
         self.types

@@ -553,12 +553,39 @@ impl WorkerManager {
     /// The last sample of worker `id`'s resource use (its whole process group); `None` until
     /// its first sample, and once it has exited.
     pub fn stats(&self, id: &str) -> Option<WorkerStats> {
-        self.inner.stats.get(id)
+        let record = self.get(id).ok()?;
+        self.inner
+            .stats
+            .get(id)
+            .filter(|stats| stats.is_of_current_run(&record))
     }
 
-    /// The last samples of every running worker, by id.
+    /// Every listed worker with the last sample of its current run (none before the first
+    /// sample, and none once the run's process has exited).
+    pub fn list_with_stats(&self) -> Vec<(WorkerRecord, Option<WorkerStats>)> {
+        let mut samples = self.inner.stats.all();
+        self.list()
+            .into_iter()
+            .map(|record| {
+                let stats = samples
+                    .remove(&record.id)
+                    .filter(|stats| stats.is_of_current_run(&record));
+                (record, stats)
+            })
+            .collect()
+    }
+
+    /// The names of the worker types in effect (built-in and configured), in order.
+    pub fn worker_type_names(&self) -> Vec<String> {
+        self.catalog().names()
+    }
+
+    /// The last sample of every listed worker's current run, by id.
     pub fn all_stats(&self) -> std::collections::HashMap<String, WorkerStats> {
-        self.inner.stats.all()
+        self.list_with_stats()
+            .into_iter()
+            .filter_map(|(record, stats)| Some((record.id, stats?)))
+            .collect()
     }
 
     /// The log file of worker `id`: a listed worker's, or that of a removed worker whose log

@@ -53,6 +53,15 @@ impl WorkerStatus {
         }
     }
 
+    /// The status as people read it: its label, and for `Failed` the reason
+    /// (`failed: killed by signal 9 (SIGKILL)`).
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Failed { reason } => format!("failed: {reason}"),
+            other => other.label().to_owned(),
+        }
+    }
+
     /// Whether the process is gone for good.
     pub fn is_terminal(&self) -> bool {
         matches!(self, Self::Stopped | Self::Failed { .. })
@@ -307,6 +316,15 @@ mod tests {
             .unwrap(),
             r#"{"Failed":{"reason":"lost"}}"#
         );
+    }
+
+    #[test]
+    fn status_reads_as_its_label_and_reason() {
+        assert_eq!(WorkerStatus::Ready.describe(), "ready");
+        let killed = WorkerStatus::Failed {
+            reason: "killed by signal 9 (SIGKILL)".into(),
+        };
+        assert_eq!(killed.describe(), "failed: killed by signal 9 (SIGKILL)");
     }
 
     #[test]

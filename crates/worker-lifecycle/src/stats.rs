@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::record::WorkerRecord;
 use crate::registry::Registry;
 
 /// GPU memory and use as the driver reports them (`nvidia-smi`, or NVML).
@@ -41,7 +42,7 @@ pub trait GpuUsage: Send + Sync + 'static {
 }
 
 /// The last sample of one worker's process group.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStats {
     /// Processes in the worker's group.
     pub processes: u32,
@@ -51,7 +52,7 @@ pub struct WorkerStats {
     pub rss_mb: f64,
     /// Their CPU use over the last interval, in percent of one core.
     pub cpu_pct: f64,
-    /// Seconds since the worker was started.
+    /// Seconds since its current run started (its start, or its last restart).
     pub uptime_s: u64,
     /// The pids of its group.
     pub pids: Vec<u32>,
@@ -66,6 +67,17 @@ pub struct WorkerStats {
     pub total_vram_mb: Option<f64>,
     /// When this was sampled.
     pub sampled_at: DateTime<Utc>,
+}
+
+impl WorkerStats {
+    /// Whether this sample is of `record`'s current run: a run that ended (exited, or
+    /// waiting to be restarted) has none, and another run's sample does not count for it.
+    pub fn is_of_current_run(&self, record: &WorkerRecord) -> bool {
+        record.is_launched()
+            && record.exit.is_none()
+            && !record.restart_pending()
+            && self.pids.contains(&record.pid)
+    }
 }
 
 /// The last samples, by worker id. A cheap `Clone` handle; its std mutex is held only to
@@ -162,7 +174,8 @@ pub(crate) async fn sampler(
                 None => 0.0,
             };
             next_previous.insert(record.id.clone(), (group.ticks, now));
-            let uptime_s = (Utc::now() - record.started_at).num_seconds().max(0) as u64;
+            let run_started_at = record.run_started_at.unwrap_or(record.started_at);
+            let uptime_s = (Utc::now() - run_started_at).num_seconds().max(0) as u64;
             let gpu_index = record
                 .device
                 .strip_prefix("GPU-")

@@ -1,15 +1,20 @@
 //! The client side of the protocol: submit an operation, follow its job's stream
 //! (`?format=ndjson`: one JSON event per line), and what can go wrong, with its exit code.
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use futures::StreamExt;
-use reqwest::StatusCode;
+use serde::Deserialize;
 use serde_json::Value;
+use worker_lifecycle::{WorkerRecord, WorkerStats};
 
-use crate::cli::ClientArgs;
+use crate::cli::GlobalArgs;
+use crate::cli::exit;
+use crate::cli::output::{self, Stream, Tone};
 
-/// Why a client subcommand did not succeed; each has its exit code.
+/// Why a client command did not succeed; each has its exit code ([`super::exit`]) and a
+/// snake_case code for `--json`.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// No hive answers at the URL (exit 3).
@@ -20,17 +25,55 @@ pub enum CliError {
         /// What the connection said.
         reason: String,
     },
-    /// The hive refused the request (exit 2).
+    /// Something answered at the URL, but not as an rbee-hive does (exit 3).
+    #[error("{url} answered {status} without an rbee-hive error body; is it an rbee-hive?")]
+    NotAHive {
+        /// The URL.
+        url: String,
+        /// The HTTP status it answered.
+        status: u16,
+    },
+    /// The hive takes no request now: it is shutting down, or every connection is busy
+    /// (exit 3).
+    #[error("the hive is not available ({status} {code}): {message}")]
+    Unavailable {
+        /// The HTTP status.
+        status: u16,
+        /// The hive's error code.
+        code: String,
+        /// The hive's error text.
+        message: String,
+    },
+    /// The hive refused the request as malformed or unauthorised (exit 2).
     #[error("the hive refused the request ({status} {code}): {message}")]
     Refused {
         /// The HTTP status.
         status: u16,
-        /// The error code of the JSON body.
+        /// The hive's error code.
         code: String,
-        /// The error text of the JSON body.
+        /// The hive's error text.
         message: String,
     },
-    /// The request could not be made as given (exit 2).
+    /// The worker, job or model does not exist (exit 1).
+    #[error("{message}")]
+    NotFound {
+        /// The hive's error code (`worker_not_found`, `job_not_found`).
+        code: String,
+        /// The hive's error text.
+        message: String,
+    },
+    /// The hive answered that it could not do it (a job that already finished, an internal
+    /// error) (exit 1).
+    #[error("{message} ({status} {code})")]
+    NotDone {
+        /// The HTTP status.
+        status: u16,
+        /// The hive's error code.
+        code: String,
+        /// The hive's error text.
+        message: String,
+    },
+    /// The command line asks for something that cannot be done as given (exit 2).
     #[error("{0}")]
     Usage(String),
     /// The job failed (exit 1).
@@ -59,15 +102,80 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// The hive's answer `status` with its JSON error `code` and `message`, as an error of
+    /// the command.
+    pub fn from_answer(status: u16, code: String, message: String) -> Self {
+        match status {
+            404 => Self::NotFound { code, message },
+            503 => Self::Unavailable {
+                status,
+                code,
+                message,
+            },
+            400..=499 if status != 409 => Self::Refused {
+                status,
+                code,
+                message,
+            },
+            _ => Self::NotDone {
+                status,
+                code,
+                message,
+            },
+        }
+    }
+
     /// The process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Self::JobFailed { .. } | Self::JobCancelled { .. } => 1,
-            Self::Refused { .. } | Self::Usage(_) => 2,
-            Self::Unreachable { .. } => 3,
-            Self::Interrupted { .. } => 130,
+            Self::JobFailed { .. }
+            | Self::JobCancelled { .. }
+            | Self::NotFound { .. }
+            | Self::NotDone { .. } => exit::FAILED,
+            Self::Refused { .. } | Self::Usage(_) => exit::USAGE,
+            Self::Unreachable { .. } | Self::NotAHive { .. } | Self::Unavailable { .. } => {
+                exit::UNREACHABLE
+            }
+            Self::Interrupted { .. } => exit::INTERRUPTED,
         }
     }
+
+    /// The snake_case code of `--json` errors: the hive's own where it gave one.
+    pub fn code(&self) -> &str {
+        match self {
+            Self::Unreachable { .. } => "unreachable",
+            Self::NotAHive { .. } => "not_rbee_hive",
+            Self::Unavailable { code, .. }
+            | Self::Refused { code, .. }
+            | Self::NotFound { code, .. }
+            | Self::NotDone { code, .. } => code,
+            Self::Usage(_) => "usage",
+            Self::JobFailed { .. } => "job_failed",
+            Self::JobCancelled { .. } => "job_cancelled",
+            Self::Interrupted { .. } => "interrupted",
+        }
+    }
+
+    /// Prints the error last, on stderr: `error: <sentence>`, or with `json` one object
+    /// `{"error", "code", "exit"}`; returns the exit code.
+    pub fn report(&self, json: bool) -> ExitCode {
+        report(&self.to_string(), self.code(), self.exit_code(), json)
+    }
+}
+
+/// Prints a usage error (exit 2) as [`CliError::report`] does.
+pub fn report_usage(sentence: &str, json: bool) -> ExitCode {
+    report(sentence, "usage", exit::USAGE, json)
+}
+
+fn report(sentence: &str, code: &str, exit: u8, json: bool) -> ExitCode {
+    if json {
+        let object = serde_json::json!({"error": sentence, "code": code, "exit": exit});
+        output::line(Stream::Stderr, Tone::Plain, &object.to_string());
+    } else {
+        output::line(Stream::Stderr, Tone::Error, &format!("error: {sentence}"));
+    }
+    ExitCode::from(exit)
 }
 
 /// One event of a job's stream.
@@ -105,7 +213,7 @@ pub struct HiveClient {
 
 impl HiveClient {
     /// A client for the hive at `args.hive`, sending the token from `args.token_file`.
-    pub fn new(args: &ClientArgs) -> Result<Self, CliError> {
+    pub fn new(args: &GlobalArgs) -> Result<Self, CliError> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(path) = &args.token_file {
             let token = std::fs::read_to_string(path).map_err(|e| {
@@ -163,31 +271,77 @@ impl HiveClient {
         }
     }
 
-    /// Turns a non-2xx answer into [`CliError::Refused`] with the hive's JSON error.
+    /// Turns a non-2xx answer into the [`CliError`] its status means, with the hive's JSON
+    /// error.
     async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, CliError> {
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
         let body = response.text().await.unwrap_or_default();
-        let (code, message) = match serde_json::from_str::<Value>(&body) {
-            Ok(json) if json["error"].is_string() => (
+        match serde_json::from_str::<Value>(&body) {
+            Ok(json) if json["error"].is_string() => Err(CliError::from_answer(
+                status.as_u16(),
                 json["code"].as_str().unwrap_or("error").to_owned(),
                 json["error"].as_str().unwrap_or_default().to_owned(),
-            ),
-            _ => (
-                "not_rbee_hive".to_owned(),
-                format!(
-                    "{} answered without an rbee-hive error body; is it an rbee-hive?",
-                    self.base
-                ),
-            ),
-        };
-        Err(CliError::Refused {
-            status: status.as_u16(),
-            code,
-            message,
+            )),
+            _ => Err(CliError::NotAHive {
+                url: self.base.clone(),
+                status: status.as_u16(),
+            }),
+        }
+    }
+
+    /// `GET path` (a path of the hive), its body as `T`.
+    pub async fn get_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        url: reqwest::Url,
+    ) -> Result<T, CliError> {
+        let path = url.path().to_owned();
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        let body = self
+            .check(response)
+            .await?
+            .bytes()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
+        serde_json::from_slice(&body).map_err(|e| CliError::NotDone {
+            status: 200,
+            code: "unexpected_answer".to_owned(),
+            message: format!("the hive's answer to {path} is not what this client reads: {e}"),
         })
+    }
+
+    /// The URL of the hive's `segments` (each escaped as one path segment).
+    pub fn url_of(&self, segments: &[&str]) -> Result<reqwest::Url, CliError> {
+        let mut url = reqwest::Url::parse(&self.base)
+            .map_err(|e| CliError::Usage(format!("bad hive URL {}: {e}", self.base)))?;
+        url.path_segments_mut()
+            .map_err(|()| CliError::Usage(format!("bad hive URL {}", self.base)))?
+            .pop_if_empty()
+            .extend(segments);
+        Ok(url)
+    }
+
+    /// `GET /v1/workers`: every listed worker with its last sample, in one request.
+    pub async fn workers(&self) -> Result<Vec<ListedWorker>, CliError> {
+        #[derive(Deserialize)]
+        struct Workers {
+            workers: Vec<ListedWorker>,
+        }
+        let url = self.url_of(&["v1", "workers"])?;
+        Ok(self.get_typed::<Workers>(url).await?.workers)
+    }
+
+    /// `GET /v1/workers/{id}`: one worker with its last sample, as JSON (every field, for
+    /// `get --field`).
+    pub async fn worker(&self, id: &str) -> Result<Value, CliError> {
+        self.get_typed(self.url_of(&["v1", "workers", id])?).await
     }
 
     /// `GET path`, its body as JSON.
@@ -214,12 +368,7 @@ impl HiveClient {
         follow: bool,
         mut on_bytes: impl FnMut(&[u8]),
     ) -> Result<(), CliError> {
-        let mut url = reqwest::Url::parse(&format!("{}/v1/workers/", self.base))
-            .map_err(|e| CliError::Usage(format!("bad hive URL {}: {e}", self.base)))?;
-        url.path_segments_mut()
-            .map_err(|()| CliError::Usage(format!("bad hive URL {}", self.base)))?
-            .pop_if_empty()
-            .extend([id, "logs"]);
+        let mut url = self.url_of(&["v1", "workers", id, "logs"])?;
         if let Some(lines) = tail {
             url.query_pairs_mut()
                 .append_pair("tail", &lines.to_string());
@@ -327,13 +476,6 @@ impl HiveClient {
                 .send()
                 .await
                 .map_err(|e| self.unreachable(&e))?;
-            if response.status() == StatusCode::NOT_FOUND {
-                return Err(self
-                    .check(response)
-                    .await
-                    .err()
-                    .unwrap_or(CliError::Usage(format!("job {job_id} not found"))));
-            }
             let response = self.check(response).await?;
             let mut body = response.bytes_stream();
             let mut pending = Vec::new();
@@ -377,6 +519,17 @@ impl HiveClient {
             _ = tokio::signal::ctrl_c() => Err(CliError::Interrupted { job_id: job_id.to_owned() }),
         }
     }
+}
+
+/// A worker as `GET /v1/workers` lists it: its record and its last resource sample.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ListedWorker {
+    /// The record.
+    #[serde(flatten)]
+    pub record: WorkerRecord,
+    /// The last sample of its current run, if there is one.
+    #[serde(default)]
+    pub stats: Option<WorkerStats>,
 }
 
 /// One NDJSON line of a stream: `{"event": "narration"|"result"|"done", "data": …}`.
@@ -439,6 +592,11 @@ mod tests {
             3
         );
         assert_eq!(CliError::Usage("u".into()).exit_code(), 2);
+        let answer = |status| CliError::from_answer(status, "c".into(), "m".into()).exit_code();
+        assert_eq!(
+            [400, 401, 404, 409, 413, 415, 500, 503].map(answer),
+            [2, 2, 1, 1, 2, 2, 1, 3]
+        );
         assert_eq!(
             CliError::Interrupted { job_id: "j".into() }.exit_code(),
             130

@@ -7,6 +7,7 @@
 //! - [`jobs`]: submit, status and cancel of jobs.
 //! - [`logs`]: a worker's captured output, whole, tailed or followed.
 //! - [`telemetry`]: the telemetry stream (snapshot, worker changes, periodic stats).
+//! - [`workers`]: the workers as JSON without a job (`GET /v1/workers`, `/v1/workers/{id}`).
 //! - [`stream`]: a job's narration stream in its three encodings.
 //! - [`server`]: the connection loop: header and idle timeouts, the connection cap, the
 //!   shutdown hand-over.
@@ -19,6 +20,7 @@ pub mod logs;
 pub mod server;
 pub mod stream;
 pub mod telemetry;
+pub mod workers;
 
 use axum::Json;
 use axum::Router;
@@ -48,6 +50,8 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/jobs/{job_id}", get(jobs::status).delete(jobs::cancel))
         .route("/v1/jobs/{job_id}/stream", get(stream::stream))
         .route("/v1/heartbeat", post(heartbeat::heartbeat))
+        .route("/v1/workers", get(workers::list))
+        .route("/v1/workers/{id}", get(workers::get))
         .route("/v1/workers/{id}/logs", get(logs::logs))
         .route("/v1/heartbeats/stream", get(telemetry::stream))
         .fallback(no_route)

@@ -10,6 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::jobs::NARRATE;
 use crate::jobs::router::{OperationFailure, OperationServices};
+use crate::units::bytes;
 
 /// How often progress is looked at (and narrated, when bytes arrived).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -137,14 +138,7 @@ fn narrate_progress(
     let (of_total, eta) = match progress.total {
         Some(total) if total > 0 => {
             let percent = progress.received as f64 * 100.0 / total as f64;
-            let eta = if speed > 0.0 {
-                format!(
-                    ", ETA {}",
-                    duration((total.saturating_sub(progress.received)) as f64 / speed)
-                )
-            } else {
-                String::new()
-            };
+            let eta = eta(total.saturating_sub(progress.received), speed, moved);
             (format!(" of {} ({percent:.1}%)", bytes(total)), eta)
         }
         _ => (" (size unknown)".to_owned(), String::new()),
@@ -187,18 +181,12 @@ fn fail(job: &JobContext, error: DownloadError) -> OperationFailure {
     error.into()
 }
 
-/// `1.5 GiB`, `12.3 MiB`, `512 B`.
-fn bytes(count: u64) -> String {
-    const KIB: f64 = 1024.0;
-    let n = count as f64;
-    if n >= KIB * KIB * KIB {
-        format!("{:.2} GiB", n / (KIB * KIB * KIB))
-    } else if n >= KIB * KIB {
-        format!("{:.1} MiB", n / (KIB * KIB))
-    } else if n >= KIB {
-        format!("{:.1} KiB", n / KIB)
-    } else {
-        format!("{count} B")
+/// `, ETA 3 min 12 s` at `speed` bytes a second; unknown while no byte arrives (the average
+/// speed then says nothing of when it ends: a stalled transfer read `6980 h 48 min`).
+fn eta(remaining: u64, speed: f64, moved: bool) -> String {
+    match speed > 0.0 && moved {
+        true => format!(", ETA {}", duration(remaining as f64 / speed)),
+        false => ", ETA unknown".to_owned(),
     }
 }
 
@@ -221,11 +209,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn human_sizes_and_durations() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(256 * 1024 * 1024), "256.0 MiB");
-        assert_eq!(bytes(3 * 1024 * 1024 * 1024), "3.00 GiB");
+    fn the_eta_is_unknown_while_no_byte_arrives() {
+        assert_eq!(eta(1_000_000, 10_000.0, true), ", ETA 1 min 40 s");
+        assert_eq!(eta(25_000_000_000, 1_000.0, false), ", ETA unknown");
+        assert_eq!(eta(1_000, 0.0, true), ", ETA unknown");
+    }
+
+    #[test]
+    fn human_durations() {
         assert_eq!(duration(59.4), "59 s");
         assert_eq!(duration(61.0), "1 min 1 s");
         assert_eq!(duration(7300.0), "2 h 1 min");

@@ -18,7 +18,7 @@ pub async fn run(
         .human("📋 Listing workers on hive '{}'")
         .emit_to(job);
 
-    let workers = services.workers.list();
+    let workers = services.workers.list_with_stats();
     NARRATE
         .action("worker_list_result")
         .context(workers.len())
@@ -32,7 +32,7 @@ pub async fn run(
             .human("No workers found")
             .emit_to(job);
     }
-    for worker in &workers {
+    for (worker, _) in &workers {
         NARRATE
             .action("worker_list_entry")
             .context(&worker.id)
@@ -45,10 +45,9 @@ pub async fn run(
             .emit_to(job);
     }
     // Numbers go in the result object, not into the seed's lines.
-    let stats = services.workers.all_stats();
     let workers: Vec<serde_json::Value> = workers
-        .iter()
-        .map(|worker| worker_json(worker, stats.get(&worker.id).cloned()))
+        .into_iter()
+        .map(|(worker, stats)| worker_json(&worker, stats))
         .collect();
     job.publish_result(serde_json::json!({ "workers": workers }));
     Ok(())
