@@ -1,8 +1,12 @@
-//! The README's blocks, run as written (issues 11, 12): the quick start, "The protocol by
-//! hand" and the catalog cycle of "Models and worker binaries", each extracted from README.md by its `<!-- readme-test: … -->` marker and run with
-//! `bash -euo pipefail` against a fresh hive, so that the README cannot drift from what the
-//! hive does. `RBEE_HIVE_URL` points both at the test's hive; `target/release` is the test's
-//! own build of `rbee-hive`.
+//! The README's blocks, run as written (issues 11, 12, 20): the quick start, "The protocol
+//! by hand" and the catalog cycle of "Models and worker binaries", each extracted from
+//! README.md by its `<!-- readme-test: … -->` marker and run with `bash -euo pipefail`
+//! against a fresh hive, so that the README cannot drift from what the hive does.
+//! `RBEE_HIVE_URL` points both at the test's hive; `target/release` is the test's own build
+//! of `rbee-hive`. In the quick start and the catalog cycle, every comment line under a
+//! command is the output a newcomer sees: each must match a line of the real output (stdout
+//! and stderr together), in order, where `…` stands for any text and a number for any
+//! number ([`expect_comments`]).
 
 use std::process::Command;
 
@@ -24,8 +28,92 @@ fn block(name: &str) -> String {
     after[start..end].to_owned()
 }
 
+/// The output lines the comments of `script` promise: every `# …` line that stands alone
+/// (not a comment beside a command).
+fn promised_lines(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .filter_map(|line| line.strip_prefix("# "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A promised line as a pattern: `…` is any text, a number any number, a run of spaces any
+/// run of spaces (table columns widen), the rest as written.
+fn pattern(promised: &str) -> regex::Regex {
+    let mut pattern = String::from("^");
+    let mut literal = String::new();
+    let flush = |literal: &mut String, pattern: &mut String| {
+        pattern.push_str(&regex::escape(literal));
+        literal.clear();
+    };
+    let mut chars = promised.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '…' => {
+                flush(&mut literal, &mut pattern);
+                pattern.push_str(".*");
+            }
+            '0'..='9' => {
+                flush(&mut literal, &mut pattern);
+                while chars.peek().is_some_and(char::is_ascii_digit) {
+                    chars.next();
+                }
+                pattern.push_str("[0-9]+");
+            }
+            ' ' if chars.peek() == Some(&' ') => {
+                flush(&mut literal, &mut pattern);
+                while chars.peek() == Some(&' ') {
+                    chars.next();
+                }
+                pattern.push_str(" +");
+            }
+            other => literal.push(other),
+        }
+    }
+    flush(&mut literal, &mut pattern);
+    pattern.push('$');
+    regex::Regex::new(&pattern).expect("a pattern")
+}
+
+/// Every promised line of `script` matches a line of `output`, in order (a line alone
+/// `…` promises nothing but more lines).
+fn expect_comments(script: &str, output: &str) {
+    let lines: Vec<&str> = output.lines().collect();
+    let mut next = 0;
+    for promised in promised_lines(script) {
+        if promised == "…" {
+            continue;
+        }
+        let pattern = pattern(&promised);
+        match lines[next..].iter().position(|line| pattern.is_match(line)) {
+            Some(found) => next += found + 1,
+            None => panic!(
+                "the README promises the line\n  {promised}\nbut the output after line {next} has none like it:\n{}",
+                lines[next..].join("\n")
+            ),
+        }
+    }
+}
+
+#[test]
+fn promised_lines_match_with_wildcards_for_text_numbers_and_column_widths() {
+    let output = "job job-61ae\nStarted worker-12: PID 20963 on port 9101\nID        PID    STATE\nworker-1  20963  ready";
+    expect_comments(
+        "x\n# job job-…\n# Started worker-1: PID 18503 on port 9100\n# ID        PID  STATE\n# worker-1  1  …",
+        output,
+    );
+    let missing = std::panic::catch_unwind(|| expect_comments("# Stopped worker-1", output));
+    assert!(missing.is_err());
+    let out_of_order = std::panic::catch_unwind(|| {
+        expect_comments("# worker-1  1  ready\n# job job-…", output)
+    });
+    assert!(out_of_order.is_err());
+}
+
 /// Runs `script` in a directory whose `target/release` is the test's build, as a user would
-/// paste it; returns stdout, failing the test (with both outputs) if any command fails.
+/// paste it; returns its output (stderr into stdout, in the order written), failing the test
+/// if any command fails.
 fn run_as_pasted(hive: &TestHive, script: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("target")).unwrap();
@@ -37,7 +125,7 @@ fn run_as_pasted(hive: &TestHive, script: &str) -> String {
     )
     .unwrap();
     let output = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", script])
+        .args(["-euo", "pipefail", "-c", &format!("exec 2>&1\n{script}")])
         .current_dir(dir.path())
         .env("RBEE_HIVE_URL", format!("http://{}", hive.addr))
         .env_remove("RBEE_HIVE_TOKEN_FILE")
@@ -57,7 +145,9 @@ fn run_as_pasted(hive: &TestHive, script: &str) -> String {
 #[tokio::test]
 async fn the_quick_start_works_as_pasted() {
     let hive = TestHive::start().await;
-    let out = run_as_pasted(&hive, &block("quick-start"));
+    let script = block("quick-start");
+    let out = run_as_pasted(&hive, &script);
+    expect_comments(&script, &out);
     assert!(out.contains("(hive id localhost): ok"), "{out}");
     assert!(
         out.lines().any(|l| l == "worker-1"),
@@ -97,11 +187,15 @@ async fn the_protocol_by_hand_works_as_pasted() {
 #[tokio::test]
 async fn the_catalog_cycle_works_as_pasted() {
     let hive = TestHive::start().await;
-    let out = run_as_pasted(&hive, &block("catalog"));
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines[0], "tiny-demo", "the downloaded id: {out}");
+    let script = block("catalog");
+    let out = run_as_pasted(&hive, &script);
+    expect_comments(&script, &out);
     assert!(
-        out.contains("tiny-demo  tiny-llama  0.00 GB  available"),
+        out.lines().any(|l| l == "tiny-demo"),
+        "the downloaded id alone on a line: {out}"
+    );
+    assert!(
+        out.contains("tiny-demo  tiny-llama  516.4 KiB  available"),
         "{out}"
     );
     assert!(
