@@ -105,9 +105,8 @@ fn promised_lines_match_with_wildcards_for_text_numbers_and_column_widths() {
     );
     let missing = std::panic::catch_unwind(|| expect_comments("# Stopped worker-1", output));
     assert!(missing.is_err());
-    let out_of_order = std::panic::catch_unwind(|| {
-        expect_comments("# worker-1  1  ready\n# job job-…", output)
-    });
+    let out_of_order =
+        std::panic::catch_unwind(|| expect_comments("# worker-1  1  ready\n# job job-…", output));
     assert!(out_of_order.is_err());
 }
 

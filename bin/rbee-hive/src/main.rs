@@ -15,36 +15,55 @@ use rbee_hive::config::{Config, ServeArgs};
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's start-up options: purge freed pages after 1 s, and with `MADV_DONTNEED`
-/// (muzzy pages, `MADV_FREE`, still count as resident until the kernel needs them).
+/// (muzzy pages, `MADV_FREE`, still count as resident until the kernel needs them). Its
+/// background thread, which does the purging on time, is started by the daemon alone
+/// ([`serve`]): a client command or a demo worker has no use for it.
 #[allow(unsafe_code)]
 // SAFETY: jemalloc reads this symbol once, as a NUL-terminated `const char *`, before its
 // first allocation; a reference to a byte array is a thin pointer with that layout.
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static JEMALLOC_CONF: &[u8; 60] =
-    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+pub static JEMALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Parsed before any runtime exists: `--help`, a usage error or a client command do not
+    // pay for the daemon's worker threads.
     let invocation = match rbee_hive::cli::parse(std::env::args_os()) {
         Ok(invocation) => invocation,
         Err(code) => return code,
     };
     match invocation.command {
-        Command::Serve(args) => match serve(args).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("Error: {error:?}");
-                ExitCode::FAILURE
+        Command::Serve(args) => {
+            if let Err(error) = tikv_jemalloc_ctl::background_thread::write(true) {
+                eprintln!("warning: jemalloc's background thread did not start: {error}");
             }
-        },
+            let outcome =
+                runtime(tokio::runtime::Builder::new_multi_thread()).block_on(serve(args));
+            match outcome {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("Error: {error:?}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::DemoWorker(args) => {
             let own = std::env::current_exe().expect("own executable");
             let relaunch = [own.into_os_string(), "demo-worker".into()];
-            let code = rbee_demo_worker::run(args, &relaunch).await;
+            let code = runtime(tokio::runtime::Builder::new_multi_thread())
+                .block_on(rbee_demo_worker::run(args, &relaunch));
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
-        client => rbee_hive::cli::commands::run(invocation.global, client).await,
+        // One request or one stream at a time: one thread is enough.
+        client => runtime(tokio::runtime::Builder::new_current_thread())
+            .block_on(rbee_hive::cli::commands::run(invocation.global, client)),
     }
+}
+
+fn runtime(mut builder: tokio::runtime::Builder) -> tokio::runtime::Runtime {
+    builder
+        .enable_all()
+        .build()
+        .expect("cannot start the Tokio runtime")
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

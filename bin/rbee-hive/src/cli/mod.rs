@@ -157,14 +157,16 @@ pub struct Invocation {
 /// The clap definition, with the daemon's top-level flags hidden from the top-level help
 /// (they are listed under `serve --help`).
 pub fn definition() -> clap::Command {
-    let daemon_flags: Vec<clap::Id> = daemon_definition()
-        .get_arguments()
-        .map(|arg| arg.get_id().clone())
-        .collect();
-    Cli::command().mut_args(|arg| match daemon_flags.contains(arg.get_id()) {
+    Cli::command().mut_args(|arg| match is_daemon_flag(&arg) {
         true => arg.hide(true),
         false => arg,
     })
+}
+
+/// Whether a top-level flag is one of the daemon's (every one but the global flags, help
+/// and version).
+fn is_daemon_flag(arg: &clap::Arg) -> bool {
+    !arg.is_global_set() && !matches!(arg.get_id().as_str(), "help" | "version")
 }
 
 /// Parses the command line. With no command it is the daemon (`serve`), with the daemon's
@@ -178,7 +180,8 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Exi
         .skip(1)
         .take_while(|arg| *arg != "--")
         .any(|arg| arg == "--json");
-    let matches = match definition().try_get_matches_from(&args) {
+    let mut definition = definition();
+    let matches = match definition.try_get_matches_from_mut(&args) {
         Ok(matches) => matches,
         Err(error) => return Err(usage_error(error, &args, json)),
     };
@@ -191,7 +194,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Exi
         Some(command) => {
             // A daemon flag before a client command (`rbee-hive --port 7900 ps`) is a mistake
             // worth saying, not something to ignore.
-            if let Some(flag) = daemon_flag_given(&matches) {
+            if let Some(flag) = daemon_flag_given(&definition, &matches) {
                 let name = matches.subcommand_name().unwrap_or("?");
                 let sentence = format!(
                     "--{flag} is a flag of the daemon (`rbee-hive serve --{flag} …`), not of `{name}`"
@@ -215,18 +218,16 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Exi
     })
 }
 
-/// The daemon's flags alone.
-fn daemon_definition() -> clap::Command {
-    <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"))
-}
-
 /// The first daemon flag written on the command line at the top level.
-fn daemon_flag_given(matches: &clap::ArgMatches) -> Option<String> {
-    daemon_definition().get_arguments().find_map(|arg| {
-        let id = arg.get_id().as_str();
-        (matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
-            .then(|| arg.get_long().unwrap_or(id).to_owned())
-    })
+fn daemon_flag_given(definition: &clap::Command, matches: &clap::ArgMatches) -> Option<String> {
+    definition
+        .get_arguments()
+        .filter(|arg| is_daemon_flag(arg))
+        .find_map(|arg| {
+            let id = arg.get_id().as_str();
+            (matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+                .then(|| arg.get_long().unwrap_or(id).to_owned())
+        })
 }
 
 /// Prints a clap error (help and version are not errors) and returns its exit code. An
