@@ -66,7 +66,42 @@ pub enum LogEntry {
     /// A narration line.
     Narration(Narration),
     /// The operation's result object (the worker list, the worker).
-    Result(serde_json::Value),
+    Result(ResultJson),
+}
+
+/// An operation's result, serialised once when it is published: readers embed the text as
+/// it is, and no tree of JSON values is built for it (a list of 200 workers would be
+/// thousands of small allocations).
+#[derive(Debug, Clone)]
+pub struct ResultJson(Box<serde_json::value::RawValue>);
+
+impl ResultJson {
+    /// `value` as JSON; `null` if it cannot be serialised (a map with non-string keys).
+    pub fn new<T: serde::Serialize + ?Sized>(value: &T) -> Self {
+        Self(
+            serde_json::value::to_raw_value(value).unwrap_or_else(|error| {
+                tracing::error!("a job result could not be serialised: {error}");
+                serde_json::value::RawValue::from_string("null".to_owned()).expect("null is JSON")
+            }),
+        )
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for ResultJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl serde::Serialize for ResultJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
 }
 
 /// A log entry with its sequence number (1, 2, 3, … per job).
@@ -240,8 +275,9 @@ impl JobContext {
         self.job.id.as_str()
     }
 
-    /// Publishes the operation's result (sent as `event: result` in the structured format).
-    pub fn publish_result(&self, value: serde_json::Value) {
-        self.job.append(LogEntry::Result(value));
+    /// Publishes the operation's result (sent as `event: result` in the structured format),
+    /// serialised once, here.
+    pub fn publish_result<T: serde::Serialize + ?Sized>(&self, value: &T) {
+        self.job.append(LogEntry::Result(ResultJson::new(value)));
     }
 }

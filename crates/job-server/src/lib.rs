@@ -23,7 +23,7 @@ pub mod reader;
 pub mod store;
 
 pub use id::JobId;
-pub use job::{JobContext, JobEnd, JobSnapshot, JobState, LogEntry, LoggedEvent};
+pub use job::{JobContext, JobEnd, JobSnapshot, JobState, LogEntry, LoggedEvent, ResultJson};
 pub use reader::{LogReader, ReadItem};
 pub use store::{CancelError, JobStore, JobStoreConfig, SubmitError};
 

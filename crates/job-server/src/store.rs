@@ -364,7 +364,7 @@ mod tests {
             .map(|item| match item {
                 ReadItem::Event(e) => match &e.entry {
                     LogEntry::Narration(n) => n.text(),
-                    LogEntry::Result(v) => format!("result {v}"),
+                    LogEntry::Result(v) => format!("result {}", v.get()),
                 },
                 ReadItem::Gap { dropped, .. } => format!("gap {dropped}"),
                 ReadItem::End(end) => format!("end {}", end.state.as_str()),
@@ -378,7 +378,7 @@ mod tests {
         let id = store
             .submit("op", |ctx| async move {
                 NARRATE_TEST.action("a").human("one").emit_to(&ctx);
-                ctx.publish_result(serde_json::json!({"n": 1}));
+                ctx.publish_result(&serde_json::json!({"n": 1}));
                 NARRATE_TEST.action("b").human("two").emit_to(&ctx);
                 Ok::<(), String>(())
             })

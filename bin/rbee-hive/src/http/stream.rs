@@ -170,28 +170,24 @@ pub fn encode(item: &ReadItem, format: StreamFormat, out: &mut String) {
         (ReadItem::End(end), StreamFormat::Json) => {
             let _ = write!(out, "event: done\ndata: {}\n\n", done_json(end));
         }
+        // The keys in the order serde_json's map would sort them: {"data","event","id"}.
         (ReadItem::Event(event), StreamFormat::Ndjson) => {
             let (kind, data) = event_json(event.seq, &event.entry);
             let _ = writeln!(
                 out,
-                "{}",
-                json!({ "event": kind, "id": event.seq, "data": data })
+                r#"{{"data":{data},"event":"{kind}","id":{}}}"#,
+                event.seq
             );
         }
         (ReadItem::Gap { dropped, last_seq }, StreamFormat::Ndjson) => {
             let data = narration_json(*last_seq, &gap_narration(*dropped));
             let _ = writeln!(
                 out,
-                "{}",
-                json!({ "event": "narration", "id": last_seq, "data": data })
+                r#"{{"data":{data},"event":"narration","id":{last_seq}}}"#
             );
         }
         (ReadItem::End(end), StreamFormat::Ndjson) => {
-            let _ = writeln!(
-                out,
-                "{}",
-                json!({ "event": "done", "data": done_json(end) })
-            );
+            let _ = writeln!(out, r#"{{"data":{},"event":"done"}}"#, done_json(end));
         }
     }
 }
@@ -216,24 +212,40 @@ fn gap_narration(dropped: u64) -> Narration {
         .build()
 }
 
-fn event_json(seq: u64, entry: &LogEntry) -> (&'static str, serde_json::Value) {
+/// An event's kind and its JSON data: a narration serialised now, a result as it was
+/// serialised when published.
+fn event_json(seq: u64, entry: &LogEntry) -> (&'static str, std::borrow::Cow<'_, str>) {
     match entry {
-        LogEntry::Narration(narration) => ("narration", narration_json(seq, narration)),
-        LogEntry::Result(value) => ("result", value.clone()),
+        LogEntry::Narration(narration) => ("narration", narration_json(seq, narration).into()),
+        LogEntry::Result(result) => ("result", result.get().into()),
     }
 }
 
-fn narration_json(seq: u64, n: &Narration) -> serde_json::Value {
-    json!({
-        "seq": seq,
-        "ts": n.ts,
-        "job_id": n.job_id,
-        "actor": n.actor,
-        "action": n.action,
-        "level": n.level,
-        "human": n.human,
-        "fields": n.fields,
+/// A narration as the structured formats send it; serialised straight from the narration,
+/// the keys in alphabetical order (as they always were).
+fn narration_json(seq: u64, n: &Narration) -> String {
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        action: &'a str,
+        actor: &'a str,
+        fields: &'a std::collections::BTreeMap<String, serde_json::Value>,
+        human: &'a str,
+        job_id: &'a Option<String>,
+        level: &'a narration::Level,
+        seq: u64,
+        ts: &'a chrono::DateTime<chrono::Utc>,
+    }
+    serde_json::to_string(&Data {
+        action: n.action,
+        actor: n.actor,
+        fields: &n.fields,
+        human: &n.human,
+        job_id: &n.job_id,
+        level: &n.level,
+        seq,
+        ts: &n.ts,
     })
+    .unwrap_or_default()
 }
 
 fn done_json(end: &JobEnd) -> serde_json::Value {

@@ -78,7 +78,7 @@ async fn delete(
             path: services.models.dir().to_path_buf(),
             reason: e.to_string(),
         })??;
-    job.publish_result(serde_json::to_value(&entry).unwrap_or_default());
+    job.publish_result(&entry);
     Ok(())
 }
 

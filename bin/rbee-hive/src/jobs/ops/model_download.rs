@@ -77,7 +77,7 @@ pub async fn run(
                 .context(model.path.display())
                 .human("Path: {}")
                 .emit_to(job);
-            job.publish_result(serde_json::to_value(&done.entry).unwrap_or_default());
+            job.publish_result(&done.entry);
             Ok(())
         }
         Err(error) => Err(fail(job, error)),

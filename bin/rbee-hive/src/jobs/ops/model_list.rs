@@ -41,6 +41,6 @@ pub async fn run(
             .human("  {} | {} | {} | {}")
             .emit_to(job);
     }
-    job.publish_result(json!({ "models": models }));
+    job.publish_result(&json!({ "models": models }));
     Ok(())
 }

@@ -46,6 +46,6 @@ pub async fn run(
         .action("worker_bin_get_details")
         .human(serde_json::to_string_pretty(binary).unwrap_or_default())
         .emit_to(job);
-    job.publish_result(serde_json::to_value(&entry).unwrap_or_default());
+    job.publish_result(&entry);
     Ok(())
 }

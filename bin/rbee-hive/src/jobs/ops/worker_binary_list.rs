@@ -40,6 +40,6 @@ pub async fn run(
             .human("  {} | {} | {}")
             .emit_to(job);
     }
-    job.publish_result(json!({ "worker_binaries": binaries }));
+    job.publish_result(&json!({ "worker_binaries": binaries }));
     Ok(())
 }

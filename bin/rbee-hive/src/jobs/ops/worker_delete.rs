@@ -49,7 +49,7 @@ pub async fn run(
         .field("elapsed_ms", &result["elapsed_ms"])
         .human("✅ Worker deleted: {}")
         .emit_to(job);
-    job.publish_result(result);
+    job.publish_result(&result);
     Ok(())
 }
 

@@ -45,11 +45,10 @@ pub async fn run(
     // last resource sample comes after them.
     let view = WorkerView::new(&worker, services.workers.stats(&worker.id));
     let pretty = serde_json::to_string_pretty(&view).unwrap_or_default();
-    let value = serde_json::to_value(&view).unwrap_or_default();
     NARRATE
         .action("worker_get_details")
         .human(pretty)
         .emit_to(job);
-    job.publish_result(value);
+    job.publish_result(&view);
     Ok(())
 }

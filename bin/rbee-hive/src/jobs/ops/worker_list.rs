@@ -3,7 +3,7 @@
 use job_server::JobContext;
 
 use crate::jobs::NARRATE;
-use crate::jobs::ops::worker_json;
+use crate::jobs::ops::WorkerView;
 use crate::jobs::router::{OperationFailure, OperationServices};
 
 /// Lists the workers of this hive.
@@ -44,11 +44,16 @@ pub async fn run(
             .human("  {} | {} | {} | port {} | {}")
             .emit_to(job);
     }
-    // Numbers go in the result object, not into the seed's lines.
-    let workers: Vec<serde_json::Value> = workers
-        .into_iter()
-        .map(|(worker, stats)| worker_json(&worker, stats))
+    // Numbers go in the result object, not into the seed's lines; serialised straight from
+    // the records (no tree of JSON values in between).
+    #[derive(serde::Serialize)]
+    struct Workers<'a> {
+        workers: Vec<WorkerView<'a>>,
+    }
+    let views = workers
+        .iter()
+        .map(|(worker, stats)| WorkerView::new(worker, stats.clone()))
         .collect();
-    job.publish_result(serde_json::json!({ "workers": workers }));
+    job.publish_result(&Workers { workers: views });
     Ok(())
 }

@@ -31,7 +31,7 @@ pub async fn run(
                 .context(pid)
                 .human("✅ Worker process PID {} deleted successfully")
                 .emit_to(job);
-            job.publish_result(result);
+            job.publish_result(&result);
             Ok(())
         }
         Err(error) => {

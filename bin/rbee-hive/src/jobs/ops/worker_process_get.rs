@@ -60,6 +60,6 @@ pub async fn run(
         .action("worker_proc_get_details")
         .human(serde_json::to_string_pretty(&details).unwrap_or_default())
         .emit_to(job);
-    job.publish_result(details);
+    job.publish_result(&details);
     Ok(())
 }

@@ -58,6 +58,6 @@ pub async fn run(
             "stats": stats,
         }));
     }
-    job.publish_result(json!({ "processes": entries }));
+    job.publish_result(&json!({ "processes": entries }));
     Ok(())
 }

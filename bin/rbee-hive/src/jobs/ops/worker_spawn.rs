@@ -110,7 +110,7 @@ pub async fn run(
                 .field("ready_ms", elapsed_ms)
                 .human("✅ Worker ready: {} | PID {} | port {} ({} ms)")
                 .emit_to(job);
-            job.publish_result(serde_json::to_value(&ready).unwrap_or_default());
+            job.publish_result(&ready);
             Ok(())
         }
         Err(error) => Err(spawn_error(job, error.into())),
