@@ -572,3 +572,61 @@ async fn logs_of_removed_workers_are_pruned_beyond_the_configured_number() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_run_the_state_file_does_not_name_is_stopped_by_the_next_hive() {
+    use std::os::unix::process::CommandExt;
+    let mut hive = TestHive::start().await;
+    let recorded = hive.spawn_ready("demo").await;
+    hive.kill_hard();
+    // As if the hive had been killed after starting worker-2 and before the save that names
+    // it (a worker starts while its reservation is being saved): a process with worker-2's
+    // marker and its log, and no record.
+    let instance = hive.state_file()["instance"]
+        .as_str()
+        .expect("the instance is saved")
+        .to_owned();
+    std::fs::write(hive.state_dir().join("workers/worker-2.log"), "").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut unrecorded = std::process::Command::new(rbee_hive_e2e::binaries::program("rbee-hive"))
+        .args(["demo-worker", "--worker-id", "worker-2", "--port"])
+        .arg(port.to_string())
+        .env("RBEE_HIVE_WORKER", format!("{instance}/worker-2"))
+        .env("RBEE_TEST_TAG", &hive.tag)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_until("the unrecorded run listens", PATIENCE, || !port_free(port)).await;
+    hive.restart();
+    // Its spawn was never acknowledged: it is stopped, not adopted, and nothing else is.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = unrecorded.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", hive.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0), "it exited on SIGTERM: {status:?}");
+    assert!(
+        hive.log().contains("stopping worker-2"),
+        "the hive says so: {}",
+        hive.log()
+    );
+    assert!(hive.worker("worker-2").await.is_none(), "not listed");
+    let adopted = hive.worker("worker-1").await.unwrap();
+    assert_eq!(
+        adopted["pid"], recorded["pid"],
+        "the recorded worker is adopted"
+    );
+    assert!(pid_alive(pid_of(&recorded)));
+    // Its id is not handed out again.
+    let next = hive.spawn_ready("demo").await;
+    assert_eq!(next["id"], "worker-3");
+}

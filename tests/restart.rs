@@ -540,6 +540,12 @@ async fn a_shutdown_never_restarts_stop_cancels_the_wait_and_keep_hands_it_on() 
                     .wait_for_worker(&id, Duration::from_secs(30), |r| r["restart_count"] == 1)
                     .await;
                 assert_ne!(pid(&again), pid(&first));
+                // With `keep`, the hive's own shutdown at the end of the test would leave
+                // this run behind: it is deleted first.
+                hive.run_job(
+                    json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}),
+                )
+                .await;
             }
         }
     }

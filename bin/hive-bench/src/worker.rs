@@ -1,4 +1,5 @@
-//! The demo worker on its own, without the hive: its own exec-to-listening time and its
+//! The demo worker on its own, without the hive: its own exec-to-listening and
+//! exec-to-ready (`/health` answers 200, what readiness means to the hive) times and its
 //! own SIGTERM-to-exit time, the references the hive's numbers are compared with.
 
 use std::net::TcpStream;
@@ -44,9 +45,48 @@ fn wait_listening(port: u16, started: Instant) -> anyhow::Result<Duration> {
     }
 }
 
-/// Times one demo worker: from just before exec to its port accepting a connection, and
-/// from SIGTERM to its exit (reaped).
-pub fn own_times(bin_dir: &Path, hive_url: &str) -> anyhow::Result<(Duration, Duration)> {
+/// Polls `GET /health` (a new connection each time, as the hive probes) every 100 µs until
+/// it answers 200.
+fn wait_healthy(port: u16, started: Instant) -> anyhow::Result<Duration> {
+    use std::io::{Read, Write};
+    loop {
+        if let Ok(mut connection) = TcpStream::connect(("127.0.0.1", port)) {
+            let mut head = [0u8; 12];
+            let answered = connection
+                .write_all(b"GET /health HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+                .and_then(|()| connection.read_exact(&mut head));
+            if answered.is_ok() && head.ends_with(b" 200") {
+                return Ok(started.elapsed());
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("the demo worker was not ready within 10 s");
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
+
+/// The demo worker's own times.
+pub struct OwnTimes {
+    /// Exec to its port accepting a connection.
+    pub listening: Duration,
+    /// Exec to its `/health` answering 200.
+    pub ready: Duration,
+    /// SIGTERM to its exit (reaped).
+    pub exit: Duration,
+}
+
+/// Times one demo worker: from just before exec to its port accepting a connection (one
+/// worker) and to its `/health` answering 200 (another, so that the first poll does not
+/// slow the second), and from SIGTERM to its exit (reaped).
+pub fn own_times(bin_dir: &Path, hive_url: &str) -> anyhow::Result<OwnTimes> {
+    let port = free_port()?;
+    let started = Instant::now();
+    let mut child = demo_worker(bin_dir, port, hive_url).spawn()?;
+    let ready = wait_healthy(port, started);
+    let _ = child.kill();
+    child.wait()?;
+    let ready = ready?;
     let port = free_port()?;
     let started = Instant::now();
     let mut child = demo_worker(bin_dir, port, hive_url).spawn()?;
@@ -64,7 +104,11 @@ pub fn own_times(bin_dir: &Path, hive_url: &str) -> anyhow::Result<(Duration, Du
         nix::sys::signal::Signal::SIGTERM,
     )?;
     child.wait()?;
-    Ok((listening, stop.elapsed()))
+    Ok(OwnTimes {
+        listening,
+        ready,
+        exit: stop.elapsed(),
+    })
 }
 
 /// `count` demo workers started directly and, once all listen, sent SIGTERM one after the

@@ -12,11 +12,15 @@
 //! event-driven wait for at most the grace, SIGKILL, and the same for whatever the group
 //! has left once the leader is gone, escalating at once when asked in any phase.
 //!
-//! Nothing is acknowledged before it is on disk: the id and the record of a worker are in
-//! the state file before its process starts, a stop is recorded before the first signal,
-//! and [`Spawning::ready`] and [`Stopping::finished`] return only once the state file holds
-//! their outcome. After a crash the next hive adopts every worker proven to be running,
-//! resumes stops that were under way, and stops what a dead leader left behind.
+//! Nothing is acknowledged before it is on disk, and nothing waits in line for the disk
+//! that need not: a worker's process starts while its record is being saved, SIGTERM goes
+//! while the stop is being saved, and [`Spawning::started`], [`Spawning::ready`] and
+//! [`Stopping::finished`] return only once the state file holds what they report (one
+//! `fsync` serves every change made meanwhile). Ids are never reused: a worker's log is
+//! created before its process starts, and no id that a log names is handed out. After a
+//! crash the next hive adopts every worker proven to be running, resumes stops that were
+//! under way, stops what a dead leader left behind, and stops the runs it finds by its
+//! marker that the state file does not name (their spawn was never acknowledged).
 //!
 //! # Layout
 //! - `record`: [`WorkerRecord`] (PROTOCOL §5), [`WorkerStatus`] and its state machine,

@@ -135,28 +135,32 @@ impl WorkerManager {
             path: logs_dir.clone(),
             source,
         })?;
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| LifecycleError::StateDir {
-                path: logs_dir.clone(),
-                source: std::io::Error::other(e),
-            })?;
         let saved = state_dir.load();
-        let instance = saved
-            .as_ref()
-            .and_then(|s| s.instance.clone())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let registry = Registry::new(instance);
+        let saved_instance = saved.as_ref().and_then(|s| s.instance.clone());
+        let registry = Registry::new(
+            saved_instance
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+        );
         // Ids are never reused, even if the state file was lost: no log names an id above.
         registry.raise_last_id(logs::highest_logged_id(&logs_dir));
+        if saved_instance.is_none() {
+            // The instance names this hive's workers in their marker, and a worker starts
+            // while its reservation is being saved: it must be on disk before the first one,
+            // so that a hive killed then can find that worker by its marker.
+            state_dir
+                .save_latest(|| registry.snapshot())
+                .map_err(|source| LifecycleError::StateDir {
+                    path: state_dir.state_file(),
+                    source,
+                })?;
+        }
         let stop = CancellationToken::new();
         let removed = Arc::new(Notify::new());
         let manager = Self {
             inner: Arc::new(Inner {
                 context: Arc::new(Context {
                     registry: registry.clone(),
-                    http,
                     default_grace_ms: std::sync::atomic::AtomicU64::new(
                         u64::try_from(config.stop_grace.as_millis()).unwrap_or(u64::MAX),
                     ),
@@ -181,6 +185,7 @@ impl WorkerManager {
         if let Some(saved) = saved {
             manager.restore(saved);
         }
+        manager.stop_unrecorded_runs();
         tokio::spawn(registry.clone().write_state(state_dir, stop.clone()));
         tokio::spawn(crate::stats::sampler(
             registry.clone(),
@@ -253,12 +258,18 @@ impl WorkerManager {
             .unwrap_or(Duration::from_secs(60));
         let (record_tx, record_rx) = watch::channel(record);
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        // A new worker's reservation is not saved on its own: its process starts at once,
+        // and the record with its pid is the first save that holds it (what a hive killed
+        // before then leaves is found by its marker and its log: see `Supervisor::launch`).
+        // Records found at start-up are saved as adopted.
+        let persist = !matches!(start, Start::Launch(_));
         self.registry().insert(
             number,
             Slot {
                 record: record_rx.clone(),
                 commands: commands_tx.clone(),
             },
+            persist,
         );
         let supervisor = Supervisor::new(
             number,
@@ -518,6 +529,36 @@ impl WorkerManager {
         let members = Members::survivors(pgid, first_start, &marker);
         self.restore_dead_leader(number, record, members, port);
         None
+    }
+
+    /// Stops, in the background, the processes that carry this hive's marker for a worker the
+    /// state file does not name: started by a hive that was killed while their reservation
+    /// was being saved. Their spawn was never acknowledged (its ready line waits for that
+    /// save), so nothing that was promised is lost; left running they would hold a port and
+    /// a GPU for nobody. Only processes carrying the marker are signalled, each through its
+    /// pidfd.
+    fn stop_unrecorded_runs(&self) {
+        let prefix = format!("{}/", self.registry().instance());
+        let recorded: std::collections::HashSet<String> = self
+            .registry()
+            .records()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let grace = self.inner.config.stop_grace;
+        tokio::spawn(async move {
+            let found = tokio::task::spawn_blocking(move || {
+                process::find_marked_by_prefix(&prefix)
+                    .into_iter()
+                    .filter(|(id, _)| !recorded.contains(id))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            for (id, members) in found {
+                tokio::spawn(stop_unrecorded(id, members, grace));
+            }
+        });
     }
 
     /// What marks worker `id`'s processes (`RBEE_HIVE_WORKER=<instance>/<id>`).
@@ -903,11 +944,14 @@ impl Spawning {
         self.record.borrow().clone()
     }
 
-    /// Waits until the process is started (its record, with its pid) or could not be.
+    /// Waits until the process is started and its record, with its pid, is on disk (a hive
+    /// killed from then on adopts it), or could not be. The process does not wait for that
+    /// save: it starts meanwhile.
     pub async fn started(&mut self) -> Result<WorkerRecord, LifecycleError> {
         loop {
             let record = self.record.borrow_and_update().clone();
             if record.is_launched() {
+                self.registry.flush().await?;
                 return Ok(record);
             }
             if record.status.is_terminal() || self.record.changed().await.is_err() {
@@ -1105,3 +1149,30 @@ fn looks_like_bind_failure(output: &str) -> bool {
     .iter()
     .any(|needle| lower.contains(needle))
 }
+
+/// SIGTERM to the processes of an unrecorded run, SIGKILL after `grace` for those left.
+async fn stop_unrecorded(id: String, members: Members, grace: Duration) {
+    tracing::warn!(
+        "stopping {id} (pids {:?}): started by a hive that was killed before it recorded the worker; its spawn was never acknowledged",
+        members.pids()
+    );
+    members.signal(process::Sig::Term);
+    if tokio::time::timeout(grace, members.all_gone())
+        .await
+        .is_err()
+    {
+        members.signal(process::Sig::Kill);
+        if tokio::time::timeout(UNRECORDED_KILL_WAIT, members.all_gone())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                "{id}: processes {:?} survive SIGKILL",
+                members.still_running()
+            );
+        }
+    }
+}
+
+/// How long the processes of an unrecorded run may take to go after SIGKILL.
+const UNRECORDED_KILL_WAIT: Duration = Duration::from_secs(5);

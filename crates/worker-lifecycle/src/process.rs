@@ -352,6 +352,40 @@ pub(crate) fn find_marked(marker: &str) -> Vec<(u32, StatFields)> {
         .collect()
 }
 
+/// The processes whose marker starts with `prefix` (`<hive instance>/`), by the worker id
+/// after the prefix: each worker's marked members of its group, held by pidfds.
+pub(crate) fn find_marked_by_prefix(prefix: &str) -> Vec<(String, Members)> {
+    let mut groups: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
+    for pid in all_pids().filter(|pid| signallable(*pid).is_some()) {
+        let Some(id) = marker_of(pid).and_then(|m| m.strip_prefix(prefix).map(str::to_owned))
+        else {
+            continue;
+        };
+        if let Some(stat) = stat_fields(pid).filter(|f| !f.zombie) {
+            groups.entry(id).or_insert(stat.pgid);
+        }
+    }
+    groups
+        .into_iter()
+        .map(|(id, pgid)| {
+            let marker = format!("{prefix}{id}");
+            let mut members = Members::scan(pgid, None);
+            members.watched.retain(|(pid, _)| has_marker(*pid, &marker));
+            (id, members)
+        })
+        .filter(|(_, members)| !members.is_empty())
+        .collect()
+}
+
+/// The value of `RBEE_HIVE_WORKER` in the environment `pid` was started with.
+fn marker_of(pid: u32) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{MARKER_VAR}=");
+    env.split(|b| *b == 0)
+        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+        .map(|value| String::from_utf8_lossy(value).into_owned())
+}
+
 /// Whether the environment `pid` was started with holds `RBEE_HIVE_WORKER=<marker>`.
 fn has_marker(pid: u32, marker: &str) -> bool {
     let needle = format!("{MARKER_VAR}={marker}");

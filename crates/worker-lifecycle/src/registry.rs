@@ -134,13 +134,15 @@ impl Registry {
         slots.last_id = slots.last_id.max(last_id);
     }
 
-    /// Adds a worker's slot.
-    pub(crate) fn insert(&self, number: u64, slot: Slot) {
+    /// Adds a worker's slot; with `persist`, as a change the state file must hold.
+    pub(crate) fn insert(&self, number: u64, slot: Slot, persist: bool) {
         let mut slots = self.lock();
         slots.last_id = slots.last_id.max(number);
         slots.by_number.insert(number, slot);
-        // Counted before the lock is released: see `change`.
-        self.bump();
+        if persist {
+            // Counted before the lock is released: see `change`.
+            self.bump();
+        }
     }
 
     /// Removes a worker's slot: called by its supervisor alone, once its processes are gone.
@@ -174,7 +176,7 @@ impl Registry {
     }
 
     /// Everything the state file holds, taken under one lock.
-    fn snapshot(&self) -> PersistedState {
+    pub(crate) fn snapshot(&self) -> PersistedState {
         let slots = self.lock();
         let workers = slots
             .by_number
@@ -206,11 +208,6 @@ impl Registry {
                 "the state file writer has stopped".into(),
             )),
         }
-    }
-
-    /// The generation the state file holds.
-    pub(crate) fn durable_generation(&self) -> u64 {
-        self.shared.durable.borrow().saved
     }
 
     /// Waits until every change made so far is on disk.

@@ -40,10 +40,6 @@ use crate::restart::{self, Next};
 /// How long to wait for processes after SIGKILL before calling them stuck.
 const SIGKILL_WAIT: Duration = Duration::from_secs(5);
 
-/// How long a stop waits for its record to reach the disk before signalling anyway (a stop
-/// must not depend on a working disk).
-const STOP_RECORD_WAIT: Duration = Duration::from_secs(2);
-
 /// What a heartbeat says about the worker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeartbeatState {
@@ -78,7 +74,6 @@ pub(crate) enum Command {
 /// What every supervisor shares.
 pub(crate) struct Context {
     pub(crate) registry: Registry,
-    pub(crate) http: reqwest::Client,
     /// The stop grace when none is given, in milliseconds (a reload may change it).
     pub(crate) default_grace_ms: std::sync::atomic::AtomicU64,
     /// Cancelled when the manager is dropped: supervisors end without touching processes.
@@ -173,9 +168,6 @@ struct StopPlan {
     reason: StopReason,
     requested: Instant,
     kill_at: Instant,
-    /// SIGTERM waits for the stop to be on disk (this generation), at most until this
-    /// instant; `None` once it was sent (or made moot by SIGKILL).
-    sigterm_after: Option<(u64, Instant)>,
     sigkill_sent: bool,
     give_up_at: Option<Instant>,
 }
@@ -192,6 +184,8 @@ pub(crate) struct Supervisor {
     process: Proc,
     plan: Option<StopPlan>,
     probe: Option<BoxFuture<'static, Probe>>,
+    /// Tells a readiness probe that the worker sent a heartbeat (probe again at once).
+    probe_nudge: Arc<tokio::sync::Notify>,
     settle_waiters: Vec<oneshot::Sender<()>>,
     exit: Option<WorkerExit>,
     stuck: Vec<u32>,
@@ -227,6 +221,7 @@ impl Supervisor {
             process: Proc::Pending,
             plan: None,
             probe: None,
+            probe_nudge: Arc::new(tokio::sync::Notify::new()),
             settle_waiters: Vec::new(),
             exit: None,
             stuck: Vec::new(),
@@ -280,14 +275,12 @@ impl Supervisor {
             if self.remove && matches!(self.process, Proc::Gone) {
                 break;
             }
-            // SIGKILL, like SIGTERM, only once the stop is on disk (or its wait is over).
             let kill_at = self
                 .plan
                 .as_ref()
-                .filter(|plan| !plan.sigkill_sent && plan.sigterm_after.is_none())
+                .filter(|plan| !plan.sigkill_sent)
                 .map(|plan| plan.kill_at);
             let give_up_at = self.plan.as_ref().and_then(|plan| plan.give_up_at);
-            let sigterm_after = self.plan.as_ref().and_then(|plan| plan.sigterm_after);
             tokio::select! {
                 biased;
                 _ = self.context.shutdown.cancelled() => return,
@@ -297,7 +290,6 @@ impl Supervisor {
                 },
                 _ = leader_exited(&self.process) => self.on_leader_exit(),
                 _ = members_gone(&self.process) => self.on_members_gone(),
-                _ = stop_recorded(&self.context.registry, sigterm_after) => self.terminate(),
                 _ = sleep_until_some(kill_at) => self.kill(),
                 _ = sleep_until_some(give_up_at) => self.give_up(),
                 probe = next_probe(&mut self.probe) => self.on_probe(probe),
@@ -339,10 +331,11 @@ impl Supervisor {
     fn probe_target(&self) -> ProbeTarget {
         let record = self.record.borrow();
         ProbeTarget {
-            http: self.context.http.clone(),
             url: format!("{}{}", record.url, self.health_path),
+            path: self.health_path.clone(),
             port: record.port,
             pgid: record.pgid,
+            nudge: self.probe_nudge.clone(),
         }
     }
 
@@ -358,16 +351,13 @@ impl Supervisor {
         });
     }
 
-    /// Starts the process once its reservation is on disk; false if it could not start.
+    /// Starts the process; false if it could not start. Its reservation (the id, in the
+    /// record made before) is being saved meanwhile: the process does not wait for that
+    /// `fsync`, and what acknowledges the worker ([`Spawning::ready`](crate::Spawning))
+    /// waits for a save that holds both. A hive killed between the two leaves a process the
+    /// state file does not name; the next hive finds it by its marker and stops it (its
+    /// spawn was never acknowledged), and its log keeps its id from being handed out again.
     async fn launch(&mut self, spec: LaunchSpec) -> bool {
-        if let Err(error) = self.context.registry.flush().await {
-            self.publish(false, |record| {
-                record.status = WorkerStatus::Failed {
-                    reason: format!("not started: {error}"),
-                };
-            });
-            return false;
-        }
         let program = spec.program.display().to_string();
         // The log is created here, once the worker is listed (the log pruner keeps the logs
         // of listed workers), and never over another worker's (`O_EXCL`).
@@ -469,9 +459,12 @@ impl Supervisor {
         });
     }
 
-    /// Records the stop (on disk before the first signal: a hive killed from here on
-    /// resumes it), then SIGTERM once the save is done ([`terminate`](Self::terminate)),
-    /// and SIGKILL at the end of the grace ([`kill`](Self::kill)).
+    /// Sends SIGTERM and records the stop (with when SIGTERM went) in one change, which is
+    /// saved while the worker exits; SIGKILL at the end of the grace ([`kill`](Self::kill)).
+    /// The stop's acknowledgement waits for the save of its end, which holds the record
+    /// too. A hive killed before the record was saved finds the worker as it was: adopted
+    /// if its processes still run, `Failed: lost` once they are gone (the delete was not
+    /// acknowledged, and nothing of the worker is left running).
     fn begin_stop(&mut self, reason: StopReason, grace: Duration, detail: Option<String>) {
         let now = Instant::now();
         let grace = match self.context.hurried.load(Ordering::SeqCst) {
@@ -485,7 +478,8 @@ impl Supervisor {
             .exit
             .clone()
             .map(|exit| (self.final_status(Some(reason), &exit), exit));
-        let generation = self.publish(true, |record| {
+        let sigterm_at = self.signal(Sig::Term).then(Utc::now);
+        self.publish(true, |record| {
             if let Some((status, exit)) = exited {
                 apply_exit(record, exit, status);
             }
@@ -493,7 +487,7 @@ impl Supervisor {
                 reason,
                 grace_ms: grace.as_millis() as u64,
                 requested_at: Utc::now(),
-                sigterm_at: None,
+                sigterm_at,
                 sigkill_at: None,
                 finished_at: None,
                 stuck: Vec::new(),
@@ -504,32 +498,9 @@ impl Supervisor {
             reason,
             requested: now,
             kill_at: now + grace,
-            sigterm_after: Some((generation, now + STOP_RECORD_WAIT)),
             sigkill_sent: false,
             give_up_at: None,
         });
-    }
-
-    /// SIGTERM to the group, once the stop is on disk (or after [`STOP_RECORD_WAIT`]: a
-    /// stop must not depend on a working disk).
-    fn terminate(&mut self) {
-        let Some(plan) = &mut self.plan else { return };
-        let Some((generation, _)) = plan.sigterm_after.take() else {
-            return;
-        };
-        if plan.sigkill_sent {
-            return;
-        }
-        if self.context.registry.durable_generation() < generation {
-            tracing::warn!(worker = %self.id(), "stopping although the stop is not saved yet");
-        }
-        if self.signal(Sig::Term) {
-            self.publish(true, |record| {
-                if let Some(stop) = &mut record.stop {
-                    stop.sigterm_at = Some(Utc::now());
-                }
-            });
-        }
     }
 
     /// Signals whatever is left of the worker's processes; whether anyone got it.
@@ -544,7 +515,6 @@ impl Supervisor {
     fn kill(&mut self) {
         let Some(plan) = &mut self.plan else { return };
         plan.sigkill_sent = true;
-        plan.sigterm_after = None;
         plan.give_up_at = Some(Instant::now() + SIGKILL_WAIT);
         let grace_ms = (plan.kill_at - plan.requested).as_millis() as u64;
         if self.signal(Sig::Kill) {
@@ -860,6 +830,10 @@ impl Supervisor {
             record.last_heartbeat = Some(Utc::now());
             record.health = Some(health);
         });
+        if self.probe.is_some() && self.record.borrow().status == WorkerStatus::Starting {
+            // It speaks, so it probably listens: ask now rather than at the next tick.
+            self.probe_nudge.notify_one();
+        }
         if self.plan.is_some() {
             return;
         }
@@ -956,16 +930,6 @@ async fn members_gone(process: &Proc) {
     match process {
         Proc::Draining(members) => members.all_gone().await,
         _ => std::future::pending().await,
-    }
-}
-
-/// Resolves once the state file holds `generation`, or at the deadline, whichever is first.
-async fn stop_recorded(registry: &Registry, sigterm_after: Option<(u64, Instant)>) {
-    match sigterm_after {
-        Some((generation, deadline)) => {
-            let _ = tokio::time::timeout_at(deadline, registry.wait_durable(generation)).await;
-        }
-        None => std::future::pending().await,
     }
 }
 
