@@ -630,3 +630,27 @@ async fn a_run_the_state_file_does_not_name_is_stopped_by_the_next_hive() {
     let next = hive.spawn_ready("demo").await;
     assert_eq!(next["id"], "worker-3");
 }
+
+#[tokio::test]
+async fn workers_spawned_right_after_a_restart_are_never_taken_for_unrecorded_runs() {
+    // The start-up scan for runs the state file does not name runs in the background; the
+    // workers spawned meanwhile carry the same marker prefix and must be left alone.
+    let mut hive = TestHive::start().await;
+    hive.spawn_ready("demo").await;
+    hive.kill_hard();
+    hive.restart();
+    let spawns = (0..6).map(|_| hive.spawn_ready("demo"));
+    let spawned = futures::future::join_all(spawns).await;
+    // The log holds both hives' lines: the second scan is the restarted hive's.
+    wait_until("the restarted hive's start-up scan is over", PATIENCE, || {
+        hive.log().matches("start-up scan: 0 run(s)").count() >= 2
+    })
+    .await;
+    for worker in spawned {
+        let id = worker["id"].as_str().unwrap();
+        let now = hive.worker(id).await.unwrap();
+        assert_eq!(now["status"], "Ready", "{now:#}\n{}", hive.log());
+        assert!(pid_alive(pid_of(&worker)));
+    }
+    assert!(!hive.log().contains("its spawn was never acknowledged"), "{}", hive.log());
+}

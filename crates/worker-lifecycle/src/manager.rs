@@ -186,7 +186,7 @@ impl WorkerManager {
             manager.restore(saved);
         }
         manager.stop_unrecorded_runs();
-        tokio::spawn(registry.clone().write_state(state_dir, stop.clone()));
+        registry.start_writer(state_dir, stop.clone());
         tokio::spawn(crate::stats::sampler(
             registry.clone(),
             manager.inner.stats.clone(),
@@ -537,6 +537,10 @@ impl WorkerManager {
     /// save), so nothing that was promised is lost; left running they would hold a port and
     /// a GPU for nobody. Only processes carrying the marker are signalled, each through its
     /// pidfd.
+    ///
+    /// Called at start-up, before anything is spawned: the ids this hive hands out are all
+    /// above the highest id known now (its logs included), so only the processes of ids up
+    /// to it are looked at — never a worker this hive starts while the scan runs.
     fn stop_unrecorded_runs(&self) {
         let prefix = format!("{}/", self.registry().instance());
         let recorded: std::collections::HashSet<String> = self
@@ -545,16 +549,21 @@ impl WorkerManager {
             .into_iter()
             .map(|r| r.id)
             .collect();
+        let highest_known = self.registry().last_id();
         let grace = self.inner.config.stop_grace;
         tokio::spawn(async move {
             let found = tokio::task::spawn_blocking(move || {
                 process::find_marked_by_prefix(&prefix)
                     .into_iter()
-                    .filter(|(id, _)| !recorded.contains(id))
+                    .filter(|(id, _)| is_unrecorded_run(id, highest_known, &recorded))
                     .collect::<Vec<_>>()
             })
             .await
             .unwrap_or_default();
+            tracing::info!(
+                "start-up scan: {} run(s) the state file does not name",
+                found.len()
+            );
             for (id, members) in found {
                 tokio::spawn(stop_unrecorded(id, members, grace));
             }
@@ -1150,6 +1159,16 @@ fn looks_like_bind_failure(output: &str) -> bool {
     .any(|needle| lower.contains(needle))
 }
 
+/// Whether marked processes of worker `id`, found at start-up, are a run the state file does
+/// not name: an id known then (this hive hands out only higher ones) that no record has.
+fn is_unrecorded_run(
+    id: &str,
+    highest_known: u64,
+    recorded: &std::collections::HashSet<String>,
+) -> bool {
+    parse_id(id).is_some_and(|number| number <= highest_known) && !recorded.contains(id)
+}
+
 /// SIGTERM to the processes of an unrecorded run, SIGKILL after `grace` for those left.
 async fn stop_unrecorded(id: String, members: Members, grace: Duration) {
     tracing::warn!(
@@ -1176,3 +1195,19 @@ async fn stop_unrecorded(id: String, members: Members, grace: Duration) {
 
 /// How long the processes of an unrecorded run may take to go after SIGKILL.
 const UNRECORDED_KILL_WAIT: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod unrecorded_tests {
+    use super::*;
+
+    #[test]
+    fn only_runs_of_ids_known_at_start_up_and_not_recorded_are_unrecorded() {
+        let recorded: std::collections::HashSet<String> = ["worker-3".to_owned()].into();
+        assert!(is_unrecorded_run("worker-5", 6, &recorded));
+        assert!(!is_unrecorded_run("worker-3", 6, &recorded), "recorded");
+        // Started by this hive after start-up, while the scan ran.
+        assert!(!is_unrecorded_run("worker-7", 6, &recorded));
+        assert!(!is_unrecorded_run("worker-07", 6, &recorded));
+        assert!(!is_unrecorded_run("not-a-worker", 6, &recorded));
+    }
+}

@@ -4,15 +4,17 @@
 //! supervisor, the record's only writer) and the channel to that supervisor. Ids are
 //! `worker-<n>` from a counter that is never turned back, and never reused.
 //!
-//! Every change that the state file must hold bumps a generation counter; one writer task
-//! saves the registry whenever the counter moved (many changes, one `fsync`), then
-//! publishes the generation it saved. An acknowledgement waits for the save that contains
+//! Every change that the state file must hold bumps a generation counter; one writer
+//! thread saves the registry whenever the counter moved (many changes, one `fsync`), then
+//! publishes the generation it saved. It is a thread of its own, woken directly by the
+//! change, rather than a task that hands each save to the blocking pool: the save is on the
+//! path of every acknowledgement, and the two hand-overs cost 0.1–0.2 ms each time here. An acknowledgement waits for the save that contains
 //! its change ([`Registry::wait_durable`]): a snapshot taken after reading generation `g`
 //! holds every change numbered up to `g`, because each change is applied before it is
 //! counted.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -36,6 +38,8 @@ struct Shared {
     generation: watch::Sender<u64>,
     /// What the writer has saved.
     durable: watch::Sender<Durable>,
+    /// Wakes the writer thread.
+    writer: WriterBell,
     /// Marks this state dir's worker processes (`RBEE_HIVE_WORKER=<instance>/<id>`).
     instance: String,
 }
@@ -53,6 +57,54 @@ pub(crate) struct Slot {
     pub(crate) record: watch::Receiver<WorkerRecord>,
     /// Requests to the supervisor.
     pub(crate) commands: mpsc::UnboundedSender<Command>,
+}
+
+/// What the writer thread waits on: a change to save, or the end.
+#[derive(Default)]
+struct WriterBell {
+    // std Mutex: the writer thread waits on it; held for a flag, never across an await.
+    state: Mutex<Bell>,
+    rung: Condvar,
+}
+
+#[derive(Default)]
+struct Bell {
+    changed: bool,
+    stop: bool,
+}
+
+impl WriterBell {
+    fn lock(&self) -> MutexGuard<'_, Bell> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ring(&self, apply: impl FnOnce(&mut Bell)) {
+        apply(&mut self.lock());
+        self.rung.notify_one();
+    }
+
+    /// Waits for a change (or at most `retry_after`, when a failed save is to be retried);
+    /// false once told to stop.
+    fn wait(&self, retry_after: Option<Duration>) -> bool {
+        let mut bell = self.lock();
+        while !bell.changed && !bell.stop {
+            bell = match retry_after {
+                None => self.rung.wait(bell).unwrap_or_else(|e| e.into_inner()),
+                Some(timeout) => {
+                    let (bell, waited) = self
+                        .rung
+                        .wait_timeout(bell, timeout)
+                        .unwrap_or_else(|e| e.into_inner());
+                    if waited.timed_out() {
+                        return !bell.stop;
+                    }
+                    bell
+                }
+            };
+        }
+        bell.changed = false;
+        !bell.stop
+    }
 }
 
 /// The writer's progress.
@@ -74,6 +126,7 @@ impl Registry {
                 slots: Mutex::default(),
                 generation: watch::channel(0).0,
                 durable: watch::channel(Durable::default()).0,
+                writer: WriterBell::default(),
                 instance,
             }),
         }
@@ -109,6 +162,7 @@ impl Registry {
             *g += 1;
             generation = *g;
         });
+        self.shared.writer.ring(|bell| bell.changed = true);
         generation
     }
 
@@ -126,6 +180,11 @@ impl Registry {
         let mut slots = self.lock();
         slots.last_id += 1;
         slots.last_id
+    }
+
+    /// The highest id handed out or known so far.
+    pub(crate) fn last_id(&self) -> u64 {
+        self.lock().last_id
     }
 
     /// Raises the id counter to at least `last_id` (ids survive restarts).
@@ -215,9 +274,28 @@ impl Registry {
         self.wait_durable(self.generation()).await
     }
 
-    /// Saves the registry at once, then whenever it changed, coalescing bursts, until `stop`
-    /// is cancelled. A failed save is retried after a second even without a new change.
-    pub(crate) async fn write_state(self, state_dir: Arc<StateDir>, stop: CancellationToken) {
+    /// Starts the writer thread: it saves the registry at once, then whenever it changed,
+    /// coalescing bursts, until `stop` is cancelled. A failed save is retried after a second
+    /// even without a new change. Must be called within a Tokio runtime (a task rings the
+    /// bell when `stop` is cancelled).
+    pub(crate) fn start_writer(&self, state_dir: Arc<StateDir>, stop: CancellationToken) {
+        let registry = self.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            registry.shared.writer.ring(|bell| bell.stop = true);
+        });
+        let registry = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rbee-state-writer".into())
+            .spawn(move || registry.write_state(&state_dir));
+        if let Err(error) = spawned {
+            tracing::error!("cannot start the state file writer: {error}");
+            self.shared.durable.send_modify(|d| d.stopped = true);
+        }
+    }
+
+    /// The writer thread's loop.
+    fn write_state(self, state_dir: &StateDir) {
         const RETRY_AFTER: Duration = Duration::from_secs(1);
         /// Tells waiters that nothing more will be saved, however the writer ends.
         struct Stopped(Registry);
@@ -227,23 +305,14 @@ impl Registry {
             }
         }
         let _stopped = Stopped(self.clone());
-        let mut changes = self.shared.generation.subscribe();
         let mut retry = true;
         loop {
-            if !retry {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    changed = changes.changed() => if changed.is_err() { return },
-                }
+            if !retry && !self.shared.writer.wait(None) {
+                return;
             }
-            let generation = *changes.borrow_and_update();
-            let registry = self.clone();
-            let dir = state_dir.clone();
-            let saved =
-                tokio::task::spawn_blocking(move || dir.save_latest(|| registry.snapshot()))
-                    .await
-                    .map_err(|e| std::io::Error::other(e.to_string()))
-                    .and_then(|r| r);
+            // Read before the snapshot: the snapshot holds every change counted up to it.
+            let generation = *self.shared.generation.borrow();
+            let saved = state_dir.save_latest(|| self.snapshot());
             retry = saved.is_err();
             self.shared.durable.send_modify(|durable| match saved {
                 Ok(()) => durable.saved = durable.saved.max(generation),
@@ -255,11 +324,8 @@ impl Registry {
                     durable.failure = Some((generation, error.to_string()));
                 }
             });
-            if retry {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY_AFTER) => {}
-                }
+            if retry && !self.shared.writer.wait(Some(RETRY_AFTER)) {
+                return;
             }
         }
     }
@@ -319,11 +385,7 @@ mod tests {
         let state_dir = Arc::new(StateDir::lock(dir.path()).unwrap());
         let registry = Registry::new("test".into());
         let stop = CancellationToken::new();
-        let writer = tokio::spawn(
-            registry
-                .clone()
-                .write_state(state_dir.clone(), stop.clone()),
-        );
+        registry.start_writer(state_dir.clone(), stop.clone());
         let number = registry.reserve_number();
         // The insertion of its worker is what counts the change.
         registry.bump();
@@ -331,7 +393,8 @@ mod tests {
         // Once the flush returns, the reservation is in the file.
         assert_eq!(state_dir.load().unwrap().last_id, number);
         stop.cancel();
-        writer.await.unwrap();
+        let mut durable = registry.shared.durable.subscribe();
+        durable.wait_for(|d| d.stopped).await.unwrap();
         // With the writer gone, nothing can be acknowledged any more.
         registry.bump();
         assert!(matches!(
