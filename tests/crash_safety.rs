@@ -642,9 +642,11 @@ async fn workers_spawned_right_after_a_restart_are_never_taken_for_unrecorded_ru
     let spawns = (0..6).map(|_| hive.spawn_ready("demo"));
     let spawned = futures::future::join_all(spawns).await;
     // The log holds both hives' lines: the second scan is the restarted hive's.
-    wait_until("the restarted hive's start-up scan is over", PATIENCE, || {
-        hive.log().matches("start-up scan: 0 run(s)").count() >= 2
-    })
+    wait_until(
+        "the restarted hive's start-up scan is over",
+        PATIENCE,
+        || hive.log().matches("start-up scan: 0 run(s)").count() >= 2,
+    )
     .await;
     for worker in spawned {
         let id = worker["id"].as_str().unwrap();
@@ -652,5 +654,9 @@ async fn workers_spawned_right_after_a_restart_are_never_taken_for_unrecorded_ru
         assert_eq!(now["status"], "Ready", "{now:#}\n{}", hive.log());
         assert!(pid_alive(pid_of(&worker)));
     }
-    assert!(!hive.log().contains("its spawn was never acknowledged"), "{}", hive.log());
+    assert!(
+        !hive.log().contains("its spawn was never acknowledged"),
+        "{}",
+        hive.log()
+    );
 }

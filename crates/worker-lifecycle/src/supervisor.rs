@@ -631,7 +631,10 @@ impl Supervisor {
             Some((Next::Restart { delay }, _)) => Some(*delay),
             _ => None,
         };
-        let generation = self.publish(true, |record| {
+        // A worker that leaves the registry leaves it right after this (the next turn of
+        // `run`): its removal is the change the state file must hold, and one save then
+        // holds both. Saving this record first would put a second save on the delete's path.
+        let generation = self.publish(!self.remove, |record| {
             match next {
                 Some((Next::Restart { delay }, max_restarts)) => {
                     let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
