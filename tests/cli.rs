@@ -496,9 +496,27 @@ async fn get_reads_as_text_json_covers_every_command_and_docs_are_generated() {
     );
     let ps = stdout(&cli(&hive, &["ps"]));
     assert!(ps.lines().nth(1).unwrap().contains(" failed "), "{ps}");
-    let cancel = cli(&hive, &["--json", "prune"]);
-    assert_eq!(cancel.status.code(), Some(0), "{}", stderr(&cancel));
+    let pruned = cli(&hive, &["--json", "prune"]);
+    assert_eq!(pruned.status.code(), Some(0), "{}", stderr(&pruned));
+    let pruned: Value = serde_json::from_str(&stdout(&pruned)).unwrap();
+    assert_eq!(pruned, serde_json::json!({"stopped": [id], "failed": []}));
+    let again = cli(&hive, &["--json", "stop", "worker-98", "worker-99"]);
+    assert_eq!(again.status.code(), Some(1));
+    let summary: Value = serde_json::from_str(&stdout(&again)).unwrap();
+    assert_eq!(summary["stopped"], serde_json::json!([]));
+    assert_eq!(summary["failed"][1]["id"], "worker-99");
+    assert_eq!(json_error(&again)["exit"], 1);
+    assert_eq!(cli(&hive, &["--json", "model"]).status.code(), Some(2));
 
+    let mut closed = hive.cli();
+    closed.args(["completions", "bash"]).stdout(Stdio::piped());
+    let mut child = closed.spawn().unwrap();
+    drop(child.stdout.take());
+    assert_eq!(
+        child.wait().unwrap().code(),
+        Some(0),
+        "a closed pipe is not a failure"
+    );
     let bash = cli(&hive, &["completions", "bash"]);
     assert_eq!(bash.status.code(), Some(0));
     assert!(

@@ -557,3 +557,73 @@ async fn at_shutdown_idle_connections_close_at_once_and_arriving_requests_are_se
     assert_eq!(status.code(), Some(0), "{}", hive.log());
     assert!(!rbee_hive_e2e::os::pid_alive(worker_pid));
 }
+
+#[tokio::test]
+async fn at_shutdown_an_answer_that_is_still_being_sent_is_sent_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut hive = TestHive::start().await;
+    let worker = hive.spawn_ready("demo").await;
+    let id = worker["id"].as_str().unwrap().to_owned();
+    // A log far larger than the kernel's socket buffers, so that the end of its answer waits
+    // in the hive while the client does not read.
+    let log = worker["log_path"].as_str().unwrap().to_owned();
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        let line = "x".repeat(1023) + "\n";
+        for _ in 0..(24 * 1024) {
+            file.write_all(line.as_bytes()).unwrap();
+        }
+        file.write_all(b"the last line\n").unwrap();
+    }
+    let expected = std::fs::metadata(&log).unwrap().len();
+    let mut connection = tokio::net::TcpStream::connect(hive.addr).await.unwrap();
+    connection
+        .write_all(format!("GET /v1/workers/{id}/logs HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // The hive has filled the socket's buffers (what the client has received stops
+    // growing): what it has not sent yet waits in the hive.
+    let mut peeked = vec![0u8; 8 << 20];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let available = connection.peek(&mut peeked).await.unwrap();
+        if available >= 64 << 10 && available == last {
+            break;
+        }
+        last = available;
+        assert!(
+            Instant::now() < deadline,
+            "the answer does not come: {available} bytes"
+        );
+    }
+    hive.signal(Signal::SIGTERM);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), connection.read_to_end(&mut answer))
+        .await
+        .expect("the answer ends")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    let body_start = text.find("\r\n\r\n").expect("a head") + 4;
+    let chunked = text[..body_start]
+        .to_lowercase()
+        .contains("transfer-encoding: chunked");
+    assert!(chunked || text[..body_start].to_lowercase().contains("content-length"));
+    if chunked {
+        assert!(
+            text.ends_with("0\r\n\r\n"),
+            "the last chunk came: …{}",
+            &text[text.len().saturating_sub(200)..]
+        );
+        assert!(text.contains("the last line\n"), "the whole log came");
+    } else {
+        assert_eq!(
+            (answer.len() - body_start) as u64,
+            expected,
+            "the whole log came"
+        );
+    }
+    assert!(hive.wait_exit(Duration::from_secs(30)).is_some());
+}

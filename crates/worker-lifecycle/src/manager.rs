@@ -114,6 +114,9 @@ struct Inner {
     stats: StatsTable,
     _state_dir: Arc<StateDir>,
     _stop_tasks: DropGuard,
+    /// Stops the state file's writer thread with the manager (set once it is started, after
+    /// the records are restored: its first save is of the restored registry).
+    writer: std::sync::OnceLock<crate::registry::WriterStop>,
 }
 
 impl WorkerManager {
@@ -144,17 +147,6 @@ impl WorkerManager {
         );
         // Ids are never reused, even if the state file was lost: no log names an id above.
         registry.raise_last_id(logs::highest_logged_id(&logs_dir));
-        if saved_instance.is_none() {
-            // The instance names this hive's workers in their marker, and a worker starts
-            // while its reservation is being saved: it must be on disk before the first one,
-            // so that a hive killed then can find that worker by its marker.
-            state_dir
-                .save_latest(|| registry.snapshot())
-                .map_err(|source| LifecycleError::StateDir {
-                    path: state_dir.state_file(),
-                    source,
-                })?;
-        }
         let stop = CancellationToken::new();
         let removed = Arc::new(Notify::new());
         let manager = Self {
@@ -180,13 +172,28 @@ impl WorkerManager {
                 config: config.clone(),
                 _state_dir: state_dir.clone(),
                 _stop_tasks: stop.clone().drop_guard(),
+                writer: std::sync::OnceLock::new(),
             }),
         };
         if let Some(saved) = saved {
             manager.restore(saved);
         }
+        if saved_instance.is_none() {
+            // The instance names this hive's workers in their marker, and a worker starts
+            // while its reservation is being saved: it must be on disk before the first one,
+            // so that a hive killed then can find that worker by its marker. Saved once the
+            // records (of an older state file without an instance) are restored, so that
+            // this save never holds fewer workers than the file it replaces.
+            state_dir
+                .save_latest(|| registry.snapshot())
+                .map_err(|source| LifecycleError::StateDir {
+                    path: state_dir.state_file(),
+                    source,
+                })?;
+        }
         manager.stop_unrecorded_runs();
-        registry.start_writer(state_dir, stop.clone());
+        let writer = registry.start_writer(state_dir, stop.clone());
+        let _ = manager.inner.writer.set(writer);
         tokio::spawn(crate::stats::sampler(
             registry.clone(),
             manager.inner.stats.clone(),
@@ -258,18 +265,12 @@ impl WorkerManager {
             .unwrap_or(Duration::from_secs(60));
         let (record_tx, record_rx) = watch::channel(record);
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        // A new worker's reservation is not saved on its own: its process starts at once,
-        // and the record with its pid is the first save that holds it (what a hive killed
-        // before then leaves is found by its marker and its log: see `Supervisor::launch`).
-        // Records found at start-up are saved as adopted.
-        let persist = !matches!(start, Start::Launch(_));
         self.registry().insert(
             number,
             Slot {
                 record: record_rx.clone(),
                 commands: commands_tx.clone(),
             },
-            persist,
         );
         let supervisor = Supervisor::new(
             number,
@@ -552,20 +553,21 @@ impl WorkerManager {
         let highest_known = self.registry().last_id();
         let grace = self.inner.config.stop_grace;
         tokio::spawn(async move {
-            let found = tokio::task::spawn_blocking(move || {
-                process::find_marked_by_prefix(&prefix)
+            let scan_prefix = prefix.clone();
+            let found: Vec<String> =
+                tokio::task::spawn_blocking(move || process::marked_ids(&scan_prefix))
+                    .await
+                    .unwrap_or_default()
                     .into_iter()
-                    .filter(|(id, _)| is_unrecorded_run(id, highest_known, &recorded))
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .unwrap_or_default();
+                    .filter(|id| is_unrecorded_run(id, highest_known, &recorded))
+                    .collect();
             tracing::info!(
                 "start-up scan: {} run(s) the state file does not name",
                 found.len()
             );
-            for (id, members) in found {
-                tokio::spawn(stop_unrecorded(id, members, grace));
+            for id in found {
+                let marker = format!("{prefix}{id}");
+                tokio::spawn(stop_unrecorded(id, marker, grace));
             }
         });
     }
@@ -687,7 +689,7 @@ impl WorkerManager {
     /// Starts a worker and returns the handle of its start. Refused at once, with nothing
     /// started, when the type, the device, the model file, the program or a port is missing
     /// (no id is used for those; a command that cannot be filled in uses one). The id is
-    /// reserved on disk before the process starts.
+    /// saved in the state file while the process starts (it does not wait for the save).
     pub async fn spawn(&self, request: &SpawnRequest) -> Result<Spawning, LifecycleError> {
         let inner = &self.inner;
         let template = self.catalog().get(&request.worker_type)?.clone();
@@ -1169,29 +1171,47 @@ fn is_unrecorded_run(
     parse_id(id).is_some_and(|number| number <= highest_known) && !recorded.contains(id)
 }
 
-/// SIGTERM to the processes of an unrecorded run, SIGKILL after `grace` for those left.
-async fn stop_unrecorded(id: String, members: Members, grace: Duration) {
-    tracing::warn!(
-        "stopping {id} (pids {:?}): started by a hive that was killed before it recorded the worker; its spawn was never acknowledged",
-        members.pids()
-    );
-    members.signal(process::Sig::Term);
-    if tokio::time::timeout(grace, members.all_gone())
-        .await
-        .is_err()
-    {
-        members.signal(process::Sig::Kill);
-        if tokio::time::timeout(UNRECORDED_KILL_WAIT, members.all_gone())
+/// SIGTERM to the processes of an unrecorded run (those carrying `marker`, in any group),
+/// SIGKILL after `grace` for those left; looked for again afterwards, for children forked
+/// meanwhile, a few times at most.
+async fn stop_unrecorded(id: String, marker: String, grace: Duration) {
+    for round in 0..UNRECORDED_ROUNDS {
+        let scan_marker = marker.clone();
+        let groups = tokio::task::spawn_blocking(move || process::marked_members(&scan_marker))
             .await
-            .is_err()
-        {
-            tracing::error!(
-                "{id}: processes {:?} survive SIGKILL",
-                members.still_running()
-            );
+            .unwrap_or_default();
+        if groups.is_empty() {
+            return;
+        }
+        let pids: Vec<u32> = groups.iter().flat_map(Members::pids).collect();
+        match round {
+            0 => tracing::warn!(
+                "stopping {id} (pids {pids:?}): started by a hive that was killed before it recorded the worker; its spawn was never acknowledged"
+            ),
+            _ => tracing::warn!("stopping what is left of {id}: pids {pids:?}"),
+        }
+        let all_gone = || futures::future::join_all(groups.iter().map(Members::all_gone));
+        for group in &groups {
+            group.signal(process::Sig::Term);
+        }
+        if tokio::time::timeout(grace, all_gone()).await.is_err() {
+            for group in &groups {
+                group.signal(process::Sig::Kill);
+            }
+            if tokio::time::timeout(UNRECORDED_KILL_WAIT, all_gone())
+                .await
+                .is_err()
+            {
+                let left: Vec<u32> = groups.iter().flat_map(Members::still_running).collect();
+                tracing::error!("{id}: processes {left:?} survive SIGKILL");
+                return;
+            }
         }
     }
 }
+
+/// How many times the processes of an unrecorded run are looked for and stopped.
+const UNRECORDED_ROUNDS: usize = 3;
 
 /// How long the processes of an unrecorded run may take to go after SIGKILL.
 const UNRECORDED_KILL_WAIT: Duration = Duration::from_secs(5);

@@ -352,28 +352,31 @@ pub(crate) fn find_marked(marker: &str) -> Vec<(u32, StatFields)> {
         .collect()
 }
 
-/// The processes whose marker starts with `prefix` (`<hive instance>/`), by the worker id
-/// after the prefix: each worker's marked members of its group, held by pidfds.
-pub(crate) fn find_marked_by_prefix(prefix: &str) -> Vec<(String, Members)> {
-    let mut groups: std::collections::BTreeMap<String, u32> = std::collections::BTreeMap::new();
-    for pid in all_pids().filter(|pid| signallable(*pid).is_some()) {
-        let Some(id) = marker_of(pid).and_then(|m| m.strip_prefix(prefix).map(str::to_owned))
-        else {
-            continue;
-        };
-        if let Some(stat) = stat_fields(pid).filter(|f| !f.zombie) {
-            groups.entry(id).or_insert(stat.pgid);
-        }
-    }
+/// The worker ids in the markers (`<prefix><id>`, the prefix being `<hive instance>/`) of
+/// live processes.
+pub(crate) fn marked_ids(prefix: &str) -> std::collections::BTreeSet<String> {
+    all_pids()
+        .filter(|pid| signallable(*pid).is_some())
+        .filter(|pid| stat_fields(*pid).is_some_and(|f| !f.zombie))
+        .filter_map(|pid| marker_of(pid)?.strip_prefix(prefix).map(str::to_owned))
+        .collect()
+}
+
+/// Every live process that carries `marker`, in whatever process group it is (a child may
+/// have left its worker's group), as one [`Members`] per group, each held by pidfds.
+pub(crate) fn marked_members(marker: &str) -> Vec<Members> {
+    let groups: std::collections::BTreeSet<u32> = find_marked(marker)
+        .into_iter()
+        .map(|(_, stat)| stat.pgid)
+        .collect();
     groups
         .into_iter()
-        .map(|(id, pgid)| {
-            let marker = format!("{prefix}{id}");
+        .map(|pgid| {
             let mut members = Members::scan(pgid, None);
-            members.watched.retain(|(pid, _)| has_marker(*pid, &marker));
-            (id, members)
+            members.watched.retain(|(pid, _)| has_marker(*pid, marker));
+            members
         })
-        .filter(|(_, members)| !members.is_empty())
+        .filter(|members| !members.is_empty())
         .collect()
 }
 

@@ -67,8 +67,20 @@ impl ProbeTarget {
             tokio::task::spawn_blocking(move || process::listener_is_held_by_group(port, pgid));
         let (answer, proof) = tokio::join!(answer, proof);
         match (answer, proof) {
-            (Ok(Some(status)), Ok(proof)) if (200..300).contains(&status) => proof.map(|()| true),
-            // The runtime is shutting down: nothing is proven either way.
+            (Ok(Some(status)), Ok(Ok(()))) if (200..300).contains(&status) => Ok(true),
+            (Ok(Some(status)), Ok(Err(_))) if (200..300).contains(&status) => {
+                // The proof may have been taken just before the worker bound its socket, and
+                // the answer just after: taken again, now that someone answered.
+                match tokio::task::spawn_blocking(move || {
+                    process::listener_is_held_by_group(port, pgid)
+                })
+                .await
+                {
+                    Ok(proof) => proof.map(|()| true),
+                    Err(_) => Ok(false),
+                }
+            }
+            // Not answered, not 2xx, or the runtime is shutting down: not proven.
             _ => Ok(false),
         }
     }
@@ -101,7 +113,7 @@ async fn health_status(port: u16, path: &str) -> Option<u16> {
         answer.extend_from_slice(&buffer[..read]);
     };
     let status = status_code(&answer[..line_end]);
-    tokio::spawn(async move {
+    tokio::spawn(tokio::time::timeout(DRAIN_TIME, async move {
         let mut drained = 0;
         while let Ok(read @ 1..) = stream.read(&mut buffer).await {
             drained += read;
@@ -109,12 +121,15 @@ async fn health_status(port: u16, path: &str) -> Option<u16> {
                 break;
             }
         }
-    });
+    }));
     status
 }
 
 /// The longest status line read.
 const STATUS_LINE_MAX: usize = 8 * 1024;
+
+/// The longest the rest of an answer is read for (a server may ignore `connection: close`).
+const DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// The most of an answer's rest read before the connection is closed anyway.
 const DRAIN_MAX: usize = 64 * 1024;

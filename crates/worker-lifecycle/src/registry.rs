@@ -83,27 +83,44 @@ impl WriterBell {
         self.rung.notify_one();
     }
 
-    /// Waits for a change (or at most `retry_after`, when a failed save is to be retried);
-    /// false once told to stop.
-    fn wait(&self, retry_after: Option<Duration>) -> bool {
+    /// Waits for a change; false once told to stop.
+    fn wait(&self) -> bool {
         let mut bell = self.lock();
         while !bell.changed && !bell.stop {
-            bell = match retry_after {
-                None => self.rung.wait(bell).unwrap_or_else(|e| e.into_inner()),
-                Some(timeout) => {
-                    let (bell, waited) = self
-                        .rung
-                        .wait_timeout(bell, timeout)
-                        .unwrap_or_else(|e| e.into_inner());
-                    if waited.timed_out() {
-                        return !bell.stop;
-                    }
-                    bell
-                }
-            };
+            bell = self.rung.wait(bell).unwrap_or_else(|e| e.into_inner());
         }
         bell.changed = false;
         !bell.stop
+    }
+
+    /// Waits `pause` whatever changes meanwhile (a failed save is retried once a second, not
+    /// at every change); false once told to stop.
+    fn pause(&self, pause: Duration) -> bool {
+        let until = std::time::Instant::now() + pause;
+        let mut bell = self.lock();
+        while !bell.stop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            bell = self
+                .rung
+                .wait_timeout(bell, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        bell.changed = false;
+        !bell.stop
+    }
+}
+
+/// Stops the writer thread when dropped (with the manager): the thread must not outlive
+/// it, holding the state dir's lock, even when no runtime is left to run a task.
+pub(crate) struct WriterStop(Registry);
+
+impl Drop for WriterStop {
+    fn drop(&mut self) {
+        self.0.shared.writer.ring(|bell| bell.stop = true);
     }
 }
 
@@ -193,15 +210,13 @@ impl Registry {
         slots.last_id = slots.last_id.max(last_id);
     }
 
-    /// Adds a worker's slot; with `persist`, as a change the state file must hold.
-    pub(crate) fn insert(&self, number: u64, slot: Slot, persist: bool) {
+    /// Adds a worker's slot (a change the state file must hold).
+    pub(crate) fn insert(&self, number: u64, slot: Slot) {
         let mut slots = self.lock();
         slots.last_id = slots.last_id.max(number);
         slots.by_number.insert(number, slot);
-        if persist {
-            // Counted before the lock is released: see `change`.
-            self.bump();
-        }
+        // Counted before the lock is released: see `change`.
+        self.bump();
     }
 
     /// Removes a worker's slot: called by its supervisor alone, once its processes are gone.
@@ -275,10 +290,14 @@ impl Registry {
     }
 
     /// Starts the writer thread: it saves the registry at once, then whenever it changed,
-    /// coalescing bursts, until `stop` is cancelled. A failed save is retried after a second
-    /// even without a new change. Must be called within a Tokio runtime (a task rings the
-    /// bell when `stop` is cancelled).
-    pub(crate) fn start_writer(&self, state_dir: Arc<StateDir>, stop: CancellationToken) {
+    /// coalescing bursts, until `stop` is cancelled or the returned guard is dropped. A
+    /// failed save is retried after a second even without a new change. Must be called
+    /// within a Tokio runtime (a task rings the bell when `stop` is cancelled).
+    pub(crate) fn start_writer(
+        &self,
+        state_dir: Arc<StateDir>,
+        stop: CancellationToken,
+    ) -> WriterStop {
         let registry = self.clone();
         tokio::spawn(async move {
             stop.cancelled().await;
@@ -292,6 +311,7 @@ impl Registry {
             tracing::error!("cannot start the state file writer: {error}");
             self.shared.durable.send_modify(|d| d.stopped = true);
         }
+        WriterStop(self.clone())
     }
 
     /// The writer thread's loop.
@@ -307,7 +327,7 @@ impl Registry {
         let _stopped = Stopped(self.clone());
         let mut retry = true;
         loop {
-            if !retry && !self.shared.writer.wait(None) {
+            if !retry && !self.shared.writer.wait() {
                 return;
             }
             // Read before the snapshot: the snapshot holds every change counted up to it.
@@ -324,7 +344,7 @@ impl Registry {
                     durable.failure = Some((generation, error.to_string()));
                 }
             });
-            if retry && !self.shared.writer.wait(Some(RETRY_AFTER)) {
+            if retry && !self.shared.writer.pause(RETRY_AFTER) {
                 return;
             }
         }
@@ -385,7 +405,7 @@ mod tests {
         let state_dir = Arc::new(StateDir::lock(dir.path()).unwrap());
         let registry = Registry::new("test".into());
         let stop = CancellationToken::new();
-        registry.start_writer(state_dir.clone(), stop.clone());
+        let _writer = registry.start_writer(state_dir.clone(), stop.clone());
         let number = registry.reserve_number();
         // The insertion of its worker is what counts the change.
         registry.bump();

@@ -1,11 +1,12 @@
 //! The supervisor: one task per worker, the only writer of its record, from the reservation
 //! of its id to its removal from the registry.
 //!
-//! It launches the process once the reservation is on disk, probes readiness, takes
-//! commands (stop, hurry, heartbeat, "tell me when no stop is under way"), and watches the
-//! leader's exit through its pidfd. A stop is recorded on disk before the first signal (so a
-//! hive killed in the middle resumes it), then SIGTERM goes to the group, and SIGKILL when
-//! the grace is over. Once the leader has exited — on its own or stopped — the rest of its
+//! It launches the process while the reservation is being saved, probes readiness (a worker
+//! is `Ready` only once its record with its pid is on disk as well), takes commands (stop,
+//! hurry, heartbeat, "tell me when no stop is under way"), and watches the leader's exit
+//! through its pidfd. A stop sends SIGTERM to the group and records the stop in one change,
+//! saved while the worker exits (a hive killed once it is saved resumes the stop), and
+//! SIGKILL goes when the grace is over. Once the leader has exited — on its own or stopped — the rest of its
 //! group is stopped the same way, each member through its own pidfd, and the supervisor
 //! keeps reading commands all the while: a shorter grace or a hurry escalates at once, in
 //! every phase. When no process of the group is left, the port is given back, the record
@@ -131,7 +132,7 @@ pub enum WorkerEvent {
 
 /// How a supervisor begins.
 pub(crate) enum Start {
-    /// A reserved id: launch the process once the reservation is on disk.
+    /// A reserved id: launch the process (while the reservation is being saved).
     Launch(Box<LaunchSpec>),
     /// A leader found again after a restart; `resume` a stop that was under way.
     Adopted {
@@ -351,6 +352,24 @@ impl Supervisor {
         });
     }
 
+    /// Probes a run just started until it is ready. `Ready` is shown to everyone at once
+    /// (listings, telemetry): it waits for the save of the record that names the run
+    /// (`recorded`, usually long done by then), so that a hive killed after anyone saw the
+    /// worker ready adopts it rather than stopping it as a run the state file does not name.
+    fn readiness_probe(&self, recorded: u64) -> BoxFuture<'static, Probe> {
+        let target = self.probe_target();
+        let timeout = self.ready_timeout;
+        let registry = self.context.registry.clone();
+        Box::pin(async move {
+            let probe = readiness::until_ready(target, timeout).await;
+            if matches!(probe, Probe::Ready) {
+                // A failed save shows in the acknowledgement, which waits for it too.
+                let _ = registry.wait_durable(recorded).await;
+            }
+            probe
+        })
+    }
+
     /// Starts the process; false if it could not start. Its reservation (the id, in the
     /// record made before) is being saved meanwhile: the process does not wait for that
     /// `fsync`, and what acknowledges the worker ([`Spawning::ready`](crate::Spawning))
@@ -371,14 +390,13 @@ impl Supervisor {
             Ok(leader) => {
                 let pid = leader.pid();
                 let start_ticks = process::stat_fields(pid).map(|f| f.start_ticks);
-                self.publish(true, |record| {
+                let recorded = self.publish(true, |record| {
                     record.pid = pid;
                     record.pgid = pid;
                     record.start_ticks = start_ticks;
                 });
                 self.process = Proc::Leader(leader);
-                let target = self.probe_target();
-                self.probe = Some(Box::pin(readiness::until_ready(target, self.ready_timeout)));
+                self.probe = Some(self.readiness_probe(recorded));
                 true
             }
             Err(reason) => {
@@ -554,7 +572,7 @@ impl Supervisor {
                 if plan.sigkill_sent {
                     self.signal(Sig::Kill);
                 }
-                // They had SIGTERM with the whole group, or get it once the stop is saved.
+                // They had SIGTERM with the whole group when the stop began.
                 self.publish_exit();
             }
         }
@@ -770,11 +788,10 @@ impl Supervisor {
         tracing::info!(worker = %record.id, "started again (pid {pid}, restart {})", record.restart_count + 1);
         self.exit = None;
         self.process = Proc::Leader(leader);
-        self.publish(true, |record| {
+        let recorded = self.publish(true, |record| {
             restart::begin_next_run(record, pid, start_ticks, Some(Utc::now()));
         });
-        let target = self.probe_target();
-        self.probe = Some(Box::pin(readiness::until_ready(target, self.ready_timeout)));
+        self.probe = Some(self.readiness_probe(recorded));
     }
 
     /// A pending restart is not made: the worker stays `Failed` with its last run's failure.

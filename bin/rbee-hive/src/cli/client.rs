@@ -163,6 +163,15 @@ impl CliError {
     }
 }
 
+/// A 2xx answer this client cannot read (exit 1): the hive answered, the command is not done.
+pub fn unexpected(message: String) -> CliError {
+    CliError::NotDone {
+        status: 200,
+        code: "unexpected_answer".to_owned(),
+        message,
+    }
+}
+
 /// Prints a usage error (exit 2) as [`CliError::report`] does.
 pub fn report_usage(sentence: &str, json: bool) -> ExitCode {
     report(sentence, "usage", exit::USAGE, json)
@@ -310,10 +319,10 @@ impl HiveClient {
             .bytes()
             .await
             .map_err(|e| self.unreachable(&e))?;
-        serde_json::from_slice(&body).map_err(|e| CliError::NotDone {
-            status: 200,
-            code: "unexpected_answer".to_owned(),
-            message: format!("the hive's answer to {path} is not what this client reads: {e}"),
+        serde_json::from_slice(&body).map_err(|e| {
+            unexpected(format!(
+                "the hive's answer to {path} is not what this client reads: {e}"
+            ))
         })
     }
 
@@ -356,7 +365,7 @@ impl HiveClient {
         response
             .json()
             .await
-            .map_err(|e| CliError::Usage(format!("the hive answered {path} with no JSON: {e}")))
+            .map_err(|e| unexpected(format!("the hive answered {path} with no JSON: {e}")))
     }
 
     /// `GET /v1/workers/{id}/logs`: passes each piece of the worker's output to `on_bytes`
@@ -439,11 +448,11 @@ impl HiveClient {
             .await?
             .json()
             .await
-            .map_err(|e| CliError::Usage(format!("the hive's answer is not JSON: {e}")))?;
+            .map_err(|e| unexpected(format!("the hive's answer is not JSON: {e}")))?;
         answer["job_id"]
             .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| CliError::Usage(format!("the hive's answer has no job_id: {answer}")))
+            .ok_or_else(|| unexpected(format!("the hive's answer has no job_id: {answer}")))
     }
 
     /// Cancels a job.

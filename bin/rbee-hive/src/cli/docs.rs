@@ -4,8 +4,11 @@
 use std::io::Write;
 
 /// Writes the completion script of `shell` for `rbee-hive` to `out`.
-pub fn completions(shell: clap_complete::Shell, out: &mut impl Write) {
-    clap_complete::generate(shell, &mut super::definition(), "rbee-hive", out);
+pub fn completions(shell: clap_complete::Shell, out: &mut impl Write) -> std::io::Result<()> {
+    // Made in memory first: clap_complete panics when its writer fails (a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut super::definition(), "rbee-hive", &mut script);
+    out.write_all(&script)
 }
 
 /// Writes the man page (roff) to `out`: the top-level page, then a section per command
@@ -35,7 +38,7 @@ mod tests {
     #[test]
     fn completions_know_the_commands_and_global_flags() {
         let mut script = Vec::new();
-        completions(clap_complete::Shell::Bash, &mut script);
+        completions(clap_complete::Shell::Bash, &mut script).unwrap();
         let script = String::from_utf8(script).unwrap();
         for word in ["spawn", "ps", "model", "--hive", "--json", "completions"] {
             assert!(script.contains(word), "{word} missing");

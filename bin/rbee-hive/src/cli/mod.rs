@@ -239,6 +239,12 @@ fn usage_error(error: clap::Error, args: &[OsString], json: bool) -> ExitCode {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand if json => {
+            // `rbee-hive --json model`: a command that needs one of its own.
+            let (path, commands) = commands_at(args, "");
+            let sentence = format!("`{path}` needs a command: {}", commands.join(", "));
+            return client::report_usage(&sentence, true);
+        }
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
             let _ = error.print();
             return ExitCode::from(exit::USAGE);
@@ -292,7 +298,7 @@ fn commands_at(args: &[OsString], unknown: &str) -> (String, Vec<String>) {
     let mut command = definition();
     let mut path = vec!["rbee-hive".to_owned()];
     for arg in args.iter().skip(1).filter_map(|arg| arg.to_str()) {
-        if arg == unknown {
+        if !unknown.is_empty() && arg == unknown {
             break;
         }
         let Some(next) = command.find_subcommand(arg).cloned() else {
@@ -486,6 +492,7 @@ mod tests {
         assert_eq!(run("model frobnicate"), Some(ExitCode::from(exit::USAGE)));
         assert_eq!(run("--port 7900 ps"), Some(ExitCode::from(exit::USAGE)));
         assert_eq!(run("--json stop"), Some(ExitCode::from(exit::USAGE)));
+        assert_eq!(run("--json model"), Some(ExitCode::from(exit::USAGE)));
     }
 
     #[test]

@@ -57,15 +57,24 @@ pub(super) async fn status(global: &GlobalArgs) -> Result<(), CliError> {
 }
 
 pub(super) fn completions(args: CompletionsArgs) -> Result<(), CliError> {
-    docs::completions(args.shell, &mut std::io::stdout().lock());
-    Ok(())
+    written(
+        docs::completions(args.shell, &mut std::io::stdout().lock()),
+        "the completion script",
+    )
 }
 
 pub(super) fn man() -> Result<(), CliError> {
-    match docs::man_page(&mut std::io::stdout().lock()) {
-        // A closed pipe (`| head`) ends the output, not the command with an error.
+    written(
+        docs::man_page(&mut std::io::stdout().lock()),
+        "the man page",
+    )
+}
+
+/// A closed pipe (`| head`) ends the output, not the command with an error.
+fn written(outcome: std::io::Result<()>, what: &str) -> Result<(), CliError> {
+    match outcome {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CliError::Usage(format!("cannot write the man page: {e}")))
+            Err(CliError::Usage(format!("cannot write {what}: {e}")))
         }
         _ => Ok(()),
     }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::{narrate, print_json, raw, run_printing_id};
+use super::{narrate, print_json, run_printing_id};
 use crate::cli::client::{CliError, HiveClient, ListedWorker};
 use crate::cli::output::{self, Stream, Tone};
 use crate::cli::{GetArgs, GlobalArgs, LogsArgs, SpawnArgs, StopArgs, show};
@@ -117,7 +117,9 @@ pub(super) async fn get(global: &GlobalArgs, args: GetArgs) -> Result<(), CliErr
 }
 
 /// Deletes the workers `ids` at once, narrating each (prefixed with its id when there are
-/// several); prints each removed id on stdout. The worst failure decides the exit code.
+/// several); prints each removed id on stdout — with `json`, one object at the end instead:
+/// `{"stopped": [ids], "failed": [{"id", "error", "code", "exit"}]}`. The worst failure
+/// decides the exit code.
 async fn delete_all(
     client: &HiveClient,
     ids: &[String],
@@ -146,18 +148,24 @@ async fn delete_all(
                             narrate(Stream::Stderr, &prefix, event);
                         }
                     },
-                    raw(json),
+                    |_| {},
                 )
                 .await
                 .map(|_| ())
         }
     });
     let outcomes = futures::future::join_all(deletes).await;
+    let mut stopped = Vec::new();
+    let mut failed = Vec::new();
     let mut worst: Option<CliError> = None;
     for (id, outcome) in ids.iter().zip(outcomes) {
         match outcome {
-            Ok(()) if !json => output::line(Stream::Stdout, Tone::Plain, id),
-            Ok(()) => {}
+            Ok(()) => {
+                if !json {
+                    output::line(Stream::Stdout, Tone::Plain, id);
+                }
+                stopped.push(id.clone());
+            }
             Err(error) => {
                 if several && !json {
                     output::line(
@@ -166,6 +174,10 @@ async fn delete_all(
                         &format!("error: {id}: {error}"),
                     );
                 }
+                failed.push(json!({
+                    "id": id, "error": error.to_string(), "code": error.code(),
+                    "exit": error.exit_code(),
+                }));
                 if worst
                     .as_ref()
                     .is_none_or(|w| severity(&error) > severity(w))
@@ -175,22 +187,33 @@ async fn delete_all(
             }
         }
     }
+    if json {
+        print_json(&json!({"stopped": stopped, "failed": failed}));
+    }
     match worst {
         None => Ok(()),
         Some(error) if several && error.exit_code() == crate::cli::exit::FAILED => {
             Err(CliError::JobFailed {
                 job_id: String::new(),
-                reason: "not every worker could be stopped (see above)".to_owned(),
+                reason: format!(
+                    "not every worker could be stopped: {}",
+                    failed
+                        .iter()
+                        .filter_map(|f| f["id"].as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             })
         }
         Some(error) => Err(error),
     }
 }
 
-/// How bad an outcome is, to pick the one that decides the exit code: no hive over a
-/// refused request over a failed job.
+/// How bad an outcome is, to pick the one that decides the exit code: Ctrl-C over no hive
+/// over a refused request over a failed job.
 fn severity(error: &CliError) -> u8 {
     match error.exit_code() {
+        crate::cli::exit::INTERRUPTED => 4,
         crate::cli::exit::UNREACHABLE => 3,
         crate::cli::exit::USAGE => 2,
         _ => 1,
@@ -213,7 +236,7 @@ pub(super) async fn prune(global: &GlobalArgs) -> Result<(), CliError> {
         .collect();
     if ended.is_empty() {
         if global.json {
-            print_json(&json!({"pruned": []}));
+            print_json(&json!({"stopped": [], "failed": []}));
         } else {
             output::line(
                 Stream::Stderr,

@@ -5,8 +5,11 @@
 //! a request whose bytes have arrived, whole or in part, is still read and served (with
 //! `connection: close`).
 //!
-//! "Between requests" means: a request was served on it before, none is in flight, and no
-//! byte has been read since the last one ended. A fresh connection that has not sent its
+//! "Between requests" means: a request was served on it before and its answer was flushed
+//! out of hyper's buffer, none is in flight, and no byte has been read since the last one
+//! ended. (A pipelined request whose first part hyper had already read with the previous
+//! one, and whose rest arrives just as the shutdown begins, is closed unanswered; clients
+//! retry on a new connection, and pipelining is rare.) A fresh connection that has not sent its
 //! first byte is left to the connection loop's last call (its client connected to send a
 //! request, which may be on its way). A client that sends a request on a kept-alive
 //! connection at the very instant it is closed sees the close, as with any HTTP/1.1 server
@@ -64,6 +67,7 @@ impl AsyncWrite for DrainingIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.state.unflushed.store(true, Ordering::SeqCst);
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -72,6 +76,7 @@ impl AsyncWrite for DrainingIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.state.unflushed.store(true, Ordering::SeqCst);
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -79,8 +84,18 @@ impl AsyncWrite for DrainingIo {
         self.stream.is_write_vectored()
     }
 
+    /// hyper flushes its IO only once its own buffer is written out: from here on, what
+    /// it wrote is the kernel's to send, and a close no longer cuts an answer short.
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        if matches!(flushed, Poll::Ready(Ok(()))) {
+            self.state.unflushed.store(false, Ordering::SeqCst);
+            if self.state.is_between_requests_while_closing() {
+                // A read that waited for this flush is looked at again (the same task).
+                cx.waker().wake_by_ref();
+            }
+        }
+        flushed
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

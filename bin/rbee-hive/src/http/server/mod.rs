@@ -86,6 +86,9 @@ struct ConnectionState {
     /// `bytes_read` when the last request in flight ended: more since means a request's
     /// bytes are arriving.
     bytes_read_when_idle: AtomicU64,
+    /// Set when hyper wrote and has not flushed yet: a response's end may still be in
+    /// hyper's buffer after its body ended.
+    unflushed: AtomicBool,
     /// Woken when a request starts or ends.
     changed: tokio::sync::Notify,
 }
@@ -98,16 +101,19 @@ impl ConnectionState {
             closing: AtomicBool::new(false),
             bytes_read: AtomicU64::new(0),
             bytes_read_when_idle: AtomicU64::new(0),
+            unflushed: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
         }
     }
 
-    /// Closing, a request was served before, none is in flight and no byte of another has
-    /// been read: nothing is arriving that the client expects an answer to.
+    /// Closing, a request was served before and all of its answer handed to the kernel,
+    /// none is in flight and no byte of another has been read: nothing is arriving that the
+    /// client expects an answer to.
     fn is_between_requests_while_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
             && self.started.load(Ordering::SeqCst) > 0
             && self.in_flight.load(Ordering::SeqCst) == 0
+            && !self.unflushed.load(Ordering::SeqCst)
             && self.bytes_read.load(Ordering::SeqCst)
                 == self.bytes_read_when_idle.load(Ordering::SeqCst)
     }
