@@ -5,10 +5,10 @@
 //! a line) for the commands that follow a job, else one object.
 //!
 //! # Layout
-//! - [`workers`]: `spawn`, `ps`, `get`, `stop`, `prune`, `logs`.
-//! - [`jobs`]: `jobs`, `follow`, `cancel`, `submit`.
-//! - [`models`]: `model list|get|download|delete`.
-//! - [`hive`]: `status`, `completions`, `man`.
+//! - `workers`: `spawn`, `ps`, `get`, `stop`, `prune`, `logs`.
+//! - `jobs`: `jobs`, `follow`, `cancel`, `submit`.
+//! - `models`: `model list|get|download|delete`.
+//! - `hive`: `status`, `completions`, `man`.
 
 mod hive;
 mod jobs;

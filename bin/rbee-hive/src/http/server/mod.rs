@@ -25,16 +25,16 @@
 //! accepting stops (under socket activation the socket itself stays with the service
 //! manager, and the next hive accepts from it); a request in flight is finished and its
 //! connection closed; an idle kept-alive connection is closed at once unless a request's
-//! bytes are arriving on it ([`io`]); a fresh connection that has not sent its first byte yet
+//! bytes are arriving on it (`io`); a fresh connection that has not sent its first byte yet
 //! is given one second for it (its client connected to send a request); a request that
 //! arrives is served with `connection: close`; once the drain time is over, every connection
 //! still open is dropped.
 //!
 //! # Layout
 //! - this file: the accept loop, the connection cap, and the monitor of one connection;
-//! - [`io`]: the socket as hyper reads it, which ends idle reads once closing;
-//! - [`idle`]: the idle connections a newcomer at the cap may take the place of;
-//! - [`body`]: the response body that counts a request in flight, the request body deadline.
+//! - `io`: the socket as hyper reads it, which ends idle reads once closing;
+//! - `idle`: the idle connections a newcomer at the cap may take the place of;
+//! - `body`: the response body that counts a request in flight, the request body deadline.
 
 mod body;
 mod idle;
