@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::LifecycleError;
+use crate::supervisor::restart::{RestartMode, RestartPolicy};
 
 /// The placeholders a template may use.
 pub(crate) const PLACEHOLDERS: &[&str] = &[
@@ -108,54 +109,6 @@ pub struct WorkerTypeConfig {
     /// The longest wait before a restart, in milliseconds (default 30000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_backoff_max_ms: Option<u64>,
-}
-
-/// Whether workers of a type are started again when they fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RestartMode {
-    /// A worker that ends stays ended.
-    #[default]
-    Never,
-    /// A worker that was ready once and then exits with a non-zero code, is killed by a
-    /// signal, or does not become ready again in time is started again.
-    OnFailure,
-}
-
-/// The restart policy of a worker type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RestartPolicy {
-    /// Whether to restart at all.
-    pub mode: RestartMode,
-    /// At most this many restarts within `window`.
-    pub max_restarts: u32,
-    /// The window `max_restarts` counts in.
-    pub window: Duration,
-    /// The wait before the first restart in the window.
-    pub backoff: Duration,
-    /// The longest wait.
-    pub backoff_max: Duration,
-}
-
-impl Default for RestartPolicy {
-    fn default() -> Self {
-        Self {
-            mode: RestartMode::Never,
-            max_restarts: 5,
-            window: Duration::from_secs(60),
-            backoff: Duration::from_millis(1000),
-            backoff_max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RestartPolicy {
-    /// The wait before the next run, after `recent` restarts within the window: `backoff`
-    /// doubled for each, at most `backoff_max`.
-    pub fn delay(&self, recent: u32) -> Duration {
-        let factor = 2u32.saturating_pow(recent.min(31));
-        self.backoff.saturating_mul(factor).min(self.backoff_max)
-    }
 }
 
 /// A worker type, validated.
@@ -380,7 +333,8 @@ fn template_from_config(
             .ok_or_else(|| invalid("`ready_timeout_s` must be between 0 and 86400"))?,
         None => builtin.map_or(Duration::from_secs(60), |b| b.ready_timeout),
     };
-    let restart = restart_policy(config, builtin.map(|b| b.restart)).map_err(invalid)?;
+    let restart =
+        RestartPolicy::from_config(config, builtin.map(|b| b.restart)).map_err(invalid)?;
     let mut env = builtin.map(|b| b.env.clone()).unwrap_or_default();
     let mut env_remove = builtin.map(|b| b.env_remove.clone()).unwrap_or_default();
     env.extend(config.env.clone());
@@ -413,47 +367,9 @@ fn template_from_config(
 }
 
 /// `seconds` as a duration if it is above 0 and at most `max`.
-fn seconds_in(seconds: f64, max: f64) -> Option<Duration> {
+/// `seconds` as a duration, if it is above 0 and at most `max`.
+pub(crate) fn seconds_in(seconds: f64, max: f64) -> Option<Duration> {
     (seconds > 0.0 && seconds <= max).then(|| Duration::from_secs_f64(seconds))
-}
-
-fn restart_policy(
-    config: &WorkerTypeConfig,
-    base: Option<RestartPolicy>,
-) -> Result<RestartPolicy, &'static str> {
-    const HOUR_MS: u64 = 3_600_000;
-    let base = base.unwrap_or_default();
-    let window = match config.restart_window_s {
-        Some(seconds) => {
-            seconds_in(seconds, 86_400.0).ok_or("`restart_window_s` must be between 0 and 86400")?
-        }
-        None => base.window,
-    };
-    let backoff_ms = config
-        .restart_backoff_ms
-        .unwrap_or(base.backoff.as_millis() as u64);
-    let backoff_max_ms = config
-        .restart_backoff_max_ms
-        .unwrap_or((base.backoff_max.as_millis() as u64).max(backoff_ms));
-    if backoff_ms > HOUR_MS || backoff_max_ms > HOUR_MS {
-        return Err("`restart_backoff_ms` and `restart_backoff_max_ms` must be at most 3600000");
-    }
-    if backoff_max_ms < backoff_ms {
-        return Err("`restart_backoff_max_ms` must not be below `restart_backoff_ms`");
-    }
-    let max_restarts = config.max_restarts.unwrap_or(base.max_restarts);
-    // Each restart in the window is kept in the record (`past_runs`), which the state
-    // file holds.
-    if max_restarts > 100 {
-        return Err("`max_restarts` must be at most 100");
-    }
-    Ok(RestartPolicy {
-        mode: config.restart.unwrap_or(base.mode),
-        max_restarts,
-        window,
-        backoff: Duration::from_millis(backoff_ms),
-        backoff_max: Duration::from_millis(backoff_max_ms),
-    })
 }
 
 fn default_device(name: &str) -> DeviceKind {

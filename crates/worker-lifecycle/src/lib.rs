@@ -26,7 +26,9 @@
 //! - `record`: [`WorkerRecord`] (PROTOCOL §5), [`WorkerStatus`] and its state machine,
 //!   [`StopProgress`], [`WorkerExit`].
 //! - `manager`: [`WorkerManager`], [`Spawning`], [`Stopping`], adoption after a restart.
-//! - `supervisor`: the per-worker task and its commands.
+//! - `supervisor`: the per-worker task and its commands; `supervisor::stop`, the stop
+//!   sequence and the one function from a stop's reason to a final status;
+//!   `supervisor::restart`, the restart policy, its decisions and the next run's launch.
 //! - `registry`: the slots of the workers, ids, generations and durable acknowledgement.
 //! - `state_file`: the registry on disk (atomic writes, lock, corrupt files moved aside).
 //! - `process`: process groups, pidfds, signals, `/proc` proofs (survivors, markers,
@@ -35,7 +37,6 @@
 //! - `sockets`: which sockets listen on a port (`sock_diag`, or `/proc/net/tcp`).
 //! - `ports`: ports from a range, held until the process is gone.
 //! - `catalog`: worker types, command templates, program lookup.
-//! - `restart`: restarts of failed workers (backoff, crash loops, the next run's launch).
 //! - `logs`: worker log files and their retention.
 //! - `stats`: live resource use of each worker's process group, sampled by one task.
 //! - `error`: [`LifecycleError`], what can go wrong.
@@ -51,13 +52,12 @@ mod process;
 mod readiness;
 mod record;
 mod registry;
-mod restart;
 mod sockets;
 mod state_file;
 mod stats;
 mod supervisor;
 
-pub use catalog::{DeviceKind, RestartMode, RestartPolicy, WorkerTypeConfig};
+pub use catalog::{DeviceKind, WorkerTypeConfig};
 pub use error::LifecycleError;
 pub use logs::LogRetention;
 pub use manager::{
@@ -68,6 +68,6 @@ pub use record::{
     PAST_RUNS_KEPT, PastRun, StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord,
     WorkerStatus,
 };
-pub use restart::CRASH_LOOP;
 pub use stats::{GpuSample, GpuState, GpuUsage, WorkerStats};
+pub use supervisor::restart::{CRASH_LOOP, RestartMode, RestartPolicy};
 pub use supervisor::{HeartbeatState, WorkerEvent};

@@ -26,11 +26,11 @@ use crate::record::{
     StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus,
 };
 use crate::registry::{Registry, Slot, format_id, parse_id};
-use crate::restart;
 use crate::state_file::{PersistedState, StateDir};
 use crate::stats::{GpuUsage, StatsTable, WorkerStats};
+use crate::supervisor::restart;
 use crate::supervisor::{
-    Command, Context, HeartbeatState, Start, Supervisor, WorkerEvent, status_after_restart,
+    Command, Context, HeartbeatState, Start, Supervisor, WorkerEvent, final_status,
 };
 
 /// How many lines of a worker's output go into a failure message.
@@ -386,7 +386,14 @@ impl WorkerManager {
                 .as_ref()
                 .is_some_and(|e| e.code.is_some() || e.signal.is_some());
         if !exit_seen {
-            record.status = status_after_restart(stop.as_ref());
+            // The stop (if any) ended while the hive was down: how the run ended is not known.
+            let ready_timeout = self
+                .catalog()
+                .get(&record.worker_type)
+                .ok()
+                .map(|template| template.ready_timeout);
+            record.status =
+                final_status(stop.as_ref().map(|s| s.reason), None, false, ready_timeout);
         }
         record.exit.get_or_insert_with(WorkerExit::unknown);
         if members.is_empty() && !exit_seen {
