@@ -25,7 +25,8 @@
 //! # Layout
 //! - `record`: [`WorkerRecord`] (PROTOCOL §5), [`WorkerStatus`] and its state machine,
 //!   [`StopProgress`], [`WorkerExit`].
-//! - `manager`: [`WorkerManager`], [`Spawning`], [`Stopping`], adoption after a restart.
+//! - `manager`: [`WorkerManager`], [`Spawning`], [`Stopping`].
+//! - `adopt`: what a hive finds when it starts: adoption, resumed stops, unrecorded runs.
 //! - `supervisor`: the per-worker task and its commands; `supervisor::stop`, the stop
 //!   sequence and the one function from a stop's reason to a final status;
 //!   `supervisor::restart`, the restart policy, its decisions and the next run's launch.
@@ -43,6 +44,7 @@
 
 #![deny(unreachable_pub)]
 
+mod adopt;
 mod catalog;
 mod error;
 mod logs;

@@ -134,6 +134,20 @@ pub struct StopProgress {
 }
 
 impl StopProgress {
+    /// A stop asked for now, for `reason`, with `grace` between SIGTERM and SIGKILL.
+    pub(crate) fn begin(reason: StopReason, grace: std::time::Duration) -> Self {
+        Self {
+            reason,
+            grace_ms: u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            requested_at: Utc::now(),
+            sigterm_at: None,
+            sigkill_at: None,
+            finished_at: None,
+            stuck: Vec::new(),
+            detail: None,
+        }
+    }
+
     /// Whether the stop is still going on.
     pub fn is_under_way(&self) -> bool {
         self.finished_at.is_none()

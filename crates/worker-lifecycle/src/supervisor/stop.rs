@@ -186,14 +186,9 @@ impl Supervisor {
                 apply_exit(record, exit, status);
             }
             record.stop = Some(StopProgress {
-                reason,
-                grace_ms: grace.as_millis() as u64,
-                requested_at: Utc::now(),
                 sigterm_at,
-                sigkill_at: None,
-                finished_at: None,
-                stuck: Vec::new(),
                 detail,
+                ..StopProgress::begin(reason, grace)
             });
         });
         self.plan = Some(StopPlan {
