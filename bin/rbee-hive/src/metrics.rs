@@ -7,7 +7,6 @@
 //! CPU from the sampler, the hive's own process) are read at scrape time, so their labels
 //! are bounded by the workers listed now.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
@@ -17,7 +16,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
-use worker_lifecycle::{CRASH_LOOP, WorkerEvent, WorkerManager, WorkerRecord, WorkerStatus};
+use worker_lifecycle::{WorkerEvent, WorkerManager, WorkerTransition};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
@@ -201,20 +200,17 @@ impl Metrics {
     pub async fn follow_workers(self, workers: WorkerManager) {
         use tokio::sync::broadcast::error::RecvError;
         let mut events = workers.subscribe();
-        let mut seen: HashMap<String, WorkerRecord> = workers
-            .list()
-            .into_iter()
-            .map(|r| (r.id.clone(), r))
-            .collect();
         loop {
             match events.recv().await {
-                Ok(WorkerEvent::Changed(record)) => {
-                    self.observe_change(seen.get(&record.id), &record);
-                    seen.insert(record.id.clone(), *record);
+                Ok(WorkerEvent::Changed {
+                    transitions,
+                    record,
+                }) => {
+                    for transition in &transitions {
+                        self.count(transition, &record.worker_type);
+                    }
                 }
-                Ok(WorkerEvent::Removed { id }) => {
-                    seen.remove(&id);
-                }
+                Ok(WorkerEvent::Removed { .. }) => {}
                 Err(RecvError::Lagged(missed)) => {
                     self.missed_worker_events.inc_by(missed);
                 }
@@ -223,53 +219,48 @@ impl Metrics {
         }
     }
 
-    fn observe_change(&self, before: Option<&WorkerRecord>, after: &WorkerRecord) {
-        let seconds = |from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>| {
-            (to - from).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6
-        };
+    fn count(&self, transition: &WorkerTransition, worker_type: &str) {
         let worker_type = || WorkerTypeLabel {
-            worker_type: after.worker_type.clone(),
+            worker_type: worker_type.to_owned(),
         };
-        if before.is_some_and(|b| after.restart_count > b.restart_count) {
-            self.restarts.get_or_create(&worker_type()).inc();
-        }
-        if let WorkerStatus::Failed { reason } = &after.status
-            && reason.starts_with(CRASH_LOOP)
-            && before.is_some_and(|b| b.status != after.status)
-        {
-            self.crash_loops.get_or_create(&worker_type()).inc();
-        }
-        let was_ready = before.is_some_and(|b| b.ready_at.is_some());
-        if let (false, Some(ready_at)) = (was_ready, after.ready_at) {
-            self.spawn_ready_seconds
-                .observe(seconds(after.started_at, ready_at));
-        }
-        let stop_before = before.and_then(|b| b.stop.as_ref());
-        if let Some(stop) = &after.stop {
-            if stop.sigkill_at.is_some() && stop_before.is_none_or(|s| s.sigkill_at.is_none()) {
+        match transition {
+            WorkerTransition::Ready { spawn_to_ready } => {
+                if let Some(took) = spawn_to_ready {
+                    self.spawn_ready_seconds.observe(took.as_secs_f64());
+                }
+            }
+            WorkerTransition::Killed => {
                 self.sigkills.inc();
             }
-            if let Some(finished) = stop.finished_at
-                && stop_before.is_none_or(|s| s.finished_at.is_none())
-            {
-                self.stop_seconds
-                    .observe(seconds(stop.requested_at, finished));
+            WorkerTransition::Exited { exit } => {
+                let reason = match (exit.code, exit.signal) {
+                    (Some(0), _) => "exit_code_0",
+                    (Some(_), _) => "exit_code_nonzero",
+                    (None, Some(_)) => "signal",
+                    (None, None) => "unknown",
+                };
+                self.exits
+                    .get_or_create(&ExitLabels {
+                        reason: reason.to_owned(),
+                    })
+                    .inc();
             }
-        }
-        if let Some(exit) = &after.exit
-            && before.is_none_or(|b| b.exit.is_none())
-        {
-            let reason = match (exit.code, exit.signal) {
-                (Some(0), _) => "exit_code_0",
-                (Some(_), _) => "exit_code_nonzero",
-                (None, Some(_)) => "signal",
-                (None, None) => "unknown",
-            };
-            self.exits
-                .get_or_create(&ExitLabels {
-                    reason: reason.to_owned(),
-                })
-                .inc();
+            WorkerTransition::Gone { stop_took } => {
+                if let Some(took) = stop_took {
+                    self.stop_seconds.observe(took.as_secs_f64());
+                }
+            }
+            WorkerTransition::Restarted { .. } => {
+                self.restarts.get_or_create(&worker_type()).inc();
+            }
+            WorkerTransition::CrashLoop => {
+                self.crash_loops.get_or_create(&worker_type()).inc();
+            }
+            WorkerTransition::Spawned
+            | WorkerTransition::Busy
+            | WorkerTransition::Stopping { .. }
+            | WorkerTransition::Restarting { .. }
+            | WorkerTransition::RestartAbandoned => {}
         }
     }
 

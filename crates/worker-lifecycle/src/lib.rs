@@ -27,6 +27,8 @@
 //!   [`StopProgress`], [`WorkerExit`].
 //! - `manager`: [`WorkerManager`], [`Spawning`], [`Stopping`].
 //! - `adopt`: what a hive finds when it starts: adoption, resumed stops, unrecorded runs.
+//! - `events`: [`WorkerEvent`] and [`WorkerTransition`], what the supervisors tell their
+//!   followers (telemetry, metrics) about what they did.
 //! - `supervisor`: the per-worker task and its commands; `supervisor::stop`, the stop
 //!   sequence and the one function from a stop's reason to a final status;
 //!   `supervisor::restart`, the restart policy, its decisions and the next run's launch.
@@ -47,6 +49,7 @@
 mod adopt;
 mod catalog;
 mod error;
+mod events;
 mod logs;
 mod manager;
 mod ports;
@@ -61,6 +64,7 @@ mod supervisor;
 
 pub use catalog::{DeviceKind, WorkerTypeConfig};
 pub use error::LifecycleError;
+pub use events::{WorkerEvent, WorkerTransition};
 pub use logs::LogRetention;
 pub use manager::{
     DeviceInventory, LifecycleConfig, Reconfigure, SpawnRequest, Spawning, Stopping, WorkerManager,
@@ -71,5 +75,5 @@ pub use record::{
     WorkerStatus,
 };
 pub use stats::{GpuSample, GpuState, GpuUsage, WorkerStats};
-pub use supervisor::restart::{CRASH_LOOP, RestartMode, RestartPolicy};
-pub use supervisor::{HeartbeatState, WorkerEvent};
+pub use supervisor::HeartbeatState;
+pub use supervisor::restart::{RestartMode, RestartPolicy};

@@ -19,6 +19,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::catalog::{self, Catalog, DeviceKind, TemplateValues, WorkerTemplate, WorkerTypeConfig};
 use crate::error::LifecycleError;
+use crate::events::WorkerEvent;
 use crate::logs::{self, LogRetention};
 use crate::ports::{PortAllocator, PortLease};
 use crate::process::{self, LaunchSpec, ProcessInfo};
@@ -26,7 +27,7 @@ use crate::record::{StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerSt
 use crate::registry::{Registry, Slot, format_id, parse_id};
 use crate::state_file::StateDir;
 use crate::stats::{GpuUsage, StatsTable, WorkerStats};
-use crate::supervisor::{Command, Context, HeartbeatState, Start, Supervisor, WorkerEvent};
+use crate::supervisor::{Command, Context, HeartbeatState, Start, Supervisor};
 
 /// How many lines of a worker's output go into a failure message.
 const OUTPUT_TAIL_LINES: usize = 20;

@@ -2,7 +2,7 @@
 //! rbee upstream hive uses).
 //!
 //! On connect, `event: snapshot` holds the hive and every worker. Then `event: worker`
-//! reports each state change as the lifecycle makes it (`spawned`, `ready`, `busy`,
+//! reports each transition as the lifecycle's supervisors announce it (`spawned`, `ready`, `busy`,
 //! `stopping`, `exited`, `restarting` (a failed run, the next one waits for its backoff),
 //! `restarted`, `crash_loop` (failed too often: no more restarts), `failed` (a pending
 //! restart not made: a shutdown, a reload, …), `removed`), and every `telemetry_interval_ms` an `event: telemetry`
@@ -12,7 +12,6 @@
 //! lifecycle's bounded event buffer: a reader that falls behind gets `event: gap` with how
 //! many changes it missed, and never slows the hive.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
-use worker_lifecycle::{CRASH_LOOP, WorkerEvent, WorkerManager, WorkerRecord, WorkerStatus};
+use worker_lifecycle::{WorkerEvent, WorkerManager, WorkerTransition};
 
 use crate::AppState;
 use crate::jobs::ops::worker_json;
@@ -34,11 +33,6 @@ pub async fn stream(State(state): State<AppState>) -> Response {
     // Subscribed before the snapshot is taken, so that no change falls between the two.
     let events = workers.subscribe();
     let snapshot = snapshot(&state, &workers);
-    let known: HashMap<String, WorkerRecord> = workers
-        .list()
-        .into_iter()
-        .map(|r| (r.id.clone(), r))
-        .collect();
     let interval = Duration::from_millis(state.config.current().telemetry_interval_ms);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -47,7 +41,7 @@ pub async fn stream(State(state): State<AppState>) -> Response {
         closing: state.closing.clone(),
         workers,
         events,
-        known,
+        pending: std::collections::VecDeque::new(),
         ticker,
         first: Some(sse("snapshot", &snapshot)),
     };
@@ -68,7 +62,8 @@ struct Reader {
     closing: tokio_util::sync::CancellationToken,
     workers: WorkerManager,
     events: tokio::sync::broadcast::Receiver<WorkerEvent>,
-    known: HashMap<String, WorkerRecord>,
+    /// Worker events of one change not sent yet (a change may make several transitions).
+    pending: std::collections::VecDeque<String>,
     ticker: tokio::time::Interval,
     first: Option<String>,
 }
@@ -79,23 +74,25 @@ impl Reader {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
+        if let Some(next) = self.pending.pop_front() {
+            return Some(next);
+        }
         loop {
             tokio::select! {
                 () = self.closing.cancelled() => return None,
                 event = self.events.recv() => match event {
-                    Ok(WorkerEvent::Changed(record)) => {
-                        let change = change(self.known.get(&record.id), &record);
-                        self.known.insert(record.id.clone(), (*record).clone());
-                        if let Some(change) = change {
-                            let stats = self.workers.stats(&record.id);
-                            return Some(sse("worker", &json!({
-                                "change": change,
-                                "worker": worker_json(&record, stats),
-                            })));
+                    Ok(WorkerEvent::Changed { transitions, record }) => {
+                        let mut named = transitions.iter().filter_map(change_name).peekable();
+                        if named.peek().is_none() {
+                            continue;
                         }
+                        let worker = worker_json(&record, self.workers.stats(&record.id));
+                        self.pending.extend(named.map(|change| {
+                            sse("worker", &json!({"change": change, "worker": worker}))
+                        }));
+                        return self.pending.pop_front();
                     }
                     Ok(WorkerEvent::Removed { id }) => {
-                        self.known.remove(&id);
                         return Some(sse("worker", &json!({"change": "removed", "worker_id": id})));
                     }
                     Err(RecvError::Lagged(missed)) => {
@@ -112,43 +109,21 @@ impl Reader {
     }
 }
 
-/// The state change a new record makes, if it is one of those reported.
-fn change(before: Option<&WorkerRecord>, after: &WorkerRecord) -> Option<&'static str> {
-    let Some(before) = before else {
-        return Some("spawned");
-    };
-    if after.restart_pending() && !before.restart_pending() {
-        return Some("restarting");
-    }
-    if after.restart_count > before.restart_count {
-        return Some("restarted");
-    }
-    if before.restart_pending() && !after.restart_pending() && after.status.is_terminal() {
-        return Some("failed");
-    }
-    if let WorkerStatus::Failed { reason } = &after.status
-        && reason.starts_with(CRASH_LOOP)
-        && before.status != after.status
-    {
-        return Some("crash_loop");
-    }
-    if after.exit.is_some() && before.exit.is_none() {
-        return Some("exited");
-    }
-    if after.stop.is_some() && before.stop.is_none() {
-        return Some("stopping");
-    }
-    if before.status != after.status {
-        return match after.status {
-            WorkerStatus::Ready => Some("ready"),
-            WorkerStatus::Busy => Some("busy"),
-            WorkerStatus::Stopped | WorkerStatus::Failed { .. } if before.exit.is_none() => {
-                Some("exited")
-            }
-            _ => None,
-        };
-    }
-    None
+/// The name of a transition on the stream, for those reported.
+fn change_name(transition: &WorkerTransition) -> Option<&'static str> {
+    Some(match transition {
+        WorkerTransition::Spawned => "spawned",
+        WorkerTransition::Ready { .. } => "ready",
+        WorkerTransition::Busy => "busy",
+        WorkerTransition::Stopping { .. } => "stopping",
+        WorkerTransition::Exited { .. } => "exited",
+        WorkerTransition::Restarting { .. } => "restarting",
+        WorkerTransition::Restarted { .. } => "restarted",
+        WorkerTransition::CrashLoop => "crash_loop",
+        WorkerTransition::RestartAbandoned => "failed",
+        // Followed by `exited` or a final status already reported; metrics count these.
+        WorkerTransition::Killed | WorkerTransition::Gone { .. } => return None,
+    })
 }
 
 fn snapshot(state: &AppState, workers: &WorkerManager) -> Value {

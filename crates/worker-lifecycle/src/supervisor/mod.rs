@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
+use crate::events::{WorkerEvent, WorkerTransition, elapsed};
 use crate::logs;
 use crate::ports::PortLease;
 use crate::process::{self, LaunchSpec, Leader, Members};
@@ -117,18 +118,6 @@ impl Context {
                 .load(std::sync::atomic::Ordering::Relaxed),
         )
     }
-}
-
-/// A change of a worker, as the one writer of its record makes it.
-#[derive(Debug, Clone)]
-pub enum WorkerEvent {
-    /// The record after a change.
-    Changed(Box<WorkerRecord>),
-    /// The worker left the registry.
-    Removed {
-        /// Its id.
-        id: String,
-    },
 }
 
 /// How a supervisor begins.
@@ -290,12 +279,17 @@ impl Supervisor {
                 recorded = restart_due(&self.context.registry, self.restart) => self.relaunch(recorded),
             }
         }
-        let id = self.id();
+        let (id, listed) = {
+            let record = self.record.borrow();
+            (record.id.clone(), record.is_launched())
+        };
         self.context.registry.remove(self.number);
         self.answer_settle_waiters();
         self.context.removed.notify_one();
-        // Nobody listening is fine.
-        let _ = self.context.events.send(WorkerEvent::Removed { id });
+        if listed {
+            // Nobody listening is fine.
+            let _ = self.context.events.send(WorkerEvent::Removed { id });
+        }
         // Dropping `self.record` here tells every handle that the worker is gone.
     }
 
@@ -303,9 +297,15 @@ impl Supervisor {
         self.record.borrow().id.clone()
     }
 
-    /// Applies `change` to the record and wakes its readers; returns the generation that
-    /// the state file must reach to hold it (`persist`), or the current one.
-    fn publish(&self, persist: bool, change: impl FnOnce(&mut WorkerRecord)) -> u64 {
+    /// Applies `change` to the record, wakes its readers and tells the followers of the
+    /// event stream what happened (`transitions`); returns the generation that the state
+    /// file must reach to hold it (`persist`), or the current one.
+    fn publish(
+        &self,
+        persist: bool,
+        transitions: Vec<WorkerTransition>,
+        change: impl FnOnce(&mut WorkerRecord),
+    ) -> u64 {
         // The change and its generation together: a reader that sees the change and then
         // waits for the generation waits for a save that holds it.
         let generation = self
@@ -314,10 +314,10 @@ impl Supervisor {
             .change(persist, || self.record.send_modify(change));
         if self.context.events.receiver_count() > 0 {
             let record = self.record.borrow().clone();
-            let _ = self
-                .context
-                .events
-                .send(WorkerEvent::Changed(Box::new(record)));
+            let _ = self.context.events.send(WorkerEvent::Changed {
+                transitions,
+                record: Box::new(record),
+            });
         }
         generation
     }
@@ -383,7 +383,7 @@ impl Supervisor {
             Ok(leader) => {
                 let pid = leader.pid();
                 let start_ticks = process::stat_fields(pid).map(|f| f.start_ticks);
-                let recorded = self.publish(true, |record| {
+                let recorded = self.publish(true, vec![WorkerTransition::Spawned], |record| {
                     record.pid = pid;
                     record.pgid = pid;
                     record.start_ticks = start_ticks;
@@ -393,7 +393,7 @@ impl Supervisor {
                 true
             }
             Err(reason) => {
-                self.publish(false, |record| {
+                self.publish(false, Vec::new(), |record| {
                     record.status = WorkerStatus::Failed { reason };
                 });
                 false
@@ -436,7 +436,7 @@ impl Supervisor {
         if !matches!(self.process, Proc::Leader(_)) {
             return;
         }
-        self.publish(false, |record| {
+        self.publish(false, Vec::new(), |record| {
             record.last_heartbeat = Some(Utc::now());
             record.health = Some(health);
         });
@@ -447,12 +447,19 @@ impl Supervisor {
         if self.plan.is_some() {
             return;
         }
-        let next = match (state, &self.record.borrow().status) {
-            (Some(HeartbeatState::Busy), WorkerStatus::Ready) => WorkerStatus::Busy,
-            (Some(HeartbeatState::Ready), WorkerStatus::Busy) => WorkerStatus::Ready,
+        let (next, transition) = match (state, &self.record.borrow().status) {
+            (Some(HeartbeatState::Busy), WorkerStatus::Ready) => {
+                (WorkerStatus::Busy, WorkerTransition::Busy)
+            }
+            (Some(HeartbeatState::Ready), WorkerStatus::Busy) => (
+                WorkerStatus::Ready,
+                WorkerTransition::Ready {
+                    spawn_to_ready: None,
+                },
+            ),
             _ => return,
         };
-        self.publish(true, |record| record.status = next);
+        self.publish(true, vec![transition], |record| record.status = next);
     }
 
     fn on_probe(&mut self, probe: Probe) {
@@ -461,9 +468,16 @@ impl Supervisor {
             Probe::Ready => {
                 if self.plan.is_none() && self.record.borrow().status == WorkerStatus::Starting {
                     tracing::info!(worker = %self.id(), "ready");
-                    self.publish(true, |record| {
+                    let now = Utc::now();
+                    let spawn_to_ready = {
+                        let record = self.record.borrow();
+                        let first = record.ready_at.is_none();
+                        first.then(|| elapsed(record.started_at, now))
+                    };
+                    let ready = WorkerTransition::Ready { spawn_to_ready };
+                    self.publish(true, vec![ready], |record| {
                         record.status = WorkerStatus::Ready;
-                        record.ready_at.get_or_insert_with(Utc::now);
+                        record.ready_at.get_or_insert(now);
                     });
                 }
             }
@@ -473,7 +487,7 @@ impl Supervisor {
                 self.begin_stop(StopReason::ReadyTimeout, grace, detail);
             }
             Probe::Health(health) => {
-                self.publish(false, |record| record.health = Some(health));
+                self.publish(false, Vec::new(), |record| record.health = Some(health));
             }
         }
     }

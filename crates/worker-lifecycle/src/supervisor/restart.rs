@@ -24,11 +24,12 @@ use super::{Proc, Supervisor};
 use crate::record::{StopReason, WorkerExit, WorkerStatus};
 
 use crate::catalog::{TemplateValues, WorkerTemplate, WorkerTypeConfig, seconds_in};
+use crate::events::WorkerTransition;
 use crate::process::{self, LaunchSpec};
 use crate::record::{PAST_RUNS_KEPT, PastRun, WorkerRecord};
 
 /// How the reason of a worker left `Failed` by its crash loop begins.
-pub const CRASH_LOOP: &str = "crash loop:";
+const CRASH_LOOP: &str = "crash loop:";
 
 /// How the line that the hive writes into a worker's log before each restarted run begins.
 const RUN_HEADER: &str = "==== rbee-hive:";
@@ -420,7 +421,10 @@ impl Supervisor {
         tracing::info!(worker = %record.id, "started again (pid {pid}, restart {})", record.restart_count + 1);
         self.exit = None;
         self.process = Proc::Leader(leader);
-        let recorded = self.publish(true, |record| {
+        let restarted = WorkerTransition::Restarted {
+            restart_count: record.restart_count + 1,
+        };
+        let recorded = self.publish(true, vec![restarted], |record| {
             begin_next_run(record, pid, start_ticks, Some(Utc::now()));
         });
         self.probe = Some(self.readiness_probe(recorded));
@@ -431,7 +435,7 @@ impl Supervisor {
         self.restart = None;
         self.port = None;
         tracing::warn!(worker = %self.id(), "not restarted: {why}");
-        self.publish(true, |record| {
+        self.publish(true, vec![WorkerTransition::RestartAbandoned], |record| {
             let last = record
                 .past_runs
                 .last()

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::restart::{self, Next};
 use super::{Proc, SIGKILL_WAIT, Supervisor};
+use crate::events::{WorkerTransition, elapsed};
 use crate::process::{self, Members, Sig};
 use crate::record::{
     LOST, PastRun, StopProgress, StopReason, WorkerExit, WorkerRecord, WorkerStatus, signal_name,
@@ -128,7 +129,7 @@ impl Supervisor {
                 // the state file says so (a restarted hive resumes it as a delete).
                 if reason.removes() && !plan.reason.removes() {
                     plan.reason = reason;
-                    self.publish(true, |record| {
+                    self.publish(true, Vec::new(), |record| {
                         if let Some(stop) = &mut record.stop {
                             stop.reason = reason;
                         }
@@ -149,7 +150,7 @@ impl Supervisor {
         }
         plan.kill_at = kill_at;
         let grace_ms = (kill_at - plan.requested).as_millis() as u64;
-        self.publish(false, |record| {
+        self.publish(false, Vec::new(), |record| {
             if let Some(stop) = &mut record.stop {
                 stop.grace_ms = grace_ms;
             }
@@ -181,7 +182,9 @@ impl Supervisor {
             .clone()
             .map(|exit| (self.final_status(Some(reason), &exit), exit));
         let sigterm_at = self.signal(Sig::Term).then(Utc::now);
-        self.publish(true, |record| {
+        let mut transitions = self.exit_transition(exited.as_ref().map(|(_, exit)| exit));
+        transitions.push(WorkerTransition::Stopping { reason });
+        self.publish(true, transitions, |record| {
             if let Some((status, exit)) = exited {
                 apply_exit(record, exit, status);
             }
@@ -216,7 +219,7 @@ impl Supervisor {
         let grace_ms = (plan.kill_at - plan.requested).as_millis() as u64;
         if self.signal(Sig::Kill) {
             tracing::info!(worker = %self.id(), "grace over: sent SIGKILL to the worker's processes");
-            self.publish(true, |record| {
+            self.publish(true, vec![WorkerTransition::Killed], |record| {
                 if let Some(stop) = &mut record.stop {
                     stop.sigkill_at = Some(Utc::now());
                     stop.grace_ms = grace_ms;
@@ -257,6 +260,17 @@ impl Supervisor {
         }
     }
 
+    /// `Exited` when `exit` is the first exit the record gets (an exit the last hive saw
+    /// was announced then).
+    fn exit_transition(&self, exit: Option<&WorkerExit>) -> Vec<WorkerTransition> {
+        match exit {
+            Some(exit) if self.record.borrow().exit.is_none() => {
+                vec![WorkerTransition::Exited { exit: exit.clone() }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// Records how the leader ended and the status that follows (its group may still be
     /// stopping).
     pub(super) fn publish_exit(&self) {
@@ -264,7 +278,8 @@ impl Supervisor {
             return;
         };
         let status = self.final_status(self.plan.as_ref().map(|plan| plan.reason), &exit);
-        self.publish(true, |record| apply_exit(record, exit, status));
+        let transitions = self.exit_transition(Some(&exit));
+        self.publish(true, transitions, |record| apply_exit(record, exit, status));
     }
 
     /// The members of group `pgid` once its leader is gone: only processes that carry the
@@ -328,13 +343,29 @@ impl Supervisor {
             Some((Next::Restart { delay }, _)) => Some(*delay),
             _ => None,
         };
+        let restart_at =
+            restart_in.map(|delay| now + chrono::Duration::from_std(delay).unwrap_or_default());
+        let mut transitions = self.exit_transition(Some(&exit));
+        let stop_took = {
+            let record = self.record.borrow();
+            let stop = record.stop.as_ref().filter(|stop| stop.is_under_way());
+            stop.map(|stop| elapsed(stop.requested_at, now))
+        };
+        transitions.push(WorkerTransition::Gone { stop_took });
+        match (&next, restart_at) {
+            (Some((Next::Restart { .. }, _)), Some(at)) => {
+                transitions.push(WorkerTransition::Restarting { at });
+            }
+            (Some((Next::CrashLoop { .. }, _)), _) => transitions.push(WorkerTransition::CrashLoop),
+            _ => {}
+        }
         // A worker that leaves the registry leaves it right after this (the next turn of
         // `run`): its removal is the change the state file must hold, and one save then
         // holds both. Saving this record first would put a second save on the delete's path.
-        let generation = self.publish(!self.remove, |record| {
+        let generation = self.publish(!self.remove, transitions, |record| {
             match next {
-                Some((Next::Restart { delay }, max_restarts)) => {
-                    let at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+                Some((Next::Restart { .. }, max_restarts)) => {
+                    let at = restart_at.unwrap_or(now);
                     let run = PastRun {
                         pid: record.pid,
                         started_at: record.run_started_at.unwrap_or(record.started_at),
@@ -354,7 +385,7 @@ impl Supervisor {
                 None => {}
             }
             if let Some(stop) = record.stop.as_mut().filter(|stop| stop.is_under_way()) {
-                stop.finished_at = Some(Utc::now());
+                stop.finished_at = Some(now);
                 stop.stuck = stuck;
             }
             record.exit.get_or_insert(exit);
