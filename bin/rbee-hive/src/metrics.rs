@@ -395,31 +395,18 @@ impl Metrics {
     }
 }
 
-/// The hive's own process, as Prometheus client libraries name these metrics.
+/// The hive's own process, as Prometheus client libraries name these metrics (read through
+/// the `procfs` crate, like every other read of `/proc`).
 fn register_process_metrics(registry: &mut Registry) {
-    let Some(stat) = std::fs::read_to_string("/proc/self/stat").ok() else {
+    let Ok(myself) = procfs::process::Process::myself() else {
         return;
     };
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let number = |index: usize| -> f64 {
-        fields
-            .get(index)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
+    let Ok(stat) = myself.stat() else {
+        return;
     };
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as f64;
+    let ticks = procfs::ticks_per_second() as f64;
     let cpu: Counter<f64, AtomicU64> = Counter::default();
-    cpu.inc_by((number(11) + number(12)) / ticks);
+    cpu.inc_by((stat.utime + stat.stime) as f64 / ticks);
     registry.register_with_unit(
         "process_cpu",
         "CPU time of the hive process",
@@ -435,31 +422,24 @@ fn register_process_metrics(registry: &mut Registry) {
         "process_resident_memory",
         "Resident memory of the hive process",
         Unit::Bytes,
-        gauge(number(21) * page),
+        gauge((stat.rss * procfs::page_size()) as f64),
     );
     registry.register(
         "process_threads",
         "Threads of the hive process",
-        gauge(number(17)),
+        gauge(stat.num_threads as f64),
     );
-    let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count()) as f64;
+    let open_fds = myself.fd_count().unwrap_or(0) as f64;
     registry.register(
         "process_open_fds",
         "Open file descriptors of the hive process",
         gauge(open_fds),
     );
-    let boot = std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
+    let boot = procfs::boot_time_secs().unwrap_or(0) as f64;
     registry.register_with_unit(
         "process_start_time",
         "Start time of the hive process since the Unix epoch",
         Unit::Seconds,
-        gauge(boot + number(19) / ticks),
+        gauge(boot + stat.starttime as f64 / ticks),
     );
 }

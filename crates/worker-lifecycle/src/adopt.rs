@@ -116,7 +116,7 @@ impl WorkerManager {
         if !exit_seen {
             // The stop (if any) ended while the hive was down: how the run ended is not known.
             let ready_timeout = self
-                .catalog()
+                .worker_types()
                 .get(&record.worker_type)
                 .ok()
                 .map(|template| template.ready_timeout);

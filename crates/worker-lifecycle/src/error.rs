@@ -16,7 +16,7 @@ pub enum LifecycleError {
         "PID {0} is not a running worker managed by this hive; only this hive's own worker processes can be shown or stopped (nothing was signalled)"
     )]
     NotAManagedPid(u64),
-    /// The worker type is not in the catalog.
+    /// The worker type is not configured.
     #[error("unknown worker type '{name}'; known types: {known}")]
     UnknownWorkerType {
         /// The type asked for.

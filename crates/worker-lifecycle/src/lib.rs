@@ -25,7 +25,8 @@
 //! # Layout
 //! - `record`: [`WorkerRecord`] (PROTOCOL §5), [`WorkerStatus`] and its state machine,
 //!   [`StopProgress`], [`WorkerExit`].
-//! - `manager`: [`WorkerManager`], [`Spawning`], [`Stopping`].
+//! - `manager`: [`WorkerManager`] and [`Stopping`], the handle of a delete.
+//! - `spawn`: [`WorkerManager::spawn`], its checks, and [`Spawning`], the handle of a start.
 //! - `adopt`: what a hive finds when it starts: adoption, resumed stops, unrecorded runs.
 //! - `events`: [`WorkerEvent`] and [`WorkerTransition`], what the supervisors tell their
 //!   followers (telemetry, metrics) about what they did.
@@ -34,12 +35,14 @@
 //!   `supervisor::restart`, the restart policy, its decisions and the next run's launch.
 //! - `registry`: the slots of the workers, ids, generations and durable acknowledgement.
 //! - `state_file`: the registry on disk (atomic writes, lock, corrupt files moved aside).
-//! - `process`: process groups, pidfds, signals, `/proc` proofs (survivors, markers,
-//!   listening sockets).
+//! - `process`: process groups, pidfds, signals, survivors and marked runs.
+//! - `procinfo`: the one reader of `/proc/<pid>/*` (the `procfs` crate): identity proofs,
+//!   markers, held sockets, what `ps` shows, a group's resource use.
 //! - `readiness`: health probing until `Ready`.
-//! - `sockets`: which sockets listen on a port (`sock_diag`, or `/proc/net/tcp`).
+//! - `sockets`: which sockets listen on a port (`sock_diag`, or `/proc/net/tcp`), and whether
+//!   a worker's group holds the one that accepts its connections.
 //! - `ports`: ports from a range, held until the process is gone.
-//! - `catalog`: worker types, command templates, program lookup.
+//! - `worker_types`: worker types, command templates, program lookup.
 //! - `logs`: worker log files and their retention.
 //! - `stats`: live resource use of each worker's process group, sampled by one task.
 //! - `error`: [`LifecycleError`], what can go wrong.
@@ -47,33 +50,34 @@
 #![deny(unreachable_pub)]
 
 mod adopt;
-mod catalog;
 mod error;
 mod events;
 mod logs;
 mod manager;
 mod ports;
 mod process;
+mod procinfo;
 mod readiness;
 mod record;
 mod registry;
 mod sockets;
+mod spawn;
 mod state_file;
 mod stats;
 mod supervisor;
+mod worker_types;
 
-pub use catalog::{DeviceKind, WorkerTypeConfig};
 pub use error::LifecycleError;
 pub use events::{WorkerEvent, WorkerTransition};
 pub use logs::LogRetention;
-pub use manager::{
-    DeviceInventory, LifecycleConfig, Reconfigure, SpawnRequest, Spawning, Stopping, WorkerManager,
-};
-pub use process::ProcessInfo;
+pub use manager::{DeviceInventory, LifecycleConfig, Reconfigure, Stopping, WorkerManager};
+pub use procinfo::ProcessInfo;
 pub use record::{
     PAST_RUNS_KEPT, PastRun, StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord,
     WorkerStatus,
 };
+pub use spawn::{SpawnRequest, Spawning};
 pub use stats::{GpuSample, GpuState, GpuUsage, WorkerStats};
 pub use supervisor::HeartbeatState;
 pub use supervisor::restart::{RestartMode, RestartPolicy};
+pub use worker_types::{DeviceKind, WorkerTypeConfig};

@@ -22,11 +22,11 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use chrono::Utc;
-use nix::sys::signal::killpg;
-use nix::unistd::Pid;
+use rustix::process::{Pid, Signal};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use crate::procinfo::{StatFields, all_pids, has_marker, marker_of, stat_fields};
 use crate::record::WorkerExit;
 
 /// The environment variable that marks a worker's processes:
@@ -43,17 +43,10 @@ pub(crate) enum Sig {
 }
 
 impl Sig {
-    fn nix(self) -> nix::sys::signal::Signal {
+    fn signal(self) -> Signal {
         match self {
-            Self::Term => nix::sys::signal::Signal::SIGTERM,
-            Self::Kill => nix::sys::signal::Signal::SIGKILL,
-        }
-    }
-
-    fn rustix(self) -> rustix::process::Signal {
-        match self {
-            Self::Term => rustix::process::Signal::TERM,
-            Self::Kill => rustix::process::Signal::KILL,
+            Self::Term => Signal::TERM,
+            Self::Kill => Signal::KILL,
         }
     }
 }
@@ -193,7 +186,7 @@ impl Leader {
                 let Some(pgid) = signallable(self.pid) else {
                     return false;
                 };
-                match killpg(pgid, sig.nix()) {
+                match rustix::process::kill_process_group(pgid, sig.signal()) {
                     Ok(()) => true,
                     Err(error) => {
                         tracing::debug!(pid = self.pid, "killpg {sig:?}: {error}");
@@ -236,7 +229,10 @@ pub(crate) fn group_has_members(pgid: u32) -> bool {
     let Some(pgid) = signallable(pgid) else {
         return false;
     };
-    !matches!(killpg(pgid, None), Err(nix::errno::Errno::ESRCH))
+    !matches!(
+        rustix::process::test_kill_process_group(pgid),
+        Err(rustix::io::Errno::SRCH)
+    )
 }
 
 /// Processes of a worker's group whose leader is gone, each held by a pidfd.
@@ -321,7 +317,7 @@ impl Members {
             .iter()
             .filter(|(pid, fd)| {
                 stat_fields(*pid).is_some_and(|f| f.pgid == self.pgid && !f.zombie)
-                    && rustix::process::pidfd_send_signal(fd.get_ref(), sig.rustix()).is_ok()
+                    && rustix::process::pidfd_send_signal(fd.get_ref(), sig.signal()).is_ok()
             })
             .count()
     }
@@ -380,31 +376,6 @@ pub(crate) fn marked_members(marker: &str) -> Vec<Members> {
         .collect()
 }
 
-/// The value of `RBEE_HIVE_WORKER` in the environment `pid` was started with.
-fn marker_of(pid: u32) -> Option<String> {
-    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-    let prefix = format!("{MARKER_VAR}=");
-    env.split(|b| *b == 0)
-        .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
-        .map(|value| String::from_utf8_lossy(value).into_owned())
-}
-
-/// Whether the environment `pid` was started with holds `RBEE_HIVE_WORKER=<marker>`.
-fn has_marker(pid: u32, marker: &str) -> bool {
-    let needle = format!("{MARKER_VAR}={marker}");
-    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
-        env.split(|b| *b == 0)
-            .any(|entry| entry == needle.as_bytes())
-    })
-}
-
-fn all_pids() -> impl Iterator<Item = u32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-}
-
 fn open_pidfd(pid: u32) -> std::io::Result<OwnedFd> {
     let raw = i32::try_from(pid)
         .ok()
@@ -429,84 +400,10 @@ fn watch_pidfd(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
 pub(crate) fn signallable(pid: u32) -> Option<Pid> {
     let raw = i32::try_from(pid).ok().filter(|raw| *raw > 1)?;
     let own = std::process::id() as i32;
-    let own_group = nix::unistd::getpgrp().as_raw();
-    (raw != own && raw != own_group).then(|| Pid::from_raw(raw))
-}
-
-/// The fields of `/proc/<pid>/stat` the hive uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct StatFields {
-    /// Process group id.
-    pub(crate) pgid: u32,
-    /// Start time in clock ticks since boot (identifies the process with its pid).
-    pub(crate) start_ticks: u64,
-    /// Whether it is a zombie (or dead).
-    pub(crate) zombie: bool,
-}
-
-/// Reads `/proc/<pid>/stat`; `None` if the process does not exist.
-pub(crate) fn stat_fields(pid: u32) -> Option<StatFields> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces; fields follow the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // rest[0] is field 3 (state); pgrp is field 5, starttime field 22.
-    Some(StatFields {
-        zombie: matches!(fields.first().copied(), Some("Z" | "X")),
-        pgid: fields.get(2)?.parse().ok()?,
-        start_ticks: fields.get(19)?.parse().ok()?,
-    })
-}
-
-/// Whether the socket that accepts connections to `127.0.0.1:port` is held by a process of
-/// group `pgid`. `Err` says who holds it instead (or that nobody listens).
-pub(crate) fn listener_is_held_by_group(port: u16, pgid: u32) -> Result<(), String> {
-    let listeners = crate::sockets::accepting_listeners(port);
-    if listeners.is_empty() {
-        return Err(format!("no socket listens on port {port}"));
-    }
-    // The leader holds the socket in the common case; the rest of the group is scanned only
-    // when it does not.
-    let mut missing: Vec<u64> = listeners
-        .into_iter()
-        .filter(|inode| !holds_socket(pgid, *inode))
-        .collect();
-    if !missing.is_empty() {
-        let members: Vec<u32> = all_pids()
-            .filter(|pid| {
-                *pid != pgid && stat_fields(*pid).is_some_and(|f| f.pgid == pgid && !f.zombie)
-            })
-            .collect();
-        missing.retain(|inode| !members.iter().any(|pid| holds_socket(*pid, *inode)));
-    }
-    match missing.first() {
-        None => Ok(()),
-        Some(inode) => Err(match holder_of_socket(*inode) {
-            Some((pid, name)) => format!(
-                "port {port} is held by pid {pid} ({name}), which is not a process of this worker"
-            ),
-            None => format!(
-                "port {port} is held by a process this hive cannot see (another user's), not by this worker"
-            ),
-        }),
-    }
-}
-
-fn holds_socket(pid: u32, inode: u64) -> bool {
-    let target = format!("socket:[{inode}]");
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
+    let own_group = rustix::process::getpgrp().as_raw_nonzero().get();
+    (raw != own && raw != own_group)
+        .then(|| Pid::from_raw(raw))
         .flatten()
-        .filter_map(Result::ok)
-        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|link| link.as_os_str() == &*target))
-}
-
-fn holder_of_socket(inode: u64) -> Option<(u32, String)> {
-    let pid = all_pids().find(|pid| holds_socket(*pid, inode))?;
-    let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_default();
-    Some((pid, name))
 }
 
 /// The last `max_lines` lines of a log file (at most 4 KiB), for failure messages.
@@ -529,88 +426,6 @@ pub(crate) fn log_tail(path: &Path, max_lines: usize) -> String {
     lines[lines.len().saturating_sub(max_lines)..].join("\n")
 }
 
-/// What `/proc` says about a running process, as `ps` would show it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct ProcessInfo {
-    /// The pid.
-    pub pid: u32,
-    /// The command line.
-    pub command: String,
-    /// Resident memory in KiB.
-    pub memory_kb: u64,
-    /// CPU time over the process's lifetime, as a percentage of one core (like `ps`).
-    pub cpu_percent: f64,
-    /// Time since the process started, `[[dd-]hh:]mm:ss` (like `ps -o etime`).
-    pub elapsed: String,
-}
-
-/// Reads [`ProcessInfo`] for a live, non-zombie process.
-pub(crate) fn process_info(pid: u32) -> Option<ProcessInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if matches!(fields.first().copied(), Some("Z" | "X")) {
-        return None;
-    }
-    // Fields 14 (utime), 15 (stime) and 22 (starttime), counted from 3 at index 0.
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    let start_ticks: u64 = fields.get(19)?.parse().ok()?;
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    let elapsed_seconds = (uptime - start_ticks as f64 / ticks_per_second).max(0.0);
-    let cpu_seconds = (utime + stime) as f64 / ticks_per_second;
-    let cpu_percent = if elapsed_seconds > 0.0 {
-        (cpu_seconds / elapsed_seconds * 1000.0).round() / 10.0
-    } else {
-        0.0
-    };
-    let memory_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let command = std::fs::read(format!("/proc/{pid}/cmdline"))
-        .ok()
-        .map(|bytes| {
-            bytes
-                .split(|b| *b == 0)
-                .filter(|part| !part.is_empty())
-                .map(|part| String::from_utf8_lossy(part).into_owned())
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default();
-    Some(ProcessInfo {
-        pid,
-        command,
-        memory_kb,
-        cpu_percent,
-        elapsed: format_elapsed(elapsed_seconds as u64),
-    })
-}
-
-fn format_elapsed(seconds: u64) -> String {
-    let (days, rest) = (seconds / 86_400, seconds % 86_400);
-    let (hours, rest) = (rest / 3600, rest % 3600);
-    let (minutes, secs) = (rest / 60, rest % 60);
-    match (days, hours) {
-        (0, 0) => format!("{minutes:02}:{secs:02}"),
-        (0, _) => format!("{hours:02}:{minutes:02}:{secs:02}"),
-        _ => format!("{days}-{hours:02}:{minutes:02}:{secs:02}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -624,27 +439,8 @@ mod tests {
         assert!(signallable(u32::MAX).is_none());
         assert!(signallable(i32::MAX as u32 + 1).is_none());
         assert!(signallable(std::process::id()).is_none());
-        assert!(signallable(nix::unistd::getpgrp().as_raw() as u32).is_none());
+        assert!(signallable(rustix::process::getpgrp().as_raw_nonzero().get() as u32).is_none());
         assert!(signallable(12345).is_some());
-    }
-
-    #[test]
-    fn reads_own_stat() {
-        let own = stat_fields(std::process::id()).unwrap();
-        assert_eq!(own.pgid, nix::unistd::getpgrp().as_raw() as u32);
-        assert!(!own.zombie);
-        assert!(stat_fields(u32::MAX).is_none());
-    }
-
-    #[test]
-    fn reads_own_process_info() {
-        let info = process_info(std::process::id()).unwrap();
-        assert!(info.memory_kb > 0);
-        assert!(!info.command.is_empty());
-        assert!(info.cpu_percent >= 0.0);
-        assert_eq!(format_elapsed(5), "00:05");
-        assert_eq!(format_elapsed(3725), "01:02:05");
-        assert_eq!(format_elapsed(90_061), "1-01:01:01");
     }
 
     #[test]
@@ -655,28 +451,6 @@ mod tests {
         std::fs::write(&path, text).unwrap();
         assert_eq!(log_tail(&path, 2), "line 98\nline 99");
         assert_eq!(log_tail(&dir.path().join("missing"), 2), "");
-    }
-
-    #[tokio::test]
-    async fn a_listener_is_proven_only_for_the_group_that_holds_it() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        // This test process holds the socket; its own group is the test's group.
-        let own_group = nix::unistd::getpgrp().as_raw() as u32;
-        let own = std::process::id();
-        assert!(holds_socket(
-            own,
-            crate::sockets::accepting_listeners(port)[0]
-        ));
-        // No process has this pid (pids stay below 2^22).
-        let error = listener_is_held_by_group(port, 4_000_000_000).unwrap_err();
-        assert!(
-            error.contains(&format!("held by pid {own}")),
-            "{error} (own pid {own})"
-        );
-        drop(listener);
-        let error = listener_is_held_by_group(port, own_group).unwrap_err();
-        assert!(error.contains("no socket listens"), "{error}");
     }
 
     #[tokio::test]

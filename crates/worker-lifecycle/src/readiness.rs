@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::process;
 use crate::record::WorkerHealth;
+use crate::sockets;
 
 const FIRST_DELAY: Duration = Duration::from_millis(2);
 const MAX_DELAY: Duration = Duration::from_millis(100);
@@ -64,7 +64,7 @@ impl ProbeTarget {
         // `/proc` and netlink: off the runtime's threads.
         let (port, pgid) = (self.port, self.pgid);
         let proof =
-            tokio::task::spawn_blocking(move || process::listener_is_held_by_group(port, pgid));
+            tokio::task::spawn_blocking(move || sockets::listener_is_held_by_group(port, pgid));
         let (answer, proof) = tokio::join!(answer, proof);
         match (answer, proof) {
             (Ok(Some(status)), Ok(Ok(()))) if (200..300).contains(&status) => Ok(true),
@@ -72,7 +72,7 @@ impl ProbeTarget {
                 // The proof may have been taken just before the worker bound its socket, and
                 // the answer just after: taken again, now that someone answered.
                 match tokio::task::spawn_blocking(move || {
-                    process::listener_is_held_by_group(port, pgid)
+                    sockets::listener_is_held_by_group(port, pgid)
                 })
                 .await
                 {

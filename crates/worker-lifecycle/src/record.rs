@@ -191,10 +191,45 @@ impl fmt::Display for WorkerExit {
     }
 }
 
-/// The conventional name of a signal number.
+/// The conventional name of a signal number (Linux's numbering, as on x86 and Arm).
 pub(crate) fn signal_name(signal: i32) -> &'static str {
-    nix::sys::signal::Signal::try_from(signal)
-        .map(|s| s.as_str())
+    const NAMES: [&str; 31] = [
+        "SIGHUP",
+        "SIGINT",
+        "SIGQUIT",
+        "SIGILL",
+        "SIGTRAP",
+        "SIGABRT",
+        "SIGBUS",
+        "SIGFPE",
+        "SIGKILL",
+        "SIGUSR1",
+        "SIGSEGV",
+        "SIGUSR2",
+        "SIGPIPE",
+        "SIGALRM",
+        "SIGTERM",
+        "SIGSTKFLT",
+        "SIGCHLD",
+        "SIGCONT",
+        "SIGSTOP",
+        "SIGTSTP",
+        "SIGTTIN",
+        "SIGTTOU",
+        "SIGURG",
+        "SIGXCPU",
+        "SIGXFSZ",
+        "SIGVTALRM",
+        "SIGPROF",
+        "SIGWINCH",
+        "SIGIO",
+        "SIGPWR",
+        "SIGSYS",
+    ];
+    usize::try_from(signal)
+        .ok()
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|index| NAMES.get(index).copied())
         .unwrap_or("unknown signal")
 }
 
@@ -215,7 +250,7 @@ pub struct WorkerRecord {
     pub id: String,
     /// The model it serves.
     pub model_id: String,
-    /// The catalog type it was started from (`cpu`, `cuda`, `demo`, …).
+    /// The worker type it was started from (`cpu`, `cuda`, `demo`, …).
     pub worker_type: String,
     /// `GPU-<n>`, `CPU-<n>` or `METAL-<n>`.
     pub device: String,
@@ -316,6 +351,28 @@ impl WorkerRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_names_follow_the_platforms_numbers() {
+        use rustix::process::Signal;
+        for (signal, name) in [
+            (Signal::HUP, "SIGHUP"),
+            (Signal::INT, "SIGINT"),
+            (Signal::ABORT, "SIGABRT"),
+            (Signal::KILL, "SIGKILL"),
+            (Signal::SEGV, "SIGSEGV"),
+            (Signal::ALARM, "SIGALRM"),
+            (Signal::TERM, "SIGTERM"),
+            (Signal::CHILD, "SIGCHLD"),
+            (Signal::STOP, "SIGSTOP"),
+            (Signal::VTALARM, "SIGVTALRM"),
+            (Signal::SYS, "SIGSYS"),
+        ] {
+            assert_eq!(signal_name(signal.as_raw()), name);
+        }
+        assert_eq!(signal_name(0), "unknown signal");
+        assert_eq!(signal_name(64), "unknown signal");
+    }
 
     #[test]
     fn status_serialises_as_protocol_says() {

@@ -1,4 +1,5 @@
-//! Which TCP sockets listen on a port, for the readiness proof: the kernel's `sock_diag`
+//! Which TCP sockets listen on a port, and whether a worker's process group holds the one
+//! that accepts its connections (the readiness proof): the kernel's `sock_diag`
 //! netlink interface, asked for listening sockets only (it then walks the listening table
 //! alone, microseconds), with `/proc/net/tcp{,6}` as the fallback (which walks every
 //! socket table: milliseconds on a busy or large machine).
@@ -7,8 +8,9 @@
 //! kernel chooses among them: bound to 127.0.0.1 before bound to the wildcard, IPv4 before
 //! IPv6.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use crate::procinfo::{all_pids, holder_of_socket, holds_socket, stat_fields};
 use rustix::net::netlink::{self, SocketAddrNetlink};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType};
 
@@ -146,68 +148,63 @@ fn parse_diag(message: &[u8], port: u16) -> Option<(u8, u64)> {
     Some((rank(address)?, u64::from(inode)))
 }
 
-/// `(rank, inode)` of the TCP listeners on `port`, from `/proc/net/tcp{,6}`.
+/// `(rank, inode)` of the TCP listeners on `port`, from `/proc/net/tcp{,6}` (the `procfs`
+/// crate's parser).
 fn listeners_by_proc(port: u16) -> Vec<(u8, u64)> {
-    let mut found = Vec::new();
-    for (path, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        let Ok(table) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        found.extend(
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| parse_proc_line(line, v6, port)),
-        );
-    }
-    found
+    let tables = [procfs::net::tcp(), procfs::net::tcp6()];
+    tables
+        .into_iter()
+        .flat_map(Result::unwrap_or_default)
+        .filter(|entry| {
+            entry.state == procfs::net::TcpState::Listen && entry.local_address.port() == port
+        })
+        .filter_map(|entry| {
+            let rank = match entry.local_address.ip() {
+                IpAddr::V4(ip) => rank(&ip.octets()),
+                IpAddr::V6(ip) => rank(&ip.octets()),
+            }?;
+            Some((rank, entry.inode))
+        })
+        .collect()
 }
 
-/// One line of `/proc/net/tcp{,6}`: `(rank, inode)` of a listening socket on `port` that
-/// accepts connections to 127.0.0.1.
-fn parse_proc_line(line: &str, v6: bool, port: u16) -> Option<(u8, u64)> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    let (address, local_port) = fields.get(1)?.split_once(':')?;
-    const LISTEN: &str = "0A";
-    if u16::from_str_radix(local_port, 16).ok()? != port || *fields.get(3)? != LISTEN {
-        return None;
+/// Whether the socket that accepts connections to `127.0.0.1:port` is held by a process of
+/// group `pgid`. `Err` says who holds it instead (or that nobody listens).
+pub(crate) fn listener_is_held_by_group(port: u16, pgid: u32) -> Result<(), String> {
+    let listeners = accepting_listeners(port);
+    if listeners.is_empty() {
+        return Err(format!("no socket listens on port {port}"));
     }
-    let inode: u64 = fields.get(9)?.parse().ok()?;
-    // Addresses are printed as 32-bit words in host byte order.
-    let words: Vec<u32> = (0..address.len() / 8)
-        .map(|i| u32::from_str_radix(address.get(i * 8..i * 8 + 8)?, 16).ok())
-        .collect::<Option<_>>()?;
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    if bytes.len() != if v6 { 16 } else { 4 } {
-        return None;
+    // The leader holds the socket in the common case; the rest of the group is scanned only
+    // when it does not.
+    let mut missing: Vec<u64> = listeners
+        .into_iter()
+        .filter(|inode| !holds_socket(pgid, *inode))
+        .collect();
+    if !missing.is_empty() {
+        let members: Vec<u32> = all_pids()
+            .filter(|pid| {
+                *pid != pgid && stat_fields(*pid).is_some_and(|f| f.pgid == pgid && !f.zombie)
+            })
+            .collect();
+        missing.retain(|inode| !members.iter().any(|pid| holds_socket(*pid, *inode)));
     }
-    Some((rank(&bytes)?, inode))
+    match missing.first() {
+        None => Ok(()),
+        Some(inode) => Err(match holder_of_socket(*inode) {
+            Some((pid, name)) => format!(
+                "port {port} is held by pid {pid} ({name}), which is not a process of this worker"
+            ),
+            None => format!(
+                "port {port} is held by a process this hive cannot see (another user's), not by this worker"
+            ),
+        }),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_listeners_of_both_proc_tables() {
-        let v4 = "   0: 0100007F:2382 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(parse_proc_line(v4, false, 0x2382), Some((0, 4242)));
-        assert_eq!(parse_proc_line(v4, false, 0x2383), None);
-        let any = v4.replace("0100007F", "00000000");
-        assert_eq!(parse_proc_line(&any, false, 0x2382), Some((2, 4242)));
-        let connected = v4.replace(" 0A ", " 01 ");
-        assert_eq!(parse_proc_line(&connected, false, 0x2382), None);
-        let elsewhere = v4.replace("0100007F", "0A00000A");
-        assert_eq!(parse_proc_line(&elsewhere, false, 0x2382), None);
-        let v6_any = "   0: 00000000000000000000000000000000:2382 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(parse_proc_line(v6_any, true, 0x2382), Some((3, 77)));
-        let v6_mapped = v6_any.replacen(
-            "00000000000000000000000000000000",
-            "0000000000000000FFFF00000100007F",
-            1,
-        );
-        assert_eq!(parse_proc_line(&v6_mapped, true, 0x2382), Some((1, 77)));
-    }
 
     #[test]
     fn netlink_and_proc_agree_on_a_real_listener() {
@@ -224,5 +221,24 @@ mod tests {
         assert_eq!(accepting_listeners(port), vec![by_proc[0].1]);
         drop(listener);
         assert!(accepting_listeners(port).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_listener_is_proven_only_for_the_group_that_holds_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // This test process holds the socket; its own group is the test's group.
+        let own_group = rustix::process::getpgrp().as_raw_nonzero().get() as u32;
+        let own = std::process::id();
+        assert!(holds_socket(own, accepting_listeners(port)[0]));
+        // No process has this pid (pids stay below 2^22).
+        let error = listener_is_held_by_group(port, 4_000_000_000).unwrap_err();
+        assert!(
+            error.contains(&format!("held by pid {own}")),
+            "{error} (own pid {own})"
+        );
+        drop(listener);
+        let error = listener_is_held_by_group(port, own_group).unwrap_err();
+        assert!(error.contains("no socket listens"), "{error}");
     }
 }

@@ -15,7 +15,6 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
 use crate::error::LifecycleError;
@@ -64,7 +63,8 @@ impl PersistedState {
 #[derive(Debug)]
 pub(crate) struct StateDir {
     dir: PathBuf,
-    _lock: Flock<File>,
+    /// Holds the `flock` for the hive's life; closing it releases it.
+    _lock: File,
     // std Mutex: held while one save writes, never across an await. Saves from the
     // background writer and from shutdown must not interleave on the temporary file.
     writing: std::sync::Mutex<()>,
@@ -89,9 +89,11 @@ impl StateDir {
                 path: lock_path.clone(),
                 source,
             })?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((mut file, _)) => {
+        let mut lock = file;
+        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(_) => {
+                let mut file = lock;
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 return Err(LifecycleError::StateDirLocked {
@@ -99,7 +101,7 @@ impl StateDir {
                     holder: holder.trim().parse().ok(),
                 });
             }
-        };
+        }
         let _ = lock.set_len(0);
         let _ = lock.seek(SeekFrom::Start(0));
         let _ = writeln!(lock, "{}", std::process::id());

@@ -1,5 +1,5 @@
 //! Live resource use of the workers, sampled by one task for all of them (never per
-//! request): each interval it reads `/proc/<pid>/stat` of every process once, adds up the
+//! request): each interval it reads `/proc/<pid>/stat` of every process once (`procinfo`), adds up the
 //! processes of each running worker's group (resident memory, CPU ticks, threads), and turns
 //! the ticks into a CPU percentage over the interval. Readers get the last sample.
 
@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::procinfo;
 use crate::record::WorkerRecord;
 use crate::registry::Registry;
 
@@ -101,16 +102,6 @@ impl StatsTable {
     }
 }
 
-/// What one process group uses, summed over its processes.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-struct GroupUse {
-    pids: Vec<u32>,
-    processes: u32,
-    threads: u64,
-    rss_pages: u64,
-    ticks: u64,
-}
-
 /// Samples every `interval` until `stop`.
 pub(crate) async fn sampler(
     registry: Registry,
@@ -119,14 +110,7 @@ pub(crate) async fn sampler(
     gpu: Option<std::sync::Arc<dyn GpuUsage>>,
     stop: CancellationToken,
 ) {
-    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as f64;
+    let ticks_per_second = procfs::ticks_per_second() as f64;
     // The previous sample's ticks per worker, to turn totals into a rate.
     let mut previous: HashMap<String, (u64, Instant)> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
@@ -152,7 +136,8 @@ pub(crate) async fn sampler(
             Some(gpu) if running.iter().any(|r| r.device.starts_with("GPU-")) => gpu.sample().await,
             _ => None,
         };
-        let Ok(usage) = tokio::task::spawn_blocking(move || scan(&groups)).await else {
+        let Ok(usage) = tokio::task::spawn_blocking(move || procinfo::group_use(&groups)).await
+        else {
             continue;
         };
         let now = Instant::now();
@@ -198,8 +183,7 @@ pub(crate) async fn sampler(
                 WorkerStats {
                     processes: group.processes,
                     threads: group.threads,
-                    rss_mb: (group.rss_pages as f64 * page_size / (1024.0 * 1024.0) * 10.0).round()
-                        / 10.0,
+                    rss_mb: (group.rss_bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
                     cpu_pct,
                     uptime_s,
                     pids: group.pids.clone(),
@@ -212,91 +196,5 @@ pub(crate) async fn sampler(
         }
         previous = next_previous;
         table.replace(samples);
-    }
-}
-
-/// One pass over `/proc`: what each of `groups` uses.
-fn scan(groups: &[u32]) -> HashMap<u32, GroupUse> {
-    let mut usage: HashMap<u32, GroupUse> =
-        groups.iter().map(|g| (*g, GroupUse::default())).collect();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return usage;
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some((pgid, process)) = parse_stat(&stat)
-            && let Some(group) = usage.get_mut(&pgid)
-        {
-            group.pids.push(pid);
-            group.processes += 1;
-            group.threads += process.threads;
-            group.rss_pages += process.rss_pages;
-            group.ticks += process.ticks;
-        }
-    }
-    usage
-}
-
-/// The group and the use of one process from its `/proc/<pid>/stat` line; `None` for a
-/// zombie or a line that does not parse.
-fn parse_stat(stat: &str) -> Option<(u32, GroupUse)> {
-    // The command name is in parentheses and may hold anything; fields follow the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // Index 0 is field 3 (state): pgrp is field 5, utime 14, stime 15, num_threads 20,
-    // rss 24 (in pages).
-    if matches!(fields.first().copied(), Some("Z" | "X")) {
-        return None;
-    }
-    let number = |index: usize| fields.get(index)?.parse::<u64>().ok();
-    Some((
-        u32::try_from(number(2)?).ok()?,
-        GroupUse {
-            pids: Vec::new(),
-            processes: 1,
-            threads: number(17)?,
-            rss_pages: number(21)?,
-            ticks: number(11)? + number(12)?,
-        },
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_stat_line_with_a_hostile_name_parses() {
-        let line = "4242 (evil) 1 2 3 (x) S 1 4240 4240 0 -1 4194560 100 0 0 0 7 3 0 0 20 0 5 0 12345 1000000 321 18446744073709551615";
-        assert_eq!(
-            parse_stat(line),
-            Some((
-                4240,
-                GroupUse {
-                    pids: Vec::new(),
-                    processes: 1,
-                    threads: 5,
-                    rss_pages: 321,
-                    ticks: 10
-                }
-            ))
-        );
-        assert_eq!(parse_stat("1 (z) Z 0 1 1 0"), None);
-    }
-
-    #[test]
-    fn this_process_is_found_in_its_group() {
-        let pgid = nix::unistd::getpgrp().as_raw() as u32;
-        let usage = scan(&[pgid]);
-        let group = &usage[&pgid];
-        assert!(
-            group.processes >= 1 && group.threads >= 1 && group.rss_pages > 0,
-            "{group:?}"
-        );
     }
 }

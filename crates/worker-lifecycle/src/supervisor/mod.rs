@@ -26,14 +26,15 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::events::{WorkerEvent, WorkerTransition, elapsed};
 use crate::logs;
 use crate::ports::PortLease;
 use crate::process::{self, LaunchSpec, Leader, Members};
+use crate::procinfo;
 use crate::readiness::{self, Probe, ProbeTarget};
 use crate::record::{StopReason, WorkerExit, WorkerHealth, WorkerRecord, WorkerStatus};
 use crate::registry::Registry;
+use crate::worker_types::WorkerTypes;
 pub(crate) mod restart;
 mod stop;
 
@@ -93,7 +94,7 @@ pub(crate) struct Context {
     pub(crate) events: tokio::sync::broadcast::Sender<WorkerEvent>,
     /// The worker types; a reload replaces it (running workers keep the command they were
     /// started with: it is in their record).
-    pub(crate) catalog: std::sync::RwLock<Arc<Catalog>>,
+    pub(crate) worker_types: std::sync::RwLock<Arc<WorkerTypes>>,
     /// `{hive_url}` of a restarted worker's environment.
     pub(crate) hive_url: String,
     /// `{queen_url}` of a restarted worker's environment (empty when none is configured).
@@ -104,8 +105,8 @@ pub(crate) struct Context {
 
 impl Context {
     /// The worker types as they are now.
-    pub(crate) fn catalog(&self) -> Arc<Catalog> {
-        self.catalog
+    pub(crate) fn worker_types(&self) -> Arc<WorkerTypes> {
+        self.worker_types
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -382,7 +383,7 @@ impl Supervisor {
         match launched {
             Ok(leader) => {
                 let pid = leader.pid();
-                let start_ticks = process::stat_fields(pid).map(|f| f.start_ticks);
+                let start_ticks = procinfo::stat_fields(pid).map(|f| f.start_ticks);
                 let recorded = self.publish(true, vec![WorkerTransition::Spawned], |record| {
                     record.pid = pid;
                     record.pgid = pid;

@@ -23,10 +23,11 @@ use tokio::time::Instant;
 use super::{Proc, Supervisor};
 use crate::record::{StopReason, WorkerExit, WorkerStatus};
 
-use crate::catalog::{TemplateValues, WorkerTemplate, WorkerTypeConfig, seconds_in};
 use crate::events::WorkerTransition;
 use crate::process::{self, LaunchSpec};
+use crate::procinfo;
 use crate::record::{PAST_RUNS_KEPT, PastRun, WorkerRecord};
+use crate::worker_types::{TemplateValues, WorkerTemplate, WorkerTypeConfig, seconds_in};
 
 /// How the reason of a worker left `Failed` by its crash loop begins.
 const CRASH_LOOP: &str = "crash loop:";
@@ -349,7 +350,7 @@ impl Supervisor {
         let record = self.record.borrow().clone();
         let policy = self
             .context
-            .catalog()
+            .worker_types()
             .get(&record.worker_type)
             .map(|template| template.restart)
             .unwrap_or_default();
@@ -391,8 +392,8 @@ impl Supervisor {
             return;
         }
         let record = self.record.borrow().clone();
-        let catalog = self.context.catalog();
-        let template = match catalog.get(&record.worker_type) {
+        let worker_types = self.context.worker_types();
+        let template = match worker_types.get(&record.worker_type) {
             Ok(template) if template.restart.mode == RestartMode::OnFailure => template,
             Ok(_) => return self.give_up_restart("its type's `restart` is now \"never\""),
             Err(_) => return self.give_up_restart("its worker type is no longer configured"),
@@ -417,7 +418,7 @@ impl Supervisor {
             Err(why) => return self.give_up_restart(&why),
         };
         let pid = leader.pid();
-        let start_ticks = process::stat_fields(pid).map(|f| f.start_ticks);
+        let start_ticks = procinfo::stat_fields(pid).map(|f| f.start_ticks);
         tracing::info!(worker = %record.id, "started again (pid {pid}, restart {})", record.restart_count + 1);
         self.exit = None;
         self.process = Proc::Leader(leader);
@@ -553,7 +554,7 @@ mod tests {
     fn the_next_run_is_the_recorded_command_with_the_types_environment() {
         let dir = tempfile::tempdir().unwrap();
         let record = record(&dir.path().join("w.log"), &[]);
-        let mut template = crate::catalog::Catalog::new(&Default::default(), None, None)
+        let mut template = crate::worker_types::WorkerTypes::new(&Default::default(), None, None)
             .unwrap()
             .get("llama")
             .unwrap()

@@ -1,4 +1,4 @@
-//! The worker command catalog: how each worker type is started (PROTOCOL §5).
+//! The worker types: how each worker type is started (PROTOCOL §5).
 //!
 //! A worker type is a command template (program and arguments, no shell), environment
 //! additions, a health path and a ready timeout. Placeholders `{worker_id} {model} {port}
@@ -237,11 +237,11 @@ pub(crate) fn fill(template: &str, values: &TemplateValues<'_>) -> Result<String
 
 /// The worker types of one hive.
 #[derive(Debug, Clone)]
-pub(crate) struct Catalog {
+pub(crate) struct WorkerTypes {
     types: BTreeMap<String, WorkerTemplate>,
 }
 
-impl Catalog {
+impl WorkerTypes {
     /// The built-in types, replaced or extended by `configured`. Every template is checked.
     /// `llama_server`, when given, is the program of the built-in `llama` type;
     /// `demo_worker`, when given, the command that starts the demo worker (program and
@@ -570,8 +570,8 @@ mod tests {
 
     #[test]
     fn builtins_follow_the_protocol() {
-        let catalog = Catalog::new(&BTreeMap::new(), None, None).unwrap();
-        let cuda = catalog.get("cuda").unwrap();
+        let worker_types = WorkerTypes::new(&BTreeMap::new(), None, None).unwrap();
+        let cuda = worker_types.get("cuda").unwrap();
         let command: Vec<String> = cuda
             .command
             .iter()
@@ -584,11 +584,14 @@ mod tests {
         );
         assert_eq!(cuda.device.device_name(1), "GPU-1");
         assert_eq!(
-            catalog.get("metal").unwrap().device.device_name(0),
+            worker_types.get("metal").unwrap().device.device_name(0),
             "METAL-0"
         );
-        assert_eq!(catalog.get("cpu").unwrap().device.device_name(0), "CPU-0");
-        let llama = catalog.get("llama").unwrap();
+        assert_eq!(
+            worker_types.get("cpu").unwrap().device.device_name(0),
+            "CPU-0"
+        );
+        let llama = worker_types.get("llama").unwrap();
         assert_eq!(llama.command[0], "llama-server");
         assert!(llama.model_is_path);
         assert_eq!(llama.device.device_name(1), "GPU-1");
@@ -597,8 +600,8 @@ mod tests {
             "1"
         );
         assert_eq!(llama.env_remove, ["LLAMA_ARG_*"]);
-        assert!(!catalog.get("demo").unwrap().model_is_path);
-        let with_path = Catalog::new(
+        assert!(!worker_types.get("demo").unwrap().model_is_path);
+        let with_path = WorkerTypes::new(
             &BTreeMap::new(),
             Some(Path::new("/opt/llama/llama-server")),
             None,
@@ -608,7 +611,7 @@ mod tests {
             with_path.get("llama").unwrap().command[0],
             "/opt/llama/llama-server"
         );
-        let error = catalog.get("tpu").unwrap_err().to_string();
+        let error = worker_types.get("tpu").unwrap_err().to_string();
         assert!(error.contains("cpu, cuda, demo, llama, metal"), "{error}");
     }
 
@@ -623,23 +626,26 @@ mod tests {
             "[workers.cpu]\ncommand = [\"/opt/w\", \"{port}\"]\nready_timeout_s = 2.5\n\
              [workers.custom]\ncommand = [\"x\"]\ndevice = \"gpu\"\n",
         );
-        let catalog = Catalog::new(&configured, None, None).unwrap();
-        assert_eq!(catalog.get("cpu").unwrap().command, ["/opt/w", "{port}"]);
+        let worker_types = WorkerTypes::new(&configured, None, None).unwrap();
         assert_eq!(
-            catalog.get("cpu").unwrap().ready_timeout,
+            worker_types.get("cpu").unwrap().command,
+            ["/opt/w", "{port}"]
+        );
+        assert_eq!(
+            worker_types.get("cpu").unwrap().ready_timeout,
             Duration::from_millis(2500)
         );
-        assert_eq!(catalog.get("custom").unwrap().device, DeviceKind::Gpu);
+        assert_eq!(worker_types.get("custom").unwrap().device, DeviceKind::Gpu);
 
         let bad = parse("[workers.bad]\ncommand = [\"x\", \"{modle}\"]\n");
         assert!(
-            Catalog::new(&bad, None, None)
+            WorkerTypes::new(&bad, None, None)
                 .unwrap_err()
                 .to_string()
                 .contains("unknown placeholder {modle}")
         );
         let empty = parse("[workers.bad]\ncommand = []\n");
-        assert!(Catalog::new(&empty, None, None).is_err());
+        assert!(WorkerTypes::new(&empty, None, None).is_err());
     }
 
     #[test]
@@ -654,8 +660,8 @@ mod tests {
              restart_backoff_ms = 200\nrestart_backoff_max_ms = 500\n\
              [workers.custom]\ncommand = [\"x\"]\n",
         );
-        let catalog = Catalog::new(&configured, None, None).unwrap();
-        let cuda = catalog.get("cuda").unwrap();
+        let worker_types = WorkerTypes::new(&configured, None, None).unwrap();
+        let cuda = worker_types.get("cuda").unwrap();
         // No `command`: the built-in's command and device stay.
         assert_eq!(cuda.command[0], "llm-worker-rbee-cuda");
         assert_eq!(cuda.device, DeviceKind::Gpu);
@@ -667,7 +673,7 @@ mod tests {
         let delays: Vec<u64> = (0..5).map(|n| policy.delay(n).as_millis() as u64).collect();
         assert_eq!(delays, [200, 400, 500, 500, 500]);
         assert_eq!(
-            catalog.get("custom").unwrap().restart,
+            worker_types.get("custom").unwrap().restart,
             RestartPolicy::default()
         );
         assert_eq!(RestartPolicy::default().delay(40), Duration::from_secs(30));
@@ -691,7 +697,7 @@ mod tests {
                 Err(error) => assert!(complaint.is_empty(), "{text}: {error}"),
                 Ok(table) => {
                     let configured = table.into_values().next().unwrap();
-                    let error = Catalog::new(&configured, None, None)
+                    let error = WorkerTypes::new(&configured, None, None)
                         .unwrap_err()
                         .to_string();
                     assert!(error.contains(complaint), "{text}: {error}");
