@@ -1,5 +1,5 @@
 //! GPU memory per worker (issue 13, item 3), through a fake `nvidia-smi` that answers the
-//! hive's queries as the real one does (the captures are in `bin/rbee-hive/fixtures/`) and a
+//! hive's queries as the real one does (the captures are in `crates/devices/fixtures/`) and a
 //! fake NVML library (`tests/fixtures/fake-nvml.c`, built here with `cc`) that the hive
 //! loads as it would the driver's: the worker's processes' GPU memory in its stats and in
 //! `/metrics`, NVML first and `nvidia-smi` when NVML fails, and a delete that ends only once

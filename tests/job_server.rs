@@ -376,7 +376,7 @@ async fn capabilities_report_cpu_and_parse_nvidia_smi() {
     // Point the hive at an `nvidia-smi` that prints the real H100 capture.
     let fixture = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/bin/rbee-hive/fixtures/nvidia-smi/query-gpu-noheader-nounits.csv"
+        "/crates/devices/fixtures/nvidia-smi/query-gpu-noheader-nounits.csv"
     );
     let fake = hive.dir.path().join("nvidia-smi");
     std::fs::write(&fake, format!("#!/bin/sh\nexec cat '{fixture}'\n")).unwrap();

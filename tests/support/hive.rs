@@ -60,7 +60,7 @@ impl HiveBuilder {
     }
 
     /// Makes the hive see `count` GPUs: its `nvidia-smi` is a script that prints the real
-    /// H100 capture (`bin/rbee-hive/fixtures/nvidia-smi/`) once per GPU, indices 0, 1, ….
+    /// H100 capture (`crates/devices/fixtures/nvidia-smi/`) once per GPU, indices 0, 1, ….
     /// Without this (or [`nvidia_smi`](Self::nvidia_smi)) the hive sees no GPU, whatever
     /// the machine has, so tests hold on GPU machines too.
     pub fn gpus(mut self, count: usize) -> Self {
@@ -657,7 +657,7 @@ fn launch(
 /// Writes an `nvidia-smi` that prints the captured H100 line once per GPU; returns its path.
 fn fake_nvidia_smi(dir: &std::path::Path, count: usize) -> String {
     let capture =
-        include_str!("../../bin/rbee-hive/fixtures/nvidia-smi/query-gpu-noheader-nounits.csv");
+        include_str!("../../crates/devices/fixtures/nvidia-smi/query-gpu-noheader-nounits.csv");
     let (_, rest) = capture
         .trim()
         .split_once(',')

@@ -100,19 +100,7 @@ struct FileConfig {
 }
 
 /// Where the GPU memory and use of each worker come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum GpuSource {
-    /// NVML when its library loads, else `nvidia-smi`.
-    #[default]
-    Auto,
-    /// NVML only.
-    Nvml,
-    /// `nvidia-smi` only.
-    NvidiaSmi,
-    /// No GPU sampling.
-    None,
-}
+pub use devices::GpuSource;
 
 /// What happens to running workers when the hive shuts down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -8,12 +8,13 @@
 //! wait for open connections to finish (bounded); apply the worker shutdown policy (stop
 //! every worker, or keep them); exit.
 //!
+//! The machine's GPUs and CPU (`/capabilities`, the devices a spawn may name) and the GPU
+//! memory of each worker come from the `devices` crate, made here from the config.
+//!
 //! # Layout
 //! - [`config`]: flags, environment and config file, merged.
 //! - [`http`]: routes, token check, error mapping, streams.
 //! - [`jobs`]: the operation enum, its router, one file per operation.
-//! - [`capabilities`]: GPU and CPU detection for `/capabilities`.
-//! - [`gpu_usage`]: GPU memory per worker, from NVML or `nvidia-smi`.
 //! - [`metrics`]: the Prometheus / OpenMetrics `/metrics`.
 //! - [`cli`]: the command line: the daemon, the client subcommands, the demo worker mode.
 //! - [`reload`]: SIGHUP re-reads the config and applies what may change while serving.
@@ -21,10 +22,8 @@
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
 //! - [`units`]: sizes in binary units, as the CLI and narration say them.
 
-pub mod capabilities;
 pub mod cli;
 pub mod config;
-pub mod gpu_usage;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -56,6 +55,8 @@ pub struct AppState {
     pub services: OperationServices,
     /// The hive's metrics.
     pub metrics: metrics::Metrics,
+    /// The machine's GPUs and CPU (`/capabilities`).
+    pub devices: Arc<devices::Devices>,
     /// Cancelled when the shutdown begins: open telemetry streams end.
     pub closing: tokio_util::sync::CancellationToken,
 }
@@ -69,11 +70,11 @@ impl AppState {
             max_finished: config.max_finished_jobs,
             event_buffer: config.job_event_buffer,
         });
-        let gpu: Arc<dyn worker_lifecycle::GpuUsage> = Arc::new(gpu_usage::DriverGpuUsage::new(
-            config.gpu_source,
-            config.nvml_library.clone(),
-            config.nvidia_smi.clone(),
-        ));
+        let devices = Arc::new(devices::Devices::new(devices::DeviceConfig {
+            gpu_source: config.gpu_source,
+            nvml_library: config.nvml_library.clone(),
+            nvidia_smi: config.nvidia_smi.clone(),
+        }));
         let workers = WorkerManager::new(LifecycleConfig {
             state_dir: config.state_dir.clone(),
             ports: config.worker_port_range()?,
@@ -88,12 +89,10 @@ impl AppState {
                 .ok()
                 .filter(|exe| exe.file_name().is_some_and(|name| name == "rbee-hive"))
                 .map(|exe| vec![exe.display().to_string(), "demo-worker".to_owned()]),
-            devices: Arc::new(capabilities::DetectedDevices {
-                nvidia_smi: config.nvidia_smi.clone(),
-            }),
+            devices: devices.clone(),
             logs: config.worker_log_retention(),
             stats_interval: Duration::from_millis(config.telemetry_interval_ms),
-            gpu_usage: Some(gpu.clone()),
+            gpu_usage: Some(devices.clone()),
             event_buffer: config.telemetry_event_buffer,
         })?;
         let models = catalog::ModelCatalog::new(&config.catalog_dir);
@@ -111,7 +110,7 @@ impl AppState {
             worker_binaries: catalog::WorkerCatalog::new(&config.catalog_dir),
             models,
             downloads,
-            gpu: Some(gpu),
+            gpu: Some(devices.clone()),
         };
         let operations: Vec<&str> = <jobs::OperationKind as strum::VariantArray>::VARIANTS
             .iter()
@@ -124,6 +123,7 @@ impl AppState {
             jobs,
             services,
             metrics,
+            devices,
             closing: tokio_util::sync::CancellationToken::new(),
         })
     }

@@ -32,7 +32,6 @@ use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 
 use crate::AppState;
-use crate::capabilities::{self, Capabilities};
 use error::ApiError;
 
 /// The response header that names the hive's id (the `hive_id` its jobs accept);
@@ -98,8 +97,8 @@ async fn health() -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], "ok")
 }
 
-async fn get_capabilities(State(state): State<AppState>) -> Json<Capabilities> {
-    Json(capabilities::detect(&state.config.current().nvidia_smi).await)
+async fn get_capabilities(State(state): State<AppState>) -> Json<devices::Capabilities> {
+    Json(state.devices.capabilities().await)
 }
 
 async fn no_route(request: Request) -> ApiError {
