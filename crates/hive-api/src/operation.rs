@@ -1,0 +1,288 @@
+//! The operations a client can submit (PROTOCOL §3), their names, limits and errors; the
+//! parser is `parse`.
+//!
+//! Operation names have one source: the variants of [`Operation`]. [`OperationKind`] is
+//! derived from them (strum), with the same snake_case rule that serde uses on the wire;
+//! the parser, [`Operation::name`] and the list given to clients all come from it, and the
+//! parser matches every kind exhaustively.
+
+use serde::Serialize;
+
+use strum::VariantArray;
+
+/// One operation, with its validated fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, strum::EnumDiscriminants)]
+#[serde(tag = "operation", rename_all = "snake_case")]
+#[strum_discriminants(
+    name(OperationKind),
+    doc = "The name of an operation, without its fields.",
+    derive(strum::IntoStaticStr, strum::EnumString, strum::VariantArray),
+    strum(serialize_all = "snake_case")
+)]
+pub enum Operation {
+    /// Start a worker process and wait until it is ready.
+    WorkerSpawn {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The model the worker serves.
+        model: String,
+        /// The worker type (`cpu`, `cuda`, `metal`, `demo`, or a configured one).
+        worker: String,
+        /// The device ordinal.
+        device: u32,
+    },
+    /// List the registered workers.
+    WorkerList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one worker.
+    WorkerGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The worker id.
+        id: String,
+    },
+    /// Stop a worker's whole process tree and remove it.
+    WorkerDelete {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The worker id.
+        id: String,
+        /// How long to wait after SIGTERM before SIGKILL, overriding the configured grace.
+        grace_ms: Option<u64>,
+    },
+    /// List the processes of this hive's workers (the upstream queen's name for a list).
+    WorkerProcessList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one worker process, found by pid.
+    WorkerProcessGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The process id (only this hive's workers are shown).
+        pid: u64,
+    },
+    /// Stop one worker process, found by pid, as `worker_delete` does.
+    WorkerProcessDelete {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The process id (only this hive's workers are stopped).
+        pid: u64,
+    },
+    /// List the worker binaries of the catalog.
+    WorkerBinaryList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one worker-binary catalog entry.
+    WorkerBinaryGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The entry id (upstream calls it `worker_type`).
+        worker_type: String,
+    },
+    /// Remove one worker-binary catalog entry.
+    WorkerBinaryDelete {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The entry id (upstream calls it `worker_type`).
+        worker_type: String,
+    },
+    /// List the models of the catalog.
+    ModelList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one model of the catalog.
+    ModelGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The catalog id.
+        id: String,
+    },
+    /// Remove a model from the catalog (refused while a worker uses it, unless `force`).
+    ModelDelete {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The catalog id.
+        id: String,
+        /// Delete even when workers use it.
+        force: bool,
+    },
+    /// Download a model into the catalog.
+    ModelDownload {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// An `http(s)://` URL or a Hugging Face reference `owner/repo:file.gguf`.
+        model: String,
+        /// The catalog id (default: from the file name).
+        id: Option<String>,
+        /// The expected sha256 of the file.
+        sha256: Option<String>,
+    },
+}
+
+impl OperationKind {
+    /// The snake_case name on the wire.
+    pub fn name(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// The operation names this hive accepts, in the order they are listed to clients.
+pub fn supported_operations() -> String {
+    OperationKind::VARIANTS
+        .iter()
+        .map(|kind| kind.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Operations of the rbee upstream that this hive does not run (PROTOCOL §8). A request for
+/// one parses (it is well-formed) and becomes a job that fails with the reason, because the
+/// upstream job client shows only what arrives in a stream. Names starting with `hive_` or
+/// `queen_` are upstream operations too.
+pub const UPSTREAM_ONLY_OPERATIONS: &[&str] = &[
+    "worker_download",
+    "worker_build",
+    "worker_install",
+    "worker_uninstall",
+    "infer",
+    "status",
+];
+
+/// Whether `name` is an operation of the rbee upstream that this hive does not run.
+pub fn is_upstream_only(name: &str) -> bool {
+    UPSTREAM_ONLY_OPERATIONS.contains(&name)
+        || ["hive_", "queen_"]
+            .iter()
+            .any(|prefix| name.strip_prefix(prefix).is_some_and(is_snake_case))
+}
+
+fn is_snake_case(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The longest string accepted in any field.
+pub const MAX_FIELD_LEN: usize = 4096;
+
+/// The longest grace a delete may ask for (one hour).
+pub const MAX_GRACE_MS: u64 = 3_600_000;
+
+/// Why a request body is not a valid operation. Each message names what to fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OperationError {
+    /// Not JSON at all.
+    #[error("the request body is not valid JSON: {0}")]
+    MalformedJson(String),
+    /// The same key twice (JSON parsers disagree on which one wins, so neither does).
+    #[error("duplicate key `{0}` in the request body; each field may appear once")]
+    DuplicateKey(String),
+    /// JSON, but not an object.
+    #[error("the request body must be a JSON object with an \"operation\" field, got {0}")]
+    NotAnObject(&'static str),
+    /// No `operation` key.
+    #[error(
+        "missing field `operation`; supported operations: {}",
+        supported_operations()
+    )]
+    MissingOperation,
+    /// An rbee operation that this hive does not perform.
+    #[error(
+        "operation '{name}' is not run by this rbee-hive; supported operations: {}",
+        supported_operations()
+    )]
+    UnsupportedOperation {
+        /// The name as sent.
+        name: String,
+    },
+    /// `operation` names nothing this hive does.
+    #[error(
+        "unknown operation '{name}'; supported operations: {}",
+        supported_operations()
+    )]
+    UnknownOperation {
+        /// The name as sent (shortened if long).
+        name: String,
+    },
+    /// A required field is absent.
+    #[error("missing field `{field}` ({expected}) for operation {operation}")]
+    MissingField {
+        /// The operation.
+        operation: &'static str,
+        /// The field.
+        field: &'static str,
+        /// What it should hold.
+        expected: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    #[error("field `{field}` must be {expected}, got {got}")]
+    WrongType {
+        /// The field.
+        field: &'static str,
+        /// What it should hold.
+        expected: &'static str,
+        /// What it holds.
+        got: String,
+    },
+    /// A field has the right type but an unusable value.
+    #[error("field `{field}` {reason}")]
+    InvalidValue {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl OperationError {
+    /// The snake_case error code of the JSON error body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MalformedJson(_) => "malformed_json",
+            Self::DuplicateKey(_) => "duplicate_key",
+            Self::NotAnObject(_) => "invalid_request",
+            Self::MissingOperation | Self::MissingField { .. } => "missing_field",
+            Self::UnknownOperation { .. } => "unknown_operation",
+            Self::UnsupportedOperation { .. } => "unsupported_operation",
+            Self::WrongType { .. } | Self::InvalidValue { .. } => "invalid_field",
+        }
+    }
+}
+
+impl Operation {
+    /// What kind of operation it is.
+    pub fn kind(&self) -> OperationKind {
+        self.into()
+    }
+
+    /// The snake_case operation name.
+    pub fn name(&self) -> &'static str {
+        self.kind().name()
+    }
+
+    /// The hive the client addressed.
+    pub fn hive_id(&self) -> &str {
+        match self {
+            Self::WorkerSpawn { hive_id, .. }
+            | Self::WorkerList { hive_id }
+            | Self::WorkerGet { hive_id, .. }
+            | Self::WorkerDelete { hive_id, .. }
+            | Self::WorkerProcessList { hive_id }
+            | Self::WorkerProcessGet { hive_id, .. }
+            | Self::WorkerProcessDelete { hive_id, .. }
+            | Self::WorkerBinaryList { hive_id }
+            | Self::WorkerBinaryGet { hive_id, .. }
+            | Self::WorkerBinaryDelete { hive_id, .. }
+            | Self::ModelList { hive_id }
+            | Self::ModelGet { hive_id, .. }
+            | Self::ModelDelete { hive_id, .. }
+            | Self::ModelDownload { hive_id, .. } => hive_id,
+        }
+    }
+}
