@@ -11,16 +11,18 @@
 //! `Result<(), E: Display>`, and knows nothing of workers or HTTP.
 //!
 //! # Layout
-//! - [`id`]: [`JobId`], `job-<uuid>`.
-//! - [`job`]: one job: its state machine (queued → running → succeeded | failed | cancelled)
+//! - `id`: [`JobId`], `job-<uuid>`.
+//! - `job`: one job: its state machine (queued → running → succeeded | failed | cancelled)
 //!   and its event log.
-//! - [`reader`]: [`LogReader`], one reader's position in a job's log.
-//! - [`store`]: [`JobStore`]: submit, look up, read, cancel, retention, shutdown.
+//! - `reader`: [`LogReader`], one reader's position in a job's log.
+//! - `store`: [`JobStore`]: submit, look up, read, cancel, retention, shutdown.
 
-pub mod id;
-pub mod job;
-pub mod reader;
-pub mod store;
+#![deny(unreachable_pub)]
+
+mod id;
+mod job;
+mod reader;
+mod store;
 
 pub use id::JobId;
 pub use job::{JobContext, JobEnd, JobSnapshot, JobState, LogEntry, LoggedEvent, ResultJson};

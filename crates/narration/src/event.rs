@@ -44,7 +44,7 @@ impl Narration {
 }
 
 /// `format!("[{:<10}] {:<15}: {}", actor, action, human)`, the rbee line format.
-pub fn format_line(actor: &str, action: &str, human: &str) -> String {
+pub(crate) fn format_line(actor: &str, action: &str, human: &str) -> String {
     format!("[{actor:<10}] {action:<15}: {human}")
 }
 

@@ -8,15 +8,17 @@
 //! of jobs or HTTP, and keeps no global state: it only routes lines.
 //!
 //! # Layout
-//! - [`event`]: the [`Narration`] record and its one-line text (`[actor     ] action         : human`).
-//! - [`builder`]: [`NarrationFactory`] (one per actor) and [`NarrationBuilder`].
-//! - [`template`]: fills `{}` and `{0}`/`{1}` placeholders from the contexts, in order.
-//! - [`sink`]: where a narration goes: [`NarrationSink`] (a job), and the daemon log.
+//! - `event`: the [`Narration`] record and its one-line text (`[actor     ] action         : human`).
+//! - `builder`: [`NarrationFactory`] (one per actor) and [`NarrationBuilder`].
+//! - `template`: fills `{}` and `{0}`/`{1}` placeholders from the contexts, in order.
+//! - `sink`: where a narration goes: [`NarrationSink`] (a job), and the daemon log.
 
-pub mod builder;
-pub mod event;
-pub mod sink;
-pub mod template;
+#![deny(unreachable_pub)]
+
+mod builder;
+mod event;
+mod sink;
+mod template;
 
 pub use builder::{NarrationBuilder, NarrationFactory};
 pub use event::{Level, Narration};

@@ -8,7 +8,7 @@
 //! Substituted values are never scanned again, so a context holding `{}` stays as it is.
 
 /// Fills `template` from `contexts`.
-pub fn fill(template: &str, contexts: &[String]) -> String {
+pub(crate) fn fill(template: &str, contexts: &[String]) -> String {
     if contexts.is_empty() {
         return template.to_owned();
     }
