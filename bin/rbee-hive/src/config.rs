@@ -1,11 +1,13 @@
 //! Configuration: flags, `RBEE_HIVE_*` environment variables and the TOML config file,
 //! merged as flag > environment > file > default (PROTOCOL §1).
 //!
-//! Clap reads each flag and its environment variable; the file fills what both left unset;
-//! the defaults fill the rest. Unknown keys in the file are an error, so a typo is never
-//! silently ignored.
+//! The keys are written once, in [`Config`]: the file is deserialised into it (a key it
+//! leaves out keeps its default), then the flags given, each read by clap with its
+//! environment variable, are put over it ([`ServeArgs`]). Unknown keys in the file are an
+//! error, so a typo is never silently ignored.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
@@ -58,45 +60,6 @@ pub struct ServeArgs {
     /// Print the merged configuration as TOML and exit
     #[arg(long)]
     pub print_config: bool,
-}
-
-/// The config file. Every key is optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    port: Option<u16>,
-    bind: Option<IpAddr>,
-    state_dir: Option<PathBuf>,
-    catalog_dir: Option<PathBuf>,
-    hf_endpoint: Option<String>,
-    download_stall_timeout_s: Option<u64>,
-    hive_id: Option<String>,
-    queen_url: Option<String>,
-    token_file: Option<PathBuf>,
-    body_limit_bytes: Option<usize>,
-    job_retention_s: Option<u64>,
-    max_finished_jobs: Option<usize>,
-    job_event_buffer: Option<usize>,
-    shutdown_drain_s: Option<u64>,
-    nvidia_smi: Option<String>,
-    gpu_source: Option<GpuSource>,
-    nvml_library: Option<String>,
-    worker_ports: Option<String>,
-    llama_server: Option<PathBuf>,
-    stop_grace_ms: Option<u64>,
-    on_shutdown: Option<ShutdownPolicy>,
-    worker_logs_keep: Option<usize>,
-    worker_logs_max_age_days: Option<f64>,
-    telemetry_interval_ms: Option<u64>,
-    telemetry_event_buffer: Option<usize>,
-    log_level: Option<String>,
-    header_timeout_s: Option<u64>,
-    body_timeout_s: Option<u64>,
-    idle_timeout_s: Option<u64>,
-    max_connections: Option<usize>,
-    metrics_public: Option<bool>,
-    #[serde(default)]
-    workers: BTreeMap<String, WorkerTypeConfig>,
 }
 
 /// Where the GPU memory and use of each worker come from.
@@ -156,15 +119,17 @@ pub enum ConfigError {
     ExposedWithoutToken(IpAddr),
 }
 
-/// The merged configuration of one hive.
-#[derive(Debug, Clone, Serialize)]
+/// The merged configuration of one hive, and the config file's keys: every one is optional
+/// there, and unknown ones are refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// TCP port.
     pub port: u16,
     /// Listen address.
     pub bind: IpAddr,
-    /// Config file the settings came from, if any.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Config file the settings came from, if any (not a key of the file).
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub config_file: Option<PathBuf>,
     /// Worker logs and the state file live here.
     pub state_dir: PathBuf,
@@ -184,7 +149,7 @@ pub struct Config {
     /// Where the token came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
-    /// The API token (never printed).
+    /// The API token, read from `token_file` (never printed, not a key of the file).
     #[serde(skip)]
     pub token: Option<String>,
     /// Largest accepted request body.
@@ -290,73 +255,53 @@ fn default_state_dir() -> PathBuf {
     std::env::temp_dir().join("rbee-hive")
 }
 
+impl ServeArgs {
+    /// Puts the flags given (and the environment variables read in their place) over
+    /// `config`. Every flag is named, so a new one does not compile until it is applied.
+    fn apply_to(self, config: &mut Config) {
+        let Self {
+            port,
+            bind,
+            config: _,
+            state_dir,
+            catalog_dir,
+            hive_id,
+            queen_url,
+            token_file,
+            print_config: _,
+        } = self;
+        set(&mut config.port, port);
+        set(&mut config.bind, bind);
+        set(&mut config.state_dir, state_dir);
+        set(&mut config.catalog_dir, catalog_dir);
+        set(&mut config.hive_id, hive_id.map(Some));
+        set(&mut config.queen_url, queen_url.map(Some));
+        set(&mut config.token_file, token_file.map(Some));
+    }
+}
+
+/// `value`, when given, replaces what `slot` holds.
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
 impl Config {
     /// Merges flags (and their environment variables) over the config file over defaults.
-    pub fn load(mut cli: ServeArgs) -> Result<Self, ConfigError> {
+    pub fn load(cli: ServeArgs) -> Result<Self, ConfigError> {
         // A hive started with no flags (as the upstream queen restarts one) still finds the
         // config, and with it the state dir, of the hive it replaces.
-        cli.config = cli.config.or_else(default_config_file);
-        let file = match &cli.config {
+        let config_file = cli.config.clone().or_else(default_config_file);
+        let mut config = match &config_file {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => Self::default(),
         };
-        let defaults = Self::default();
-        let token_file = cli.token_file.or(file.token_file);
-        let token = token_file.as_deref().map(read_token).transpose()?;
-        let config = Self {
-            port: cli.port.or(file.port).unwrap_or(defaults.port),
-            bind: cli.bind.or(file.bind).unwrap_or(defaults.bind),
-            config_file: cli.config,
-            state_dir: cli
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or(defaults.state_dir),
-            catalog_dir: cli
-                .catalog_dir
-                .or(file.catalog_dir)
-                .unwrap_or(defaults.catalog_dir),
-            hf_endpoint: std::env::var("HF_ENDPOINT")
-                .ok()
-                .filter(|v| !v.is_empty())
-                .or(file.hf_endpoint)
-                .unwrap_or(defaults.hf_endpoint),
-            download_stall_timeout_s: file
-                .download_stall_timeout_s
-                .unwrap_or(defaults.download_stall_timeout_s),
-            hive_id: cli.hive_id.or(file.hive_id),
-            queen_url: cli.queen_url.or(file.queen_url),
-            token_file,
-            token,
-            body_limit_bytes: file.body_limit_bytes.unwrap_or(defaults.body_limit_bytes),
-            job_retention_s: file.job_retention_s.unwrap_or(defaults.job_retention_s),
-            max_finished_jobs: file.max_finished_jobs.unwrap_or(defaults.max_finished_jobs),
-            job_event_buffer: file.job_event_buffer.unwrap_or(defaults.job_event_buffer),
-            shutdown_drain_s: file.shutdown_drain_s.unwrap_or(defaults.shutdown_drain_s),
-            nvidia_smi: file.nvidia_smi.unwrap_or(defaults.nvidia_smi),
-            gpu_source: file.gpu_source.unwrap_or(defaults.gpu_source),
-            nvml_library: file.nvml_library.unwrap_or(defaults.nvml_library),
-            worker_ports: file.worker_ports.unwrap_or(defaults.worker_ports),
-            llama_server: file.llama_server,
-            stop_grace_ms: file.stop_grace_ms.unwrap_or(defaults.stop_grace_ms),
-            on_shutdown: file.on_shutdown.unwrap_or(defaults.on_shutdown),
-            worker_logs_keep: file.worker_logs_keep.unwrap_or(defaults.worker_logs_keep),
-            worker_logs_max_age_days: file
-                .worker_logs_max_age_days
-                .unwrap_or(defaults.worker_logs_max_age_days),
-            telemetry_interval_ms: file
-                .telemetry_interval_ms
-                .unwrap_or(defaults.telemetry_interval_ms),
-            telemetry_event_buffer: file
-                .telemetry_event_buffer
-                .unwrap_or(defaults.telemetry_event_buffer),
-            log_level: file.log_level.unwrap_or(defaults.log_level),
-            header_timeout_s: file.header_timeout_s.unwrap_or(defaults.header_timeout_s),
-            body_timeout_s: file.body_timeout_s.unwrap_or(defaults.body_timeout_s),
-            idle_timeout_s: file.idle_timeout_s.unwrap_or(defaults.idle_timeout_s),
-            max_connections: file.max_connections.unwrap_or(defaults.max_connections),
-            metrics_public: file.metrics_public.unwrap_or(defaults.metrics_public),
-            workers: file.workers,
-        };
+        config.config_file = config_file;
+        let hf_endpoint = std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty());
+        set(&mut config.hf_endpoint, hf_endpoint);
+        cli.apply_to(&mut config);
+        config.token = config.token_file.as_deref().map(read_token).transpose()?;
         config.validate()?;
         Ok(config)
     }
@@ -365,78 +310,36 @@ impl Config {
         if let Some(id) = &self.hive_id
             && (id.is_empty() || id.len() > 256 || id.chars().any(char::is_control))
         {
-            return Err(ConfigError::Invalid {
-                key: "hive_id",
-                reason: "must be 1 to 256 characters without control characters".into(),
-            });
+            let reason = "must be 1 to 256 characters without control characters";
+            return Err(invalid("hive_id", reason));
         }
         if self.body_limit_bytes < 256 {
-            return Err(ConfigError::Invalid {
-                key: "body_limit_bytes",
-                reason: "must be at least 256".into(),
-            });
+            return Err(invalid("body_limit_bytes", "must be at least 256"));
         }
         self.worker_port_range()?;
         self.hf_endpoint_url()?;
         if self.download_stall_timeout_s == 0 {
-            return Err(ConfigError::Invalid {
-                key: "download_stall_timeout_s",
-                reason: "must be at least 1".into(),
-            });
+            return Err(invalid("download_stall_timeout_s", "must be at least 1"));
         }
         if self.stop_grace_ms > 3_600_000 {
-            return Err(ConfigError::Invalid {
-                key: "stop_grace_ms",
-                reason: "must be at most one hour".into(),
-            });
+            return Err(invalid("stop_grace_ms", "must be at most one hour"));
         }
-        if !(self.worker_logs_max_age_days >= 0.0 && self.worker_logs_max_age_days <= 36_500.0) {
-            return Err(ConfigError::Invalid {
-                key: "worker_logs_max_age_days",
-                reason: "must be between 0 and 36500".into(),
-            });
-        }
+        let max_age = self.worker_logs_max_age_days;
+        within("worker_logs_max_age_days", max_age, 0.0..=36_500.0)?;
         if let Err(error) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
-            return Err(ConfigError::Invalid {
-                key: "log_level",
-                reason: format!("{:?} is not a log filter: {error}", self.log_level),
-            });
+            let reason = format!("{:?} is not a log filter: {error}", self.log_level);
+            return Err(invalid("log_level", reason));
         }
-        for (key, value) in [
-            ("header_timeout_s", self.header_timeout_s),
-            ("body_timeout_s", self.body_timeout_s),
-            ("idle_timeout_s", self.idle_timeout_s),
-        ] {
-            if !(1..=86_400).contains(&value) {
-                return Err(ConfigError::Invalid {
-                    key,
-                    reason: "must be between 1 and 86400".into(),
-                });
-            }
-        }
-        if !(1..=1_000_000).contains(&self.max_connections) {
-            return Err(ConfigError::Invalid {
-                key: "max_connections",
-                reason: "must be between 1 and 1000000".into(),
-            });
-        }
-        if !(1..=1_000_000).contains(&self.telemetry_event_buffer) {
-            return Err(ConfigError::Invalid {
-                key: "telemetry_event_buffer",
-                reason: "must be between 1 and 1000000".into(),
-            });
-        }
-        if !(50..=3_600_000).contains(&self.telemetry_interval_ms) {
-            return Err(ConfigError::Invalid {
-                key: "telemetry_interval_ms",
-                reason: "must be between 50 and 3600000".into(),
-            });
-        }
+        within("header_timeout_s", self.header_timeout_s, 1..=86_400)?;
+        within("body_timeout_s", self.body_timeout_s, 1..=86_400)?;
+        within("idle_timeout_s", self.idle_timeout_s, 1..=86_400)?;
+        within("max_connections", self.max_connections, 1..=1_000_000)?;
+        let events = self.telemetry_event_buffer;
+        within("telemetry_event_buffer", events, 1..=1_000_000)?;
+        let interval = self.telemetry_interval_ms;
+        within("telemetry_interval_ms", interval, 50..=3_600_000)?;
         if self.job_event_buffer == 0 {
-            return Err(ConfigError::Invalid {
-                key: "job_event_buffer",
-                reason: "must be at least 1".into(),
-            });
+            return Err(invalid("job_event_buffer", "must be at least 1"));
         }
         Ok(())
     }
@@ -458,35 +361,28 @@ impl Config {
 
     /// `hf_endpoint` as a URL (http or https).
     pub fn hf_endpoint_url(&self) -> Result<reqwest::Url, ConfigError> {
-        let invalid = |reason: String| ConfigError::Invalid {
-            key: "hf_endpoint",
-            reason,
-        };
-        let url = reqwest::Url::parse(&self.hf_endpoint)
-            .map_err(|e| invalid(format!("{:?} is not a URL: {e}", self.hf_endpoint)))?;
+        let endpoint = &self.hf_endpoint;
+        let url = reqwest::Url::parse(endpoint)
+            .map_err(|e| invalid("hf_endpoint", format!("{endpoint:?} is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(invalid(format!(
-                "{:?} must be an http(s) URL",
-                self.hf_endpoint
-            )));
+            let reason = format!("{endpoint:?} must be an http(s) URL");
+            return Err(invalid("hf_endpoint", reason));
         }
         Ok(url)
     }
 
     /// The worker port range parsed from `worker_ports` (`"9100-9199"`).
     pub fn worker_port_range(&self) -> Result<RangeInclusive<u16>, ConfigError> {
-        let invalid = || ConfigError::Invalid {
-            key: "worker_ports",
-            reason: format!(
-                "must be \"first-last\" with 1 <= first <= last <= 65535, got {:?}",
-                self.worker_ports
-            ),
+        let ports = &self.worker_ports;
+        let wrong = || {
+            let reason = "must be \"first-last\" with 1 <= first <= last <= 65535";
+            invalid("worker_ports", format!("{reason}, got {ports:?}"))
         };
-        let (first, last) = self.worker_ports.split_once('-').ok_or_else(invalid)?;
-        let first: u16 = first.trim().parse().map_err(|_| invalid())?;
-        let last: u16 = last.trim().parse().map_err(|_| invalid())?;
+        let (first, last) = ports.split_once('-').ok_or_else(wrong)?;
+        let first: u16 = first.trim().parse().map_err(|_| wrong())?;
+        let last: u16 = last.trim().parse().map_err(|_| wrong())?;
         if first == 0 || first > last {
-            return Err(invalid());
+            return Err(wrong());
         }
         Ok(first..=last)
     }
@@ -546,7 +442,7 @@ pub fn default_config_file() -> Option<PathBuf> {
     path.is_file().then_some(path)
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+fn read_file(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
         path: path.to_owned(),
         source,
@@ -570,6 +466,24 @@ fn read_token(path: &Path) -> Result<String, ConfigError> {
         });
     }
     Ok(token.to_owned())
+}
+
+/// The error that `key` is invalid for `reason`.
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    let reason = reason.into();
+    ConfigError::Invalid { key, reason }
+}
+
+/// `Ok` when `value` is within `range` (a NaN is not), else "must be between … and …".
+fn within<T>(key: &'static str, value: T, range: RangeInclusive<T>) -> Result<(), ConfigError>
+where
+    T: PartialOrd + Display,
+{
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let reason = format!("must be between {} and {}", range.start(), range.end());
+    Err(invalid(key, reason))
 }
 
 /// The configuration in effect: read by every request, replaced whole by a reload (SIGHUP).
@@ -598,17 +512,20 @@ impl LiveConfig {
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    /// A file `name` holding `text`, in a directory of its own for each `test`.
+    fn write(test: &str, name: &str, text: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("rbee-hive-config-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join(name);
         std::fs::write(&path, text).unwrap();
         path
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("rbee-hive-config-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// Loads `args` with a config file holding `text`.
+    fn load_file(test: &str, text: &str, args: ServeArgs) -> Result<Config, ConfigError> {
+        let config = Some(write(test, "hive.toml", text));
+        Config::load(ServeArgs { config, ..args })
     }
 
     #[test]
@@ -622,71 +539,75 @@ mod tests {
 
     #[test]
     fn flag_beats_file_beats_default() {
-        let dir = temp_dir("merge");
-        let file = write(
-            &dir,
-            "hive.toml",
-            "port = 9000\nhive_id = \"from-file\"\njob_retention_s = 5\n",
-        );
-        let config = Config::load(ServeArgs {
-            config: Some(file),
+        let text = "port = 9000\nhive_id = \"from-file\"\nqueen_url = \"http://file\"\n\
+                    job_retention_s = 5\n";
+        let args = ServeArgs {
             port: Some(9001),
+            queen_url: Some("http://flag".into()),
             ..Default::default()
-        })
-        .unwrap();
+        };
+        let config = load_file("merge", text, args).unwrap();
         assert_eq!(config.port, 9001);
+        assert_eq!(config.queen_url.as_deref(), Some("http://flag"));
         assert_eq!(config.hive_id.as_deref(), Some("from-file"));
         assert_eq!(config.job_retention_s, 5);
         assert_eq!(config.max_finished_jobs, 10_000);
+        assert!(config.config_file.unwrap().ends_with("hive.toml"));
     }
 
     #[test]
     fn worker_settings_from_file() {
-        let dir = temp_dir("workers");
-        let file = write(
-            &dir,
-            "hive.toml",
-            "worker_ports = \"9500-9509\"\nstop_grace_ms = 250\non_shutdown = \"keep\"\n\
-             [workers.slow]\ncommand = [\"rbee-demo-worker\", \"--port\", \"{port}\"]\nready_timeout_s = 3\n",
-        );
-        let config = Config::load(ServeArgs {
-            config: Some(file),
-            ..Default::default()
-        })
-        .unwrap();
+        let text = "worker_ports = \"9500-9509\"\nstop_grace_ms = 250\non_shutdown = \"keep\"\n\
+             [workers.slow]\ncommand = [\"rbee-demo-worker\", \"--port\", \"{port}\"]\nready_timeout_s = 3\n";
+        let config = load_file("workers", text, ServeArgs::default()).unwrap();
         assert_eq!(config.worker_port_range().unwrap(), 9500..=9509);
         assert_eq!(config.stop_grace(), Duration::from_millis(250));
         assert_eq!(config.on_shutdown, ShutdownPolicy::Keep);
         assert_eq!(config.workers["slow"].ready_timeout_s, Some(3.0));
         assert!(config.to_toml().contains("[workers.slow]"));
-        let bad = write(&dir, "bad.toml", "worker_ports = \"9600-9500\"\n");
-        let error = Config::load(ServeArgs {
-            config: Some(bad),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(error.to_string().contains("worker_ports"), "{error}");
     }
 
     #[test]
     fn unknown_file_keys_are_errors() {
-        let dir = temp_dir("unknown");
-        let file = write(&dir, "hive.toml", "prot = 9000\n");
-        let error = Config::load(ServeArgs {
-            config: Some(file),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(
-            error.to_string().contains("unknown field `prot`"),
-            "{error}"
-        );
+        // `config_file` and `token` are printed or kept, but are not keys of the file.
+        for key in ["prot", "config_file", "token"] {
+            let text = format!("{key} = \"x\"\n");
+            let error = load_file("unknown", &text, ServeArgs::default()).unwrap_err();
+            let expected = format!("unknown field `{key}`, expected one of `port`");
+            assert!(error.to_string().contains(&expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn invalid_values_are_named_with_the_reason() {
+        for (text, reason) in [
+            (
+                "worker_ports = \"9600-9500\"",
+                "must be \"first-last\" with 1 <= first",
+            ),
+            ("body_limit_bytes = 255", "must be at least 256"),
+            (
+                "worker_logs_max_age_days = nan",
+                "must be between 0 and 36500",
+            ),
+            (
+                "telemetry_interval_ms = 49",
+                "must be between 50 and 3600000",
+            ),
+            ("job_event_buffer = 0", "must be at least 1"),
+        ] {
+            let error = load_file("invalid", text, ServeArgs::default()).unwrap_err();
+            let key = text.split(' ').next().unwrap();
+            let expected = format!("invalid setting {key}: {reason}");
+            assert!(error.to_string().starts_with(&expected), "{error}");
+        }
     }
 
     #[test]
     fn exposed_bind_needs_a_token() {
+        let bind = Some("0.0.0.0".parse().unwrap());
         let config = Config::load(ServeArgs {
-            bind: Some("0.0.0.0".parse().unwrap()),
+            bind,
             ..Default::default()
         })
         .unwrap();
@@ -694,11 +615,10 @@ mod tests {
             config.check_exposure(config.bind),
             Err(ConfigError::ExposedWithoutToken(_))
         ));
-        let dir = temp_dir("token");
-        let token = write(&dir, "token", "s3cret\n");
+        let token_file = Some(write("token", "token", "s3cret\n"));
         let config = Config::load(ServeArgs {
-            bind: Some("0.0.0.0".parse().unwrap()),
-            token_file: Some(token),
+            bind,
+            token_file,
             ..Default::default()
         })
         .unwrap();
@@ -709,10 +629,9 @@ mod tests {
 
     #[test]
     fn empty_token_file_is_refused() {
-        let dir = temp_dir("empty-token");
-        let token = write(&dir, "token", "  \n");
+        let token_file = Some(write("empty-token", "token", "  \n"));
         let error = Config::load(ServeArgs {
-            token_file: Some(token),
+            token_file,
             ..Default::default()
         })
         .unwrap_err();
