@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use hive_cli::ServeArgs;
 use serde::{Deserialize, Serialize};
 use worker_lifecycle::WorkerTypeConfig;
 
@@ -25,42 +26,7 @@ pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
 /// catalog files, the listener.
 pub const FD_RESERVE: u64 = 256;
 /// The hive id used in narration when none is configured.
-pub const DEFAULT_HIVE_ID: &str = "localhost";
-
-/// The daemon's flags (`rbee-hive [serve] …`); each also has an environment variable.
-#[derive(Debug, Clone, clap::Args, Default)]
-pub struct ServeArgs {
-    /// TCP port to listen on (0 picks a free one) [default: 7835]
-    #[arg(long, env = "RBEE_HIVE_PORT")]
-    pub port: Option<u16>,
-    /// Address to listen on [default: 127.0.0.1]
-    #[arg(long, env = "RBEE_HIVE_BIND")]
-    pub bind: Option<IpAddr>,
-    /// Config file (TOML) [default: $XDG_CONFIG_HOME/rbee/hive.toml or
-    /// ~/.config/rbee/hive.toml, when it exists]
-    #[arg(long, env = "RBEE_HIVE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Directory for worker logs and the state file [default: $XDG_STATE_HOME/rbee-hive]
-    #[arg(long, env = "RBEE_HIVE_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// Model and worker-binary catalog [default: $XDG_CACHE_HOME/rbee or ~/.cache/rbee]
-    #[arg(long, env = "RBEE_HIVE_CATALOG_DIR")]
-    pub catalog_dir: Option<PathBuf>,
-    /// This hive's id (the global `--hive-id`, shared with the client commands): when set,
-    /// a job naming another `hive_id` fails with the reason; when not, any is accepted.
-    #[arg(skip)]
-    pub hive_id: Option<String>,
-    /// URL of the queen-rbee orchestrator, passed to workers as {queen_url}
-    #[arg(long, env = "RBEE_HIVE_QUEEN_URL")]
-    pub queen_url: Option<String>,
-    /// The file holding the API token (the global `--token-file`, shared with the client
-    /// commands): when set, every route but /health needs it.
-    #[arg(skip)]
-    pub token_file: Option<PathBuf>,
-    /// Print the merged configuration as TOML and exit
-    #[arg(long)]
-    pub print_config: bool,
-}
+pub use hive_api::DEFAULT_HIVE_ID;
 
 /// Where the GPU memory and use of each worker come from.
 pub use devices::GpuSource;
@@ -255,29 +221,27 @@ fn default_state_dir() -> PathBuf {
     std::env::temp_dir().join("rbee-hive")
 }
 
-impl ServeArgs {
-    /// Puts the flags given (and the environment variables read in their place) over
-    /// `config`. Every flag is named, so a new one does not compile until it is applied.
-    fn apply_to(self, config: &mut Config) {
-        let Self {
-            port,
-            bind,
-            config: _,
-            state_dir,
-            catalog_dir,
-            hive_id,
-            queen_url,
-            token_file,
-            print_config: _,
-        } = self;
-        set(&mut config.port, port);
-        set(&mut config.bind, bind);
-        set(&mut config.state_dir, state_dir);
-        set(&mut config.catalog_dir, catalog_dir);
-        set(&mut config.hive_id, hive_id.map(Some));
-        set(&mut config.queen_url, queen_url.map(Some));
-        set(&mut config.token_file, token_file.map(Some));
-    }
+/// Puts the flags given (and the environment variables read in their place) over
+/// `config`. Every flag is named, so a new one does not compile until it is applied.
+fn apply_flags(args: ServeArgs, config: &mut Config) {
+    let ServeArgs {
+        port,
+        bind,
+        config: _,
+        state_dir,
+        catalog_dir,
+        hive_id,
+        queen_url,
+        token_file,
+        print_config: _,
+    } = args;
+    set(&mut config.port, port);
+    set(&mut config.bind, bind);
+    set(&mut config.state_dir, state_dir);
+    set(&mut config.catalog_dir, catalog_dir);
+    set(&mut config.hive_id, hive_id.map(Some));
+    set(&mut config.queen_url, queen_url.map(Some));
+    set(&mut config.token_file, token_file.map(Some));
 }
 
 /// `value`, when given, replaces what `slot` holds.
@@ -300,7 +264,7 @@ impl Config {
         config.config_file = config_file;
         let hf_endpoint = std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty());
         set(&mut config.hf_endpoint, hf_endpoint);
-        cli.apply_to(&mut config);
+        apply_flags(cli, &mut config);
         config.token = config.token_file.as_deref().map(read_token).transpose()?;
         config.validate()?;
         Ok(config)

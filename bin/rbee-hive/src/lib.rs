@@ -14,15 +14,15 @@
 //! # Layout
 //! - [`config`]: flags, environment and config file, merged.
 //! - [`http`]: routes, token check, error mapping, streams.
-//! - [`jobs`]: the operation enum, its router, one file per operation.
+//! - [`jobs`]: the router of the operations (`hive-api`), one file per operation.
 //! - [`metrics`]: the Prometheus / OpenMetrics `/metrics`.
-//! - [`cli`]: the command line: the daemon, the client subcommands, the demo worker mode.
 //! - [`reload`]: SIGHUP re-reads the config and applies what may change while serving.
 //! - [`service`]: systemd notify, watchdog and socket activation.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
-//! - [`units`]: sizes in binary units, as the CLI and narration say them.
+//!
+//! The command line (the daemon's flags, the client commands, the demo worker mode) is the
+//! `hive-cli` crate; `main.rs` dispatches what it parses.
 
-pub mod cli;
 pub mod config;
 pub mod http;
 pub mod jobs;
@@ -30,7 +30,6 @@ pub mod metrics;
 pub mod reload;
 pub mod service;
 pub mod shutdown;
-pub mod units;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use rbee_hive::cli::Command;
+use hive_cli::Command;
 use rbee_hive::config::{Config, ServeArgs};
 
 /// jemalloc, with its background thread, gives freed memory back to the system, so the
@@ -27,7 +27,7 @@ pub static JEMALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 fn main() -> ExitCode {
     // Parsed before any runtime exists: `--help`, a usage error or a client command do not
     // pay for the daemon's worker threads.
-    let invocation = match rbee_hive::cli::parse(std::env::args_os()) {
+    let invocation = match hive_cli::parse(std::env::args_os()) {
         Ok(invocation) => invocation,
         Err(code) => return code,
     };
@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         }
         // One request or one stream at a time: one thread is enough.
         client => runtime(tokio::runtime::Builder::new_current_thread())
-            .block_on(rbee_hive::cli::commands::run(invocation.global, client)),
+            .block_on(hive_cli::run(invocation.global, client)),
     }
 }
 

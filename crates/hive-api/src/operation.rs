@@ -50,6 +50,7 @@ pub enum Operation {
         /// The worker id.
         id: String,
         /// How long to wait after SIGTERM before SIGKILL, overriding the configured grace.
+        #[serde(skip_serializing_if = "Option::is_none")]
         grace_ms: Option<u64>,
     },
     /// List the processes of this hive's workers (the upstream queen's name for a list).
@@ -118,8 +119,10 @@ pub enum Operation {
         /// An `http(s)://` URL or a Hugging Face reference `owner/repo:file.gguf`.
         model: String,
         /// The catalog id (default: from the file name).
+        #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<String>,
         /// The expected sha256 of the file.
+        #[serde(skip_serializing_if = "Option::is_none")]
         sha256: Option<String>,
     },
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use narration::{Narration, NarrationSink};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -18,7 +18,7 @@ use crate::id::JobId;
 use crate::reader::LogReader;
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     /// Accepted, not yet running.
@@ -113,8 +113,9 @@ pub struct LoggedEvent {
     pub entry: LogEntry,
 }
 
-/// The job status document of `GET /v1/jobs/{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The job status document of `GET /v1/jobs/{id}` (and of each job of `GET /v1/jobs`);
+/// clients read it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSnapshot {
     /// The job id.
     pub job_id: JobId,

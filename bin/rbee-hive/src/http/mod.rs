@@ -36,7 +36,7 @@ use error::ApiError;
 
 /// The response header that names the hive's id (the `hive_id` its jobs accept);
 /// `server` names its version (`rbee-hive/<version>`).
-pub const HIVE_ID_HEADER: &str = "x-rbee-hive-id";
+pub use hive_api::HIVE_ID_HEADER;
 
 /// The hive's router, ready to serve.
 pub fn app(state: AppState) -> Router {

@@ -10,7 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::jobs::NARRATE;
 use crate::jobs::router::{OperationFailure, OperationServices};
-use crate::units::bytes;
+use hive_cli::bytes;
 
 /// How often progress is looked at (and narrated, when bytes arrived).
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);

@@ -19,9 +19,9 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::cli::client::{CliError, HiveClient, JobEvent};
-use crate::cli::output::{self, Stream, Tone};
-use crate::cli::{Command, GlobalArgs, ModelCommand};
+use crate::client::{CliError, HiveClient, JobEvent};
+use crate::output::{self, Stream, Tone};
+use crate::{Command, GlobalArgs, ModelCommand};
 
 /// Runs a client command; prints its error last, on stderr (one JSON object with `--json`),
 /// and returns its exit code.
@@ -87,6 +87,11 @@ fn raw(json: bool) -> impl FnMut(&str) {
             output::line(Stream::Stdout, Tone::Plain, line);
         }
     }
+}
+
+/// The JSON body of a typed operation (the hive parses it back into the same value).
+fn request(operation: hive_api::Operation) -> Value {
+    serde_json::to_value(operation).expect("an operation is plain data and always serialises")
 }
 
 /// Runs an operation whose narration nobody reads; returns its result object.

@@ -5,11 +5,11 @@
 use chrono::{DateTime, Utc};
 use worker_lifecycle::{StopProgress, WorkerRecord, WorkerStats};
 
-use crate::cli::output::short_duration;
+use crate::output::short_duration;
 
 /// The state column of `ps`: `restarting` while a restart waits, `stopping` while a stop
 /// is under way, else the status's label.
-pub fn state(record: &WorkerRecord) -> &'static str {
+pub(crate) fn state(record: &WorkerRecord) -> &'static str {
     if record.restart_pending() {
         "restarting"
     } else if record.is_stopping() && !record.status.is_terminal() {
@@ -20,7 +20,7 @@ pub fn state(record: &WorkerRecord) -> &'static str {
 }
 
 /// How long its current run has been up (`-` once it has ended or before it started).
-pub fn uptime(record: &WorkerRecord, now: DateTime<Utc>) -> String {
+pub(crate) fn uptime(record: &WorkerRecord, now: DateTime<Utc>) -> String {
     let live = record.is_launched() && record.exit.is_none() && !record.status.is_terminal();
     match live {
         true => since(run_started_at(record), now),
@@ -37,15 +37,15 @@ fn since(at: DateTime<Utc>, now: DateTime<Utc>) -> String {
     short_duration(now.signed_duration_since(at).to_std().unwrap_or_default())
 }
 
-pub use crate::units::bytes;
+pub(crate) use crate::units::bytes;
 
 /// A size given in MiB (as samples give memory), in binary units.
-pub fn mebibytes(mib: f64) -> String {
+pub(crate) fn mebibytes(mib: f64) -> String {
     bytes((mib.max(0.0) * 1024.0 * 1024.0).round() as u64)
 }
 
 /// The CPU and memory columns of `ps`: `-` before the first sample of the current run.
-pub fn cpu_and_memory(stats: Option<&WorkerStats>) -> (String, String) {
+pub(crate) fn cpu_and_memory(stats: Option<&WorkerStats>) -> (String, String) {
     match stats {
         Some(stats) => (format!("{:.1}%", stats.cpu_pct), mebibytes(stats.rss_mb)),
         None => ("-".to_owned(), "-".to_owned()),
@@ -53,7 +53,7 @@ pub fn cpu_and_memory(stats: Option<&WorkerStats>) -> (String, String) {
 }
 
 /// A sample as one line: `cpu 0.4%, memory 11.2 MiB, 1 process, 3 threads, GPU memory …`.
-pub fn stats_line(stats: &WorkerStats, now: DateTime<Utc>) -> String {
+pub(crate) fn stats_line(stats: &WorkerStats, now: DateTime<Utc>) -> String {
     let plural = |n: u64, one: &str, many: &str| match n {
         1 => format!("1 {one}"),
         n => format!("{n} {many}"),
@@ -117,7 +117,7 @@ fn stop_line(stop: &StopProgress, now: DateTime<Utc>) -> String {
 
 /// The lines of `get`: one `label: value` per thing a person wants to know, in the order
 /// they want it.
-pub fn record_lines(
+pub(crate) fn record_lines(
     record: &WorkerRecord,
     stats: Option<&WorkerStats>,
     now: DateTime<Utc>,
@@ -194,7 +194,7 @@ pub fn record_lines(
 }
 
 /// What `stats` reads before the first sample of a run (and once it has ended).
-pub const NO_SAMPLE: &str = "no sample yet";
+pub(crate) const NO_SAMPLE: &str = "no sample yet";
 
 #[cfg(test)]
 mod tests {

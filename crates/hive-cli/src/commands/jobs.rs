@@ -3,9 +3,9 @@
 use serde_json::{Value, json};
 
 use super::{narrate, print_json, raw, run_narrated};
-use crate::cli::client::{CliError, HiveClient};
-use crate::cli::output::{self, Stream, Tone};
-use crate::cli::{GlobalArgs, JobArgs, SubmitArgs};
+use crate::client::{CliError, HiveClient, unexpected};
+use crate::output::{self, Stream, Tone};
+use crate::{GlobalArgs, JobArgs, SubmitArgs};
 
 pub(super) async fn jobs(global: &GlobalArgs) -> Result<(), CliError> {
     let client = HiveClient::new(global)?;
@@ -14,31 +14,35 @@ pub(super) async fn jobs(global: &GlobalArgs) -> Result<(), CliError> {
         print_json(&answer);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = answer["jobs"]
-        .as_array()
+    /// `GET /v1/jobs`.
+    #[derive(serde::Deserialize)]
+    struct Jobs {
+        jobs: Vec<job_server::JobSnapshot>,
+    }
+    let listed: Jobs = serde_json::from_value(answer).map_err(|e| {
+        unexpected(format!(
+            "the hive's job list is not one this client reads: {e}"
+        ))
+    })?;
+    let rows: Vec<Vec<String>> = listed
+        .jobs
         .into_iter()
-        .flatten()
         .map(|job| {
-            let age = job["created_at"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| {
-                    let elapsed = chrono::Utc::now().signed_duration_since(t);
-                    format!(
-                        "{} ago",
-                        output::short_duration(elapsed.to_std().unwrap_or_default())
-                    )
-                })
-                .unwrap_or_default();
-            let error = job["error"]
-                .as_str()
+            let elapsed = chrono::Utc::now().signed_duration_since(job.created_at);
+            let age = format!(
+                "{} ago",
+                output::short_duration(elapsed.to_std().unwrap_or_default())
+            );
+            let error = job
+                .error
+                .as_deref()
                 .and_then(|e| e.lines().next())
                 .unwrap_or("")
                 .to_owned();
             vec![
-                job["job_id"].as_str().unwrap_or("").to_owned(),
-                job["operation"].as_str().unwrap_or("").to_owned(),
-                job["state"].as_str().unwrap_or("").to_owned(),
+                job.job_id.to_string(),
+                job.operation,
+                job.state.as_str().to_owned(),
                 age,
                 error,
             ]

@@ -3,9 +3,9 @@
 use serde_json::{Value, json};
 
 use super::print_json;
-use crate::cli::client::{CliError, HiveClient};
-use crate::cli::output::{self, Stream, Tone};
-use crate::cli::{CompletionsArgs, GlobalArgs, docs, show};
+use crate::client::{CliError, HiveClient};
+use crate::output::{self, Stream, Tone};
+use crate::{CompletionsArgs, GlobalArgs, docs, show};
 
 pub(super) async fn status(global: &GlobalArgs) -> Result<(), CliError> {
     let client = HiveClient::new(global)?;

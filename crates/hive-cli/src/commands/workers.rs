@@ -2,17 +2,21 @@
 
 use serde_json::{Value, json};
 
-use super::{narrate, print_json, run_printing_id};
-use crate::cli::client::{CliError, HiveClient, ListedWorker};
-use crate::cli::output::{self, Stream, Tone};
-use crate::cli::{GetArgs, GlobalArgs, LogsArgs, SpawnArgs, StopArgs, show};
+use hive_api::Operation;
+
+use super::{narrate, print_json, request, run_printing_id};
+use crate::client::{CliError, HiveClient, ListedWorker};
+use crate::output::{self, Stream, Tone};
+use crate::{GetArgs, GlobalArgs, LogsArgs, SpawnArgs, StopArgs, show};
 
 pub(super) async fn spawn(global: &GlobalArgs, args: SpawnArgs) -> Result<(), CliError> {
     let client = HiveClient::new(global)?;
     let hive_id = client.hive_id().await?;
-    let operation = json!({
-        "operation": "worker_spawn", "hive_id": hive_id, "model": args.model,
-        "worker": args.worker, "device": args.device,
+    let operation = request(Operation::WorkerSpawn {
+        hive_id,
+        model: args.model,
+        worker: args.worker,
+        device: args.device,
     });
     run_printing_id(
         &client,
@@ -129,10 +133,11 @@ async fn delete_all(
     let hive_id = client.hive_id().await?;
     let several = ids.len() > 1;
     let deletes = ids.iter().map(|id| {
-        let mut operation = json!({"operation": "worker_delete", "hive_id": hive_id, "id": id});
-        if let Some(grace) = grace {
-            operation["grace_ms"] = json!(grace.as_millis() as u64);
-        }
+        let operation = request(Operation::WorkerDelete {
+            hive_id: hive_id.clone(),
+            id: id.clone(),
+            grace_ms: grace.map(|grace| grace.as_millis() as u64),
+        });
         let prefix = if several {
             format!("[{id}] ")
         } else {
@@ -192,7 +197,7 @@ async fn delete_all(
     }
     match worst {
         None => Ok(()),
-        Some(error) if several && error.exit_code() == crate::cli::exit::FAILED => {
+        Some(error) if several && error.exit_code() == crate::exit::FAILED => {
             Err(CliError::JobFailed {
                 job_id: String::new(),
                 reason: format!(
@@ -213,9 +218,9 @@ async fn delete_all(
 /// over a refused request over a failed job.
 fn severity(error: &CliError) -> u8 {
     match error.exit_code() {
-        crate::cli::exit::INTERRUPTED => 4,
-        crate::cli::exit::UNREACHABLE => 3,
-        crate::cli::exit::USAGE => 2,
+        crate::exit::INTERRUPTED => 4,
+        crate::exit::UNREACHABLE => 3,
+        crate::exit::USAGE => 2,
         _ => 1,
     }
 }

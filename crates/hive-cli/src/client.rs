@@ -9,14 +9,14 @@ use serde::Deserialize;
 use serde_json::Value;
 use worker_lifecycle::{WorkerRecord, WorkerStats};
 
-use crate::cli::GlobalArgs;
-use crate::cli::exit;
-use crate::cli::output::{self, Stream, Tone};
+use crate::GlobalArgs;
+use crate::exit;
+use crate::output::{self, Stream, Tone};
 
 /// Why a client command did not succeed; each has its exit code ([`super::exit`]) and a
 /// snake_case code for `--json`.
 #[derive(Debug, thiserror::Error)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// No hive answers at the URL (exit 3).
     #[error("no rbee-hive at {url} ({reason}); start one with `rbee-hive`")]
     Unreachable {
@@ -104,7 +104,7 @@ pub enum CliError {
 impl CliError {
     /// The hive's answer `status` with its JSON error `code` and `message`, as an error of
     /// the command.
-    pub fn from_answer(status: u16, code: String, message: String) -> Self {
+    pub(crate) fn from_answer(status: u16, code: String, message: String) -> Self {
         match status {
             404 => Self::NotFound { code, message },
             503 => Self::Unavailable {
@@ -126,7 +126,7 @@ impl CliError {
     }
 
     /// The process exit code.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Self::JobFailed { .. }
             | Self::JobCancelled { .. }
@@ -141,7 +141,7 @@ impl CliError {
     }
 
     /// The snake_case code of `--json` errors: the hive's own where it gave one.
-    pub fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         match self {
             Self::Unreachable { .. } => "unreachable",
             Self::NotAHive { .. } => "not_rbee_hive",
@@ -158,13 +158,13 @@ impl CliError {
 
     /// Prints the error last, on stderr: `error: <sentence>`, or with `json` one object
     /// `{"error", "code", "exit"}`; returns the exit code.
-    pub fn report(&self, json: bool) -> ExitCode {
+    pub(crate) fn report(&self, json: bool) -> ExitCode {
         report(&self.to_string(), self.code(), self.exit_code(), json)
     }
 }
 
 /// A 2xx answer this client cannot read (exit 1): the hive answered, the command is not done.
-pub fn unexpected(message: String) -> CliError {
+pub(crate) fn unexpected(message: String) -> CliError {
     CliError::NotDone {
         status: 200,
         code: "unexpected_answer".to_owned(),
@@ -173,7 +173,7 @@ pub fn unexpected(message: String) -> CliError {
 }
 
 /// Prints a usage error (exit 2) as [`CliError::report`] does.
-pub fn report_usage(sentence: &str, json: bool) -> ExitCode {
+pub(crate) fn report_usage(sentence: &str, json: bool) -> ExitCode {
     report(sentence, "usage", exit::USAGE, json)
 }
 
@@ -189,7 +189,7 @@ fn report(sentence: &str, code: &str, exit: u8, json: bool) -> ExitCode {
 
 /// One event of a job's stream.
 #[derive(Debug, Clone)]
-pub enum JobEvent {
+pub(crate) enum JobEvent {
     /// A narration line.
     Narration {
         /// `info`, `warn` or `error`.
@@ -214,7 +214,7 @@ pub enum JobEvent {
 
 /// A hive, as a client sees it.
 #[derive(Debug, Clone)]
-pub struct HiveClient {
+pub(crate) struct HiveClient {
     base: String,
     http: reqwest::Client,
     hive_id: Option<String>,
@@ -222,7 +222,7 @@ pub struct HiveClient {
 
 impl HiveClient {
     /// A client for the hive at `args.hive`, sending the token from `args.token_file`.
-    pub fn new(args: &GlobalArgs) -> Result<Self, CliError> {
+    pub(crate) fn new(args: &GlobalArgs) -> Result<Self, CliError> {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(path) = &args.token_file {
             let token = std::fs::read_to_string(path).map_err(|e| {
@@ -252,7 +252,7 @@ impl HiveClient {
     }
 
     /// The hive's URL.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.base
     }
 
@@ -302,7 +302,7 @@ impl HiveClient {
     }
 
     /// `GET path` (a path of the hive), its body as `T`.
-    pub async fn get_typed<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn get_typed<T: serde::de::DeserializeOwned>(
         &self,
         url: reqwest::Url,
     ) -> Result<T, CliError> {
@@ -327,7 +327,7 @@ impl HiveClient {
     }
 
     /// The URL of the hive's `segments` (each escaped as one path segment).
-    pub fn url_of(&self, segments: &[&str]) -> Result<reqwest::Url, CliError> {
+    pub(crate) fn url_of(&self, segments: &[&str]) -> Result<reqwest::Url, CliError> {
         let mut url = reqwest::Url::parse(&self.base)
             .map_err(|e| CliError::Usage(format!("bad hive URL {}: {e}", self.base)))?;
         url.path_segments_mut()
@@ -338,7 +338,7 @@ impl HiveClient {
     }
 
     /// `GET /v1/workers`: every listed worker with its last sample, in one request.
-    pub async fn workers(&self) -> Result<Vec<ListedWorker>, CliError> {
+    pub(crate) async fn workers(&self) -> Result<Vec<ListedWorker>, CliError> {
         #[derive(Deserialize)]
         struct Workers {
             workers: Vec<ListedWorker>,
@@ -349,28 +349,13 @@ impl HiveClient {
 
     /// `GET /v1/workers/{id}`: one worker with its last sample, as JSON (every field, for
     /// `get --field`).
-    pub async fn worker(&self, id: &str) -> Result<Value, CliError> {
+    pub(crate) async fn worker(&self, id: &str) -> Result<Value, CliError> {
         self.get_typed(self.url_of(&["v1", "workers", id])?).await
-    }
-
-    /// `GET path`, its body as JSON.
-    pub async fn get_json(&self, path: &str) -> Result<Value, CliError> {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
-        let response = self.check(response).await?;
-        response
-            .json()
-            .await
-            .map_err(|e| unexpected(format!("the hive answered {path} with no JSON: {e}")))
     }
 
     /// `GET /v1/workers/{id}/logs`: passes each piece of the worker's output to `on_bytes`
     /// as it arrives (with `follow`, until the worker is gone).
-    pub async fn logs(
+    pub(crate) async fn logs(
         &self,
         id: &str,
         tail: Option<usize>,
@@ -400,7 +385,7 @@ impl HiveClient {
     }
 
     /// `GET /health`: the hive's version and id (from its response headers).
-    pub async fn health(&self) -> Result<(String, String), CliError> {
+    pub(crate) async fn health(&self) -> Result<(String, String), CliError> {
         let response = self
             .http
             .get(format!("{}/health", self.base))
@@ -417,25 +402,25 @@ impl HiveClient {
                 .to_owned()
         };
         let version = header("server");
-        let hive_id = header(crate::http::HIVE_ID_HEADER);
+        let hive_id = header(hive_api::HIVE_ID_HEADER);
         Ok((version, hive_id))
     }
 
     /// The `hive_id` to put in operations: the one given, else the one the hive reports.
-    pub async fn hive_id(&self) -> Result<String, CliError> {
+    pub(crate) async fn hive_id(&self) -> Result<String, CliError> {
         if let Some(id) = &self.hive_id {
             return Ok(id.clone());
         }
         let (_, id) = self.health().await?;
         Ok(if id.is_empty() {
-            crate::config::DEFAULT_HIVE_ID.to_owned()
+            hive_api::DEFAULT_HIVE_ID.to_owned()
         } else {
             id
         })
     }
 
     /// Submits an operation; returns the job id.
-    pub async fn submit(&self, operation: &Value) -> Result<String, CliError> {
+    pub(crate) async fn submit(&self, operation: &Value) -> Result<String, CliError> {
         let response = self
             .http
             .post(format!("{}/v1/jobs", self.base))
@@ -456,7 +441,7 @@ impl HiveClient {
     }
 
     /// Cancels a job.
-    pub async fn cancel(&self, job_id: &str) -> Result<(), CliError> {
+    pub(crate) async fn cancel(&self, job_id: &str) -> Result<(), CliError> {
         let response = self
             .http
             .delete(format!("{}/v1/jobs/{job_id}", self.base))
@@ -469,7 +454,7 @@ impl HiveClient {
     /// Follows a job's stream, calling `on_event` with each event (and `on_line` with each
     /// raw NDJSON line) as it arrives; returns the result object, if any, once the job has
     /// succeeded. Ctrl-C stops following ([`CliError::Interrupted`]).
-    pub async fn follow(
+    pub(crate) async fn follow(
         &self,
         job_id: &str,
         mut on_event: impl FnMut(&JobEvent),
@@ -532,7 +517,7 @@ impl HiveClient {
 
 /// A worker as `GET /v1/workers` lists it: its record and its last resource sample.
 #[derive(Debug, Clone, Deserialize)]
-pub struct ListedWorker {
+pub(crate) struct ListedWorker {
     /// The record.
     #[serde(flatten)]
     pub record: WorkerRecord,
@@ -542,7 +527,7 @@ pub struct ListedWorker {
 }
 
 /// One NDJSON line of a stream: `{"event": "narration"|"result"|"done", "data": …}`.
-pub fn parse_event(line: &str) -> Option<JobEvent> {
+pub(crate) fn parse_event(line: &str) -> Option<JobEvent> {
     let value: Value = serde_json::from_str(line).ok()?;
     let data = &value["data"];
     let text = |key: &str| data[key].as_str().unwrap_or("").to_owned();

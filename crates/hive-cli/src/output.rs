@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Where a line goes, and whether it may be coloured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
+pub(crate) enum Stream {
     /// Standard output.
     Stdout,
     /// Standard error.
@@ -15,7 +15,7 @@ pub enum Stream {
 
 /// A colour for a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tone {
+pub(crate) enum Tone {
     /// As it is.
     Plain,
     /// A warning (yellow).
@@ -36,7 +36,7 @@ fn coloured(stream: Stream) -> bool {
 
 /// Prints one line, coloured when `stream` is a terminal, and flushes it (narration is
 /// shown as it arrives).
-pub fn line(stream: Stream, tone: Tone, text: &str) {
+pub(crate) fn line(stream: Stream, tone: Tone, text: &str) {
     use std::io::Write;
     let code = match tone {
         Tone::Plain => None,
@@ -63,7 +63,7 @@ pub fn line(stream: Stream, tone: Tone, text: &str) {
 }
 
 /// Lays out rows under a header, columns padded to their widest cell.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -91,7 +91,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// A duration as people read it: `45s`, `3m12s`, `2h05m`, `4d03h`.
-pub fn short_duration(duration: Duration) -> String {
+pub(crate) fn short_duration(duration: Duration) -> String {
     let seconds = duration.as_secs();
     match seconds {
         0..60 => format!("{seconds}s"),
@@ -102,7 +102,7 @@ pub fn short_duration(duration: Duration) -> String {
 }
 
 /// Parses `500ms`, `2s`, `1.5s`, `1m`, `1h` (a bare number is seconds).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

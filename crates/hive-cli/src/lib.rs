@@ -10,17 +10,23 @@
 //!
 //! # Layout
 //! - this file: the flags and commands, and [`parse`] (no command is the daemon).
-//! - [`client`]: the HTTP client: requests, a job's NDJSON stream, [`client::CliError`].
-//! - [`commands`]: one function per command.
-//! - [`show`]: how records, sizes and times read for people.
-//! - [`output`]: colours (only on a terminal, `NO_COLOR` honoured), tables, durations.
-//! - [`docs`]: shell completions and the man page, made from these definitions.
+//! - `client`: the HTTP client: requests, a job's NDJSON stream, `CliError`.
+//! - `commands`: one function per command.
+//! - `show`: how records, sizes and times read for people.
+//! - `output`: colours (only on a terminal, `NO_COLOR` honoured), tables, durations.
+//! - `docs`: shell completions and the man page, made from these definitions.
+//! - `serve_args`: [`ServeArgs`], the daemon's flags (the daemon applies them over its file).
+//! - `units`: sizes for people (KiB, MiB, GiB), shared with the daemon's narration.
 
-pub mod client;
-pub mod commands;
-pub mod docs;
-pub mod output;
-pub mod show;
+#![deny(unreachable_pub)]
+
+mod client;
+mod commands;
+mod docs;
+mod output;
+mod serve_args;
+mod show;
+mod units;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -28,7 +34,9 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::config::ServeArgs;
+pub use commands::run;
+pub use serve_args::ServeArgs;
+pub use units::bytes;
 
 /// The exit codes of the client commands, one per outcome.
 pub mod exit {

@@ -4,7 +4,10 @@
 use std::io::Write;
 
 /// Writes the completion script of `shell` for `rbee-hive` to `out`.
-pub fn completions(shell: clap_complete::Shell, out: &mut impl Write) -> std::io::Result<()> {
+pub(crate) fn completions(
+    shell: clap_complete::Shell,
+    out: &mut impl Write,
+) -> std::io::Result<()> {
     // Made in memory first: clap_complete panics when its writer fails (a closed pipe).
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut super::definition(), "rbee-hive", &mut script);
@@ -13,7 +16,7 @@ pub fn completions(shell: clap_complete::Shell, out: &mut impl Write) -> std::io
 
 /// Writes the man page (roff) to `out`: the top-level page, then a section per command
 /// (its synopsis, description and options as subsections).
-pub fn man_page(out: &mut impl Write) -> std::io::Result<()> {
+pub(crate) fn man_page(out: &mut impl Write) -> std::io::Result<()> {
     let command = super::definition();
     clap_mangen::Man::new(command.clone()).render(out)?;
     for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
