@@ -15,13 +15,8 @@ use anyhow::{Context, bail};
 
 use crate::client::Connection;
 use crate::hive::BenchHive;
+use crate::jobs::spawn_body;
 use crate::stats::{Row, millis, summary};
-
-fn spawn_body(worker: &str) -> String {
-    format!(
-        r#"{{"operation":"worker_spawn","hive_id":"localhost","model":"bench","worker":"{worker}","device":0}}"#
-    )
-}
 
 async fn spawn(addr: std::net::SocketAddr, count: usize, worker: &str) -> anyhow::Result<()> {
     let mut connection = Connection::open(addr).await?;
