@@ -57,14 +57,17 @@ impl Report {
 
 /// The CPU model, the cores this process may use and the kernel release.
 fn machine() -> serde_json::Value {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
-        t.lines()
-            .find(|l| l.starts_with("model name"))
-            .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-    });
+    use procfs::Current;
+    let cpu = procfs::CpuInfo::current()
+        .ok()
+        .and_then(|info| info.model_name(0).map(str::to_owned));
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    // uname's release is the text of /proc/sys/kernel/osrelease; procfs only offers it parsed
+    // to major.minor.patch, which drops the build suffix ("6.18.44-fc-v782").
+    let kernel = nix::sys::utsname::uname()
+        .map(|name| name.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
     serde_json::json!({ "cpu": cpu, "cores": cores, "kernel": kernel.trim() })
 }
