@@ -125,15 +125,10 @@ impl Drop for BenchHive {
     }
 }
 
-/// Resident memory of a process in KiB.
+/// Resident memory of a process in KiB (`VmRSS` of `/proc/<pid>/status`).
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS")
+    let status = procfs::process::Process::new(i32::try_from(pid)?)?.status()?;
+    status.vmrss.context("VmRSS")
 }
 
 /// Time from exec of `rbee-hive` to its first `/health` answer.

@@ -11,17 +11,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use crate::client::Connection;
 use crate::hive::BenchHive;
+use crate::jobs::spawn_body;
 use crate::stats::{Row, millis, summary};
-
-fn spawn_body(worker: &str) -> String {
-    format!(
-        r#"{{"operation":"worker_spawn","hive_id":"localhost","model":"bench","worker":"{worker}","device":0}}"#
-    )
-}
 
 async fn spawn(addr: std::net::SocketAddr, count: usize, worker: &str) -> anyhow::Result<()> {
     let mut connection = Connection::open(addr).await?;
@@ -63,16 +58,11 @@ pub async fn scrape(addr: std::net::SocketAddr, workers: usize) -> anyhow::Resul
     Ok(row.target("median ≤ 5 ms", met))
 }
 
+/// The CPU time a process has used (user + system, `/proc/<pid>/stat`) in seconds.
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
+    let stat = procfs::process::Process::new(i32::try_from(pid)?)?.stat()?;
+    let ticks = (stat.utime + stat.stime) as f64;
+    Ok(ticks / procfs::ticks_per_second() as f64)
 }
 
 /// The hive's CPU use (percent of one core) over `window` with `workers` idle workers.
@@ -234,4 +224,36 @@ pub async fn logs_latency(bin_dir: &Path) -> anyhow::Result<Row> {
     );
     let met = row.median <= 50.0;
     Ok(row.target("median ≤ 50 ms", met))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's CPU time as the kernel accounts it to `getrusage`, in seconds.
+    fn rusage_seconds() -> f64 {
+        use nix::sys::resource::{UsageWho, getrusage};
+        use nix::sys::time::TimeValLike;
+        let usage = getrusage(UsageWho::RUSAGE_SELF).unwrap();
+        (usage.user_time() + usage.system_time()).num_microseconds() as f64 / 1e6
+    }
+
+    #[test]
+    fn cpu_time_is_user_plus_system_in_seconds() {
+        // Some CPU time to measure (ticks are 10 ms at the usual 100 per second).
+        let started = Instant::now();
+        let mut spin = 0u64;
+        while started.elapsed() < Duration::from_millis(300) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let stat = cpu_seconds(std::process::id()).unwrap();
+        let rusage = rusage_seconds();
+        // The same quantity at two granularities: within a few ticks of each other, so a
+        // wrong tick rate (a factor) would show.
+        assert!(stat > 0.0, "no CPU time read");
+        assert!(
+            (stat - rusage).abs() < 0.05,
+            "stat {stat} s, rusage {rusage} s"
+        );
+    }
 }

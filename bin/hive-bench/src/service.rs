@@ -211,7 +211,11 @@ fn service_socket() -> anyhow::Result<TcpListener> {
 
 /// The hive's open descriptors.
 fn fd_count(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| dir.count())
+    i32::try_from(pid)
+        .ok()
+        .and_then(|pid| procfs::process::Process::new(pid).ok())
+        .and_then(|process| process.fd_count().ok())
+        .unwrap_or(0)
 }
 
 /// Raises this process's soft descriptor limit to its hard one; returns it.
@@ -390,4 +394,20 @@ pub async fn hostile(bin_dir: &Path) -> anyhow::Result<Vec<Row>> {
         &format!("every one 200 and ≤ 100 ms ({failed} failed)"),
         met,
     )])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_and_memory_of_this_process() {
+        let pid = std::process::id();
+        let before = fd_count(pid);
+        let file = std::fs::File::open("/dev/null").unwrap();
+        // At least one more: another test may open a descriptor meanwhile.
+        assert!(fd_count(pid) > before);
+        drop(file);
+        assert!(rss_kib(pid).unwrap() > 0);
+    }
 }
