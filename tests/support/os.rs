@@ -100,6 +100,3 @@ impl Drop for Bystander {
         let _ = self.0.wait();
     }
 }
-
-/// Moved to [`wait`](crate::wait); kept here until every test imports it from there.
-pub use crate::wait::wait_until;
