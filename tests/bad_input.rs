@@ -3,6 +3,7 @@
 //! registry does not change. The table is printed (`cargo test --test bad_input -- --nocapture`).
 
 use rbee_hive_e2e::TestHive;
+use rbee_hive_e2e::lines::assert_no_line;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -578,11 +579,7 @@ async fn missing_or_wrong_tokens_are_refused() {
 
 #[tokio::test]
 async fn another_hive_id_is_refused_when_the_hive_has_one() {
-    let hive = TestHive::builder()
-        .arg("--hive-id")
-        .arg("box-a")
-        .start()
-        .await;
+    let hive = TestHive::builder().hive_id("box-a").start().await;
     // Well-formed: a job that fails with the reason, and changes nothing.
     let lines = hive
         .run_job(serde_json::json!({"operation": "worker_spawn", "hive_id": "box-b", "model": "m", "worker": "demo", "device": 0}))
@@ -591,10 +588,7 @@ async fn another_hive_id_is_refused_when_the_hive_has_one() {
         lines[lines.len() - 2],
         "[ERROR] this hive is 'box-a', not 'box-b'; address it as 'box-a'"
     );
-    assert!(
-        !lines.iter().any(|l| l.contains("worker_spawn_start")),
-        "{lines:#?}"
-    );
+    assert_no_line(&lines, "worker_spawn_start");
     let listed = hive
         .job_result(serde_json::json!({"operation": "worker_list", "hive_id": "box-a"}))
         .await

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use file_server::{FileServer, Switches};
+use rbee_hive_e2e::lines::assert_line;
 use rbee_hive_e2e::os::pid_alive;
+use rbee_hive_e2e::wait::{holds_for, wait_for};
 use rbee_hive_e2e::{TestHive, binaries};
 use serde_json::{Value, json};
 
@@ -29,16 +31,36 @@ fn download(model: &str) -> Value {
     op("model_download", json!({"model": model}))
 }
 
+fn download_as(model: &str, id: &str) -> Value {
+    op("model_download", json!({"model": model, "id": id}))
+}
+
+fn spawn(model: &str, worker: &str) -> Value {
+    op(
+        "worker_spawn",
+        json!({"model": model, "worker": worker, "device": 0}),
+    )
+}
+
 /// A hive whose hub endpoint is `server`.
 async fn hive_with_hub(server: &FileServer) -> TestHive {
-    TestHive::builder()
-        .config(&format!("hf_endpoint = {:?}", server.url("/")))
-        .start()
-        .await
+    TestHive::with_config(&[&hub(server)]).await
+}
+
+/// The config line that makes `server` the hub endpoint.
+fn hub(server: &FileServer) -> String {
+    format!("hf_endpoint = {:?}", server.url("/"))
 }
 
 fn error_of(lines: &[String]) -> Option<&str> {
     lines.iter().find_map(|l| l.strip_prefix("[ERROR] "))
+}
+
+/// Asserts that the job failed, its reason containing `needle`.
+#[track_caller]
+fn assert_fails_with(lines: &[String], needle: &str) {
+    let reason = error_of(lines).unwrap_or_else(|| panic!("the job did not fail: {lines:#?}"));
+    assert!(reason.contains(needle), "{reason:?}: {lines:#?}");
 }
 
 fn succeeded(lines: &[String]) -> bool {
@@ -92,10 +114,9 @@ async fn a_model_downloads_by_url_and_by_hub_reference_then_lists_gets_and_spawn
         )),
         "{lines:#?}"
     );
-    assert!(
-        lines.iter().any(|l| l
-            .contains("model_download_complete: ✅ Model 'tiny-llama' downloaded: 516.4 KiB in ")),
-        "{lines:#?}"
+    assert_line(
+        &lines,
+        "model_download_complete: ✅ Model 'tiny-llama' downloaded: 516.4 KiB in ",
     );
     let on_disk = hive.catalog_dir().join("models/tiny-llama/tiny-llama.gguf");
     assert_eq!(std::fs::read(&on_disk).unwrap(), bytes);
@@ -107,18 +128,10 @@ async fn a_model_downloads_by_url_and_by_hub_reference_then_lists_gets_and_spawn
 
     // By hub reference, with an id of our own: the hub's X-Linked-Etag is checked.
     let lines = hive
-        .run_job(op(
-            "model_download",
-            json!({"model": "someone/tiny-GGUF:tiny-llama.gguf", "id": "tiny"}),
-        ))
+        .run_job(download_as("someone/tiny-GGUF:tiny-llama.gguf", "tiny"))
         .await;
     assert!(succeeded(&lines), "{lines:#?}");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("sha256 verified against the hub's X-Linked-Etag")),
-        "{lines:#?}"
-    );
+    assert_line(&lines, "sha256 verified against the hub's X-Linked-Etag");
     assert!(
         server
             .requests()
@@ -168,10 +181,7 @@ async fn a_model_downloads_by_url_and_by_hub_reference_then_lists_gets_and_spawn
 
     // Downloading it again says upstream's line.
     let lines = hive
-        .run_job(op(
-            "model_download",
-            json!({"model": "someone/tiny-GGUF:tiny-llama.gguf", "id": "tiny"}),
-        ))
+        .run_job(download_as("someone/tiny-GGUF:tiny-llama.gguf", "tiny"))
         .await;
     assert!(
         lines.contains(
@@ -180,18 +190,10 @@ async fn a_model_downloads_by_url_and_by_hub_reference_then_lists_gets_and_spawn
         ),
         "{lines:#?}"
     );
-    assert!(
-        error_of(&lines).unwrap().contains("already exists"),
-        "{lines:#?}"
-    );
+    assert_fails_with(&lines, "already exists");
 
     // Spawn by catalog id: the demo type takes the id as its model name.
-    let lines = hive
-        .run_job(op(
-            "worker_spawn",
-            json!({"model": "tiny", "worker": "demo", "device": 0}),
-        ))
-        .await;
+    let lines = hive.run_job(spawn("tiny", "demo")).await;
     assert!(succeeded(&lines), "{lines:#?}");
     let worker = hive.worker("worker-1").await.expect("worker-1");
     assert_eq!(worker["model_id"], "tiny");
@@ -322,10 +324,7 @@ async fn a_partial_file_from_another_url_is_not_continued() {
         ..Switches::default()
     });
     let lines = hive
-        .run_job(op(
-            "model_download",
-            json!({"model": server.url("/files/b.gguf"), "id": "same"}),
-        ))
+        .run_job(download_as(&server.url("/files/b.gguf"), "same"))
         .await;
     assert!(error_of(&lines).is_some(), "{lines:#?}");
     server.set(Switches::default());
@@ -342,10 +341,7 @@ async fn a_partial_file_from_another_url_is_not_continued() {
     )
     .unwrap();
     let lines = hive
-        .run_job(op(
-            "model_download",
-            json!({"model": server.url("/files/a.gguf"), "id": "same"}),
-        ))
+        .run_job(download_as(&server.url("/files/a.gguf"), "same"))
         .await;
     assert!(succeeded(&lines), "{lines:#?}");
     assert!(server.requests().last().unwrap().range.is_none());
@@ -374,10 +370,7 @@ async fn links_planted_in_the_catalog_are_not_written_through() {
     std::fs::create_dir_all(&outside).unwrap();
     std::os::unix::fs::symlink(&outside, models.join("y")).unwrap();
     let lines = hive
-        .run_job(op(
-            "model_download",
-            json!({"model": server.url("/files/x.gguf"), "id": "y"}),
-        ))
+        .run_job(download_as(&server.url("/files/x.gguf"), "y"))
         .await;
     let reason = error_of(&lines).unwrap();
     assert!(reason.contains("is a link or not a folder"), "{reason}");
@@ -387,23 +380,14 @@ async fn links_planted_in_the_catalog_are_not_written_through() {
     let lines = hive
         .run_job(download(&server.url("/files/metadata.json")))
         .await;
-    assert!(
-        error_of(&lines)
-            .unwrap()
-            .contains("a name the catalog keeps for its own files"),
-        "{lines:#?}"
-    );
+    assert_fails_with(&lines, "a name the catalog keeps for its own files");
 }
 
 #[tokio::test]
 async fn a_checksum_mismatch_fails_and_leaves_no_available_entry() {
     let server = FileServer::start().await;
     server.add("tiny-llama.gguf", tiny_model());
-    let hive = TestHive::builder()
-        .config(&format!("hf_endpoint = {:?}", server.url("/")))
-        .config(&file_model_type())
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&hub(&server), &file_model_type()]).await;
     server.set(Switches {
         wrong_checksum: true,
         ..Switches::default()
@@ -435,17 +419,9 @@ async fn a_checksum_mismatch_fails_and_leaves_no_available_entry() {
             json!({"model": server.url("/files/tiny-llama.gguf"), "id": "other", "sha256": "ab".repeat(32)}),
         ))
         .await;
-    assert!(
-        error_of(&lines).unwrap().contains("(the request's sha256)"),
-        "{lines:#?}"
-    );
+    assert_fails_with(&lines, "(the request's sha256)");
     // A spawn of a failed model is refused with its reason.
-    let lines = hive
-        .run_job(op(
-            "worker_spawn",
-            json!({"model": "other", "worker": "filemodel", "device": 0}),
-        ))
-        .await;
+    let lines = hive.run_job(spawn("other", "filemodel")).await;
     let reason = error_of(&lines).unwrap();
 
     assert!(
@@ -470,27 +446,26 @@ async fn cancelling_a_download_stops_the_transfer_and_records_it_as_failed() {
         model_status(&hive, "slow").await,
         Some(json!("Downloading"))
     );
-    let cancelled = hive
-        .client
-        .delete(hive.url(&format!("/v1/jobs/{job}")))
-        .send()
-        .await
-        .unwrap();
-    assert!(cancelled.status().is_success());
+    assert!(hive.cancel(&job).await.status().is_success());
     let part = hive.catalog_dir().join("models/slow/slow.gguf.part");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let status = model_status(&hive, "slow").await.expect("listed");
-        if status["Failed"]["error"] == "download cancelled" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "still {status}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The transfer has stopped: the partial file no longer grows.
+    wait_for(
+        "the download is recorded as cancelled",
+        Duration::from_secs(10),
+        || async { model_status(&hive, "slow").await.expect("listed") },
+        |status| status["Failed"]["error"] == "download cancelled",
+    )
+    .await;
+    // The transfer has stopped: the partial file no longer grows (for 300 ms; only a time
+    // can show that it does not).
     let size = std::fs::metadata(&part).unwrap().len();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(std::fs::metadata(&part).unwrap().len(), size);
+    let part_size = || std::fs::metadata(&part).unwrap().len();
+    holds_for(
+        "the partial file keeps its size",
+        Duration::from_millis(300),
+        part_size,
+        |&now| now == size,
+    )
+    .await;
     assert!(!hive.catalog_dir().join("models/slow/slow.gguf").exists());
 }
 
@@ -510,17 +485,9 @@ async fn two_downloads_of_one_model_share_one_transfer() {
     // Another URL under the same id does not join it.
     server.add("other.gguf", vec![1u8; 10]);
     let lines = hive
-        .run_job(op(
-            "model_download",
-            json!({"model": server.url("/files/other.gguf"), "id": "shared"}),
-        ))
+        .run_job(download_as(&server.url("/files/other.gguf"), "shared"))
         .await;
-    assert!(
-        error_of(&lines)
-            .unwrap()
-            .contains("is being downloaded from"),
-        "{lines:#?}"
-    );
+    assert_fails_with(&lines, "is being downloaded from");
     let (a, b) = tokio::join!(hive.stream_lines(&first), hive.stream_lines(&second));
     assert!(succeeded(&a), "{a:#?}");
     assert!(succeeded(&b), "{b:#?}");
@@ -583,24 +550,18 @@ async fn ids_that_could_leave_the_catalog_are_refused_and_nothing_outside_is_tou
     let lines = hive
         .run_job(op("model_delete", json!({"id": "linked"})))
         .await;
-    assert!(
-        error_of(&lines).unwrap().contains("no entry 'linked'"),
-        "{lines:#?}"
-    );
+    assert_fails_with(&lines, "no entry 'linked'");
     assert!(victim.join("metadata.json").exists());
     // A NUL in an id is a value error: the job fails with the reason.
     let lines = hive
         .run_job(op("model_get", json!({"id": "a\u{0}b"})))
         .await;
-    assert!(
-        error_of(&lines).unwrap().contains("control characters"),
-        "{lines:#?}"
-    );
+    assert_fails_with(&lines, "control characters");
 }
 
 #[tokio::test]
 async fn a_hand_placed_model_is_listed_and_spawns_by_id() {
-    let hive = TestHive::builder().config(&file_model_type()).start().await;
+    let hive = TestHive::with_config(&[&file_model_type()]).await;
     let folder = hive.catalog_dir().join("models/hand");
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::write(folder.join("My Model.gguf"), tiny_model()).unwrap();
@@ -612,12 +573,7 @@ async fn a_hand_placed_model_is_listed_and_spawns_by_id() {
         "{lines:#?}"
     );
     // A type whose model is a file gets the file's path.
-    let lines = hive
-        .run_job(op(
-            "worker_spawn",
-            json!({"model": "hand", "worker": "filemodel", "device": 0}),
-        ))
-        .await;
+    let lines = hive.run_job(spawn("hand", "filemodel")).await;
     assert!(succeeded(&lines), "{lines:#?}");
     let worker = hive.worker("worker-1").await.unwrap();
     assert!(
@@ -631,15 +587,10 @@ async fn a_hand_placed_model_is_listed_and_spawns_by_id() {
     let lines = hive
         .run_job(op("model_delete", json!({"id": "hand"})))
         .await;
-    assert!(error_of(&lines).unwrap().contains("worker-1"), "{lines:#?}");
+    assert_fails_with(&lines, "worker-1");
 
     // An unknown name that is not a path is refused with the catalog's ids.
-    let lines = hive
-        .run_job(op(
-            "worker_spawn",
-            json!({"model": "nosuch", "worker": "filemodel", "device": 0}),
-        ))
-        .await;
+    let lines = hive.run_job(spawn("nosuch", "filemodel")).await;
     let reason = error_of(&lines).unwrap();
     assert!(
         reason.starts_with("model 'nosuch' is not in the catalog (")
@@ -658,15 +609,10 @@ fn file_model_type() -> String {
 
 #[tokio::test]
 async fn a_spawn_does_not_reveal_whether_a_path_exists() {
-    let hive = TestHive::builder().config(&file_model_type()).start().await;
+    let hive = TestHive::with_config(&[&file_model_type()]).await;
     let mut reasons = Vec::new();
     for path in ["/nonexistent", "/root", "/etc/shadow", "/etc/hostname"] {
-        let lines = hive
-            .run_job(op(
-                "worker_spawn",
-                json!({"model": path, "worker": "filemodel", "device": 0}),
-            ))
-            .await;
+        let lines = hive.run_job(spawn(path, "filemodel")).await;
         let reason = error_of(&lines)
             .unwrap_or_else(|| panic!("{path}: {lines:#?}"))
             .to_owned();
@@ -683,7 +629,7 @@ async fn the_hub_token_goes_to_the_hub_only_and_redirects_stay_on_http() {
     server.add("t.gguf", tiny_model());
     elsewhere.add("t.gguf", tiny_model());
     let hive = TestHive::builder()
-        .config(&format!("hf_endpoint = {:?}", server.url("/")))
+        .config(&hub(&server))
         .env("HF_TOKEN", "hf_secret")
         .start()
         .await;
@@ -708,10 +654,7 @@ async fn the_hub_token_goes_to_the_hub_only_and_redirects_stay_on_http() {
     );
 
     // Without the token the hub's 401 comes back with a hint.
-    let tokenless = TestHive::builder()
-        .config(&format!("hf_endpoint = {:?}", server.url("/")))
-        .start()
-        .await;
+    let tokenless = hive_with_hub(&server).await;
     let lines = tokenless.run_job(download("o/r:t.gguf")).await;
     let reason = error_of(&lines).unwrap();
     assert!(
@@ -724,22 +667,14 @@ async fn the_hub_token_goes_to_the_hub_only_and_redirects_stay_on_http() {
         redirect_to: Some("file:///etc/passwd".into()),
         ..Switches::default()
     });
-    let lines = tokenless
-        .run_job(op(
-            "model_download",
-            json!({"model": "o/r:t.gguf", "id": "t2"}),
-        ))
-        .await;
+    let lines = tokenless.run_job(download_as("o/r:t.gguf", "t2")).await;
     let reason = error_of(&lines).unwrap();
     assert!(reason.contains("only http(s) is followed"), "{reason}");
     assert!(!tokenless.catalog_dir().join("models/t2/t.gguf").exists());
 
     // A repository without a file names what to give.
     let lines = tokenless.run_job(download("TheBloke/TinyLlama-GGUF")).await;
-    assert!(
-        error_of(&lines).unwrap().contains("names no file"),
-        "{lines:#?}"
-    );
+    assert_fails_with(&lines, "names no file");
 }
 
 #[tokio::test]
@@ -785,12 +720,7 @@ async fn worker_binaries_are_listed_got_deleted_and_used_by_spawn() {
     );
 
     // `cpu` workers run the catalog's binary (there is no llm-worker-rbee-cpu otherwise).
-    let lines = hive
-        .run_job(op(
-            "worker_spawn",
-            json!({"model": "m", "worker": "cpu", "device": 0}),
-        ))
-        .await;
+    let lines = hive.run_job(spawn("m", "cpu")).await;
     assert!(succeeded(&lines), "{lines:#?}");
     let worker = hive.worker("worker-1").await.unwrap();
     assert_eq!(
@@ -824,18 +754,8 @@ async fn worker_binaries_are_listed_got_deleted_and_used_by_spawn() {
         "{lines:#?}"
     );
     // Without the catalog entry, `cpu` needs its program again.
-    let lines = hive
-        .run_job(op(
-            "worker_spawn",
-            json!({"model": "m", "worker": "cpu", "device": 0}),
-        ))
-        .await;
-    assert!(
-        error_of(&lines)
-            .unwrap()
-            .contains("worker program 'llm-worker-rbee-cpu' not found"),
-        "{lines:#?}"
-    );
+    let lines = hive.run_job(spawn("m", "cpu")).await;
+    assert_fails_with(&lines, "worker program 'llm-worker-rbee-cpu' not found");
 }
 
 #[tokio::test]
@@ -873,10 +793,7 @@ async fn a_download_cut_by_a_hive_crash_reads_as_interrupted_and_resumes() {
     server.set(Switches::default());
     let lines = hive.run_job(download(&url)).await;
     assert!(succeeded(&lines), "{lines:#?}");
-    assert!(
-        lines.iter().any(|l| l.contains("model_download_resume")),
-        "{lines:#?}"
-    );
+    assert_line(&lines, "model_download_resume");
     assert!(
         server
             .requests()

@@ -22,6 +22,7 @@ use nix::sys::signal::Signal;
 use rbee_hive_e2e::os::{
     Bystander, group_members, pid_alive, pids_with_env, port_free, signal_pid,
 };
+use rbee_hive_e2e::wait::{wait_for, wait_until_blocking, with_context};
 use rbee_hive_e2e::{TestHive, demo_worker_type};
 use serde_json::{Value, json};
 
@@ -163,6 +164,7 @@ async fn run_op(
         let client = client.clone();
         let url = format!("http://{addr}/v1/jobs/{job_id}");
         tokio::spawn(async move {
+            // The random moment of the cancellation is the chaos under test.
             tokio::time::sleep(delay).await;
             let _ = client.delete(url).send().await;
         });
@@ -384,42 +386,33 @@ impl Soak {
     }
 
     async fn settle(&mut self) {
-        let deadline = Instant::now() + SETTLE_DEADLINE;
-        loop {
-            let list = self.list_workers().await;
-            if list.iter().all(is_settled) {
-                self.list = list;
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "workers never settled within {SETTLE_DEADLINE:?}: {list:#?}\n{}",
-                self.hive.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        self.list = wait_for(
+            with_context("the workers settle", || self.hive.log()),
+            SETTLE_DEADLINE,
+            || self.list_workers(),
+            |list| list.iter().all(is_settled),
+        )
+        .await;
     }
 
     /// The invariants; transient states (a worker exiting on its own between two reads) get
     /// a few seconds to resolve, a real violation does not go away.
     async fn check(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let list = self.list_workers().await;
-            match self.violations(&list) {
-                None => {
-                    self.list = list;
-                    return;
-                }
-                Some(problem) if Instant::now() >= deadline => {
-                    panic!(
-                        "invariant broken: {problem}\nworkers: {list:#?}\n{}",
-                        self.hive.log()
-                    )
-                }
-                Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        let (list, _) = wait_for(
+            with_context(
+                "every invariant holds (the last seen: problem, workers)",
+                || self.hive.log(),
+            ),
+            Duration::from_secs(10),
+            || async {
+                let list = self.list_workers().await;
+                let problem = self.violations(&list);
+                (list, problem)
+            },
+            |(_, problem)| problem.is_none(),
+        )
+        .await;
+        self.list = list;
     }
 
     fn violations(&self, list: &[Value]) -> Option<String> {
@@ -522,11 +515,10 @@ impl Soak {
         for member in group_members(pid) {
             signal_pid(member, Signal::SIGKILL);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !group_members(pid).is_empty() {
-            assert!(Instant::now() < deadline, "group {pid} did not die");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert!(
+            wait_until_blocking(Duration::from_secs(10), || group_members(pid).is_empty()),
+            "group {pid} did not die"
+        );
         let sentinel = Bystander::start();
         state["workers"][index]["pid"] = json!(sentinel.pid());
         state["workers"][index]["pgid"] = json!(sentinel.pid());
@@ -556,6 +548,7 @@ impl Soak {
                 let after = Duration::from_millis(self.rng.u64(0..40));
                 self.log(&format!("ops {ops:?}, SIGKILL of the hive after {after:?}"));
                 let handles = self.launch(ops);
+                // The random moment of the kill is the chaos under test.
                 tokio::time::sleep(after).await;
                 self.hive.kill_hard();
                 self.stats.hive_kills += 1;
@@ -573,6 +566,7 @@ impl Soak {
                 let policy = if self.keep_policy { "keep" } else { "stop" };
                 self.log(&format!("ops {ops:?}, SIGTERM ({policy}) after {after:?}"));
                 let handles = self.launch(ops);
+                // The random moment of the signal is the chaos under test.
                 tokio::time::sleep(after).await;
                 self.hive.signal(Signal::SIGTERM);
                 self.stats.hive_sigterms += 1;

@@ -1,13 +1,14 @@
 //! The command line (issue 11): the `rbee-hive` client subcommands against a real hive,
 //! their output, their exit codes, and what a shell user relies on.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Output, Stdio};
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStderr, Command, Output, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use rbee_hive_e2e::os::{pid_alive, wait_until};
-use rbee_hive_e2e::{TestHive, demo_worker_type};
+use rbee_hive_e2e::os::pid_alive;
+use rbee_hive_e2e::wait::wait_until;
+use rbee_hive_e2e::{TestHive, demo_worker_type, slow_start_type};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -28,6 +29,19 @@ fn cli(hive: &TestHive, args: &[&str]) -> Output {
     let mut command = hive.cli();
     command.args(args);
     run(command)
+}
+
+/// `rbee-hive spawn m --worker slow`, running, and its stderr line by line as it comes.
+fn spawn_slow(hive: &TestHive) -> (Child, Lines<BufReader<ChildStderr>>) {
+    let mut child = hive
+        .cli()
+        .args(["spawn", "m", "--worker", "slow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
 }
 
 #[tokio::test]
@@ -192,22 +206,8 @@ async fn exit_codes_say_who_said_no() {
 
 #[tokio::test]
 async fn narration_is_printed_as_it_arrives() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "slow",
-            &["--start-delay-ms", "1500"],
-            30.0,
-        ))
-        .start()
-        .await;
-    let mut child = hive
-        .cli()
-        .args(["spawn", "m", "--worker", "slow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let hive = TestHive::with_config(&[&slow_start_type("slow", 1500, 30.0)]).await;
+    let (mut child, mut lines) = spawn_slow(&hive);
     let mut seen = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -279,22 +279,8 @@ async fn the_token_is_sent_from_the_token_file() {
 
 #[tokio::test]
 async fn ctrl_c_stops_following_and_leaves_the_job_running() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "slow",
-            &["--start-delay-ms", "2000"],
-            30.0,
-        ))
-        .start()
-        .await;
-    let mut child = hive
-        .cli()
-        .args(["spawn", "m", "--worker", "slow"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let hive = TestHive::with_config(&[&slow_start_type("slow", 2000, 30.0)]).await;
+    let (mut child, mut lines) = spawn_slow(&hive);
     let job = lines
         .next()
         .unwrap()
@@ -457,11 +443,8 @@ async fn one_exit_code_per_outcome_in_every_command_and_json_errors() {
 
 #[tokio::test]
 async fn get_reads_as_text_json_covers_every_command_and_docs_are_generated() {
-    let hive = TestHive::builder()
-        // No sample comes before the test is over.
-        .config("telemetry_interval_ms = 600000")
-        .start()
-        .await;
+    // No sample comes before the test is over.
+    let hive = TestHive::with_config(&["telemetry_interval_ms = 600000"]).await;
     let id = stdout(&cli(&hive, &["spawn", "m", "-q"])).trim().to_owned();
     let stats = cli(&hive, &["get", &id, "--field", "stats"]);
     assert_eq!(stdout(&stats), "no sample yet\n");

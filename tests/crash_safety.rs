@@ -5,23 +5,16 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use rbee_hive_e2e::os::{Bystander, group_members, pid_alive, port_free, signal_pid, wait_until};
-use rbee_hive_e2e::{TestHive, demo_worker_type, spawn_body};
+use rbee_hive_e2e::lines::{assert_done, assert_line, assert_no_line, error_line};
+use rbee_hive_e2e::os::{Bystander, group_members, pid_alive, port_free, signal_pid};
+use rbee_hive_e2e::wait::{wait_for, wait_until, with_context};
+use rbee_hive_e2e::{
+    TestHive, delete_body, demo_worker_type, pid_of, port_of, slow_start_type, spawn_body,
+    stubborn_type,
+};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn delete_body(id: &str, grace_ms: u64) -> Value {
-    json!({"operation": "worker_delete", "hive_id": "localhost", "id": id, "grace_ms": grace_ms})
-}
-
-fn pid_of(record: &Value) -> u32 {
-    record["pid"].as_u64().expect("pid") as u32
-}
-
-fn port_of(record: &Value) -> u16 {
-    record["port"].as_u64().expect("port") as u16
-}
 
 /// A demo worker with two children that ignore SIGTERM (the leader obeys it).
 fn family() -> String {
@@ -48,24 +41,21 @@ fn all_gone(pids: &[u32]) -> bool {
     pids.iter().all(|pid| !pid_alive(*pid))
 }
 
-fn error_line(lines: &[String]) -> &str {
-    lines
-        .iter()
-        .find(|l| l.starts_with("[ERROR] "))
-        .unwrap_or_else(|| panic!("no [ERROR] line: {lines:#?}"))
+/// A hive with the config lines `settings` and the `family` type, and a `family` worker
+/// whose two children run: the hive, the worker's leader and its children.
+async fn hive_with_a_family(settings: &[&str]) -> (TestHive, u32, Vec<u32>) {
+    let family = family();
+    let hive = TestHive::with_config(&[settings, &[family.as_str()]].concat()).await;
+    let record = hive.spawn_ready("family").await;
+    let leader = pid_of(&record);
+    let children = children_of(leader).await;
+    (hive, leader, children)
 }
 
 // Defect 1: children of a lost worker ran forever.
 #[tokio::test]
 async fn the_children_of_a_worker_that_died_while_the_hive_was_down_are_stopped() {
-    let mut hive = TestHive::builder()
-        .config("stop_grace_ms = 300")
-        .config(&family())
-        .start()
-        .await;
-    let record = hive.spawn_ready("family").await;
-    let leader = pid_of(&record);
-    let children = children_of(leader).await;
+    let (mut hive, leader, children) = hive_with_a_family(&["stop_grace_ms = 300"]).await;
     hive.kill_hard();
     signal_pid(leader, Signal::SIGKILL);
     wait_until("the leader is gone", PATIENCE, || !pid_alive(leader)).await;
@@ -80,8 +70,7 @@ async fn the_children_of_a_worker_that_died_while_the_hive_was_down_are_stopped(
     let worker = hive.worker("worker-1").await.expect("still listed");
     assert_eq!(worker["status"], json!({"Failed": {"reason": "lost"}}));
     assert!(worker["stop"]["sigkill_at"].is_string(), "{worker}");
-    let lines = hive.run_job(delete_body("worker-1", 0)).await;
-    assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+    assert_done(&hive.run_job(delete_body("worker-1", Some(0))).await);
     assert!(hive.workers().await.is_empty());
     assert!(
         pid_alive(sentinel.pid()),
@@ -138,21 +127,16 @@ async fn a_stop_of_what_an_exited_leader_left_is_resumed_after_a_crash() {
     hive.restart();
     // The next hive resumes the stop (with what is left of the grace), and a delete with
     // no grace cuts it short.
-    let lines = hive.run_job(delete_body("worker-1", 0)).await;
-    assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+    assert_done(&hive.run_job(delete_body("worker-1", Some(0))).await);
     assert!(all_gone(&children));
 }
 
 // Defect 2: a delete cut by a `keep` shutdown was abandoned.
 #[tokio::test]
 async fn a_delete_cut_by_a_keep_shutdown_finishes_before_the_hive_exits() {
-    let mut hive = TestHive::builder()
-        .config("on_shutdown = \"keep\"")
-        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
-        .start()
-        .await;
+    let mut hive = TestHive::with_config(&["on_shutdown = \"keep\"", &stubborn_type()]).await;
     let record = hive.spawn_ready("stubborn").await;
-    let job = hive.submit(delete_body("worker-1", 1500)).await;
+    let job = hive.submit(delete_body("worker-1", Some(1500))).await;
     hive.stream_until(&job, |l| l.contains("worker_delete_sigterm"))
         .await;
     hive.signal(Signal::SIGTERM);
@@ -169,15 +153,8 @@ async fn a_delete_cut_by_a_keep_shutdown_finishes_before_the_hive_exits() {
 
 #[tokio::test]
 async fn a_delete_cut_by_a_keep_shutdown_after_the_leader_exited_leaves_no_children() {
-    let mut hive = TestHive::builder()
-        .config("on_shutdown = \"keep\"")
-        .config(&family())
-        .start()
-        .await;
-    let record = hive.spawn_ready("family").await;
-    let leader = pid_of(&record);
-    let children = children_of(leader).await;
-    let _job = hive.submit(delete_body("worker-1", 1500)).await;
+    let (mut hive, leader, children) = hive_with_a_family(&["on_shutdown = \"keep\""]).await;
+    let _job = hive.submit(delete_body("worker-1", Some(1500))).await;
     wait_until("the leader obeyed SIGTERM", PATIENCE, || !pid_alive(leader)).await;
     hive.signal(Signal::SIGTERM);
     assert_eq!(
@@ -233,8 +210,7 @@ async fn what_a_done_acknowledges_is_on_disk_when_the_hive_is_killed_right_after
     let mut hive = TestHive::start().await;
     for round in 1..=10 {
         let id = format!("worker-{round}");
-        let lines = hive.run_job(spawn_body("demo")).await;
-        assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+        assert_done(&hive.run_job(spawn_body("demo")).await);
         hive.kill_hard();
         let saved = hive.state_file();
         let worker = saved["workers"]
@@ -250,8 +226,7 @@ async fn what_a_done_acknowledges_is_on_disk_when_the_hive_is_killed_right_after
         assert_eq!(hive.worker(&id).await.expect("adopted")["status"], "Ready");
         // Every other round, delete it and check that the removal is on disk too.
         if round % 2 == 0 {
-            let lines = hive.run_job(delete_body(&id, 10_000)).await;
-            assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+            assert_done(&hive.run_job(delete_body(&id, Some(10_000))).await);
             hive.kill_hard();
             assert!(
                 !hive.saved_worker_ids().contains(&id),
@@ -265,14 +240,7 @@ async fn what_a_done_acknowledges_is_on_disk_when_the_hive_is_killed_right_after
 
 #[tokio::test]
 async fn a_hive_killed_during_a_spawn_never_hands_out_the_same_id_again() {
-    let mut hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "slowish",
-            &["--start-delay-ms", "1500"],
-            30.0,
-        ))
-        .start()
-        .await;
+    let mut hive = TestHive::with_config(&[&slow_start_type("slowish", 1500, 30.0)]).await;
     let job = hive.submit(spawn_body("slowish")).await;
     hive.stream_until(&job, |l| l.contains("worker_spawn_process"))
         .await;
@@ -296,9 +264,7 @@ async fn a_hive_killed_during_a_spawn_never_hands_out_the_same_id_again() {
 
 #[tokio::test]
 async fn a_worker_started_just_before_a_crash_is_found_by_its_marker() {
-    let mut hive = TestHive::start().await;
-    let record = hive.spawn_ready("demo").await;
-    hive.kill_hard();
+    let (mut hive, record) = TestHive::killed_with_a_worker().await;
     // As if the hive had died between starting the process and saving its pid.
     let path = hive.state_dir().join("workers.json");
     let mut state = hive.state_file();
@@ -314,16 +280,13 @@ async fn a_worker_started_just_before_a_crash_is_found_by_its_marker() {
         .wait_for_worker("worker-1", PATIENCE, |r| r["status"] == "Ready")
         .await;
     assert_eq!(adopted["pid"], record["pid"]);
-    let lines = hive.run_job(delete_body("worker-1", 10_000)).await;
-    assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+    assert_done(&hive.run_job(delete_body("worker-1", Some(10_000))).await);
     assert!(!pid_alive(pid_of(&record)));
 }
 
 #[tokio::test]
 async fn a_lost_state_file_does_not_make_ids_or_logs_reused() {
-    let mut hive = TestHive::start().await;
-    let first = hive.spawn_ready("demo").await;
-    hive.kill_hard();
+    let (mut hive, first) = TestHive::killed_with_a_worker().await;
     std::fs::remove_file(hive.state_dir().join("workers.json")).unwrap();
     let log = hive.state_dir().join("workers/worker-1.log");
     std::fs::write(&log, "worker-1's output\n").unwrap();
@@ -345,35 +308,21 @@ async fn a_lost_state_file_does_not_make_ids_or_logs_reused() {
 // Defect 4: a stop could not be cut short once the leader had exited.
 #[tokio::test]
 async fn a_second_delete_cuts_the_grace_short_after_the_leader_exited() {
-    let hive = TestHive::builder().config(&family()).start().await;
-    let record = hive.spawn_ready("family").await;
-    let leader = pid_of(&record);
-    let children = children_of(leader).await;
-    let first = hive.submit(delete_body("worker-1", 3_600_000)).await;
+    let (hive, leader, children) = hive_with_a_family(&[]).await;
+    let first = hive.submit(delete_body("worker-1", Some(3_600_000))).await;
     wait_until("the leader obeyed SIGTERM", PATIENCE, || !pid_alive(leader)).await;
     assert!(!all_gone(&children), "the children ignore SIGTERM");
-    let second = hive.run_job(delete_body("worker-1", 0)).await;
-    assert_eq!(second.last().unwrap(), "[DONE]", "{second:#?}");
+    assert_done(&hive.run_job(delete_body("worker-1", Some(0))).await);
     assert!(all_gone(&children));
     let first = hive.stream_lines(&first).await;
-    assert!(
-        first.iter().any(|l| l.contains("worker_delete_sigkill")),
-        "{first:#?}"
-    );
-    assert_eq!(first.last().unwrap(), "[DONE]");
+    assert_line(&first, "worker_delete_sigkill");
+    assert_done(&first);
     assert!(hive.workers().await.is_empty());
 }
 
 #[tokio::test]
 async fn a_second_sigterm_cuts_a_shutdown_short_after_the_leader_exited() {
-    let mut hive = TestHive::builder()
-        .config("stop_grace_ms = 3600000")
-        .config(&family())
-        .start()
-        .await;
-    let record = hive.spawn_ready("family").await;
-    let leader = pid_of(&record);
-    let children = children_of(leader).await;
+    let (mut hive, leader, children) = hive_with_a_family(&["stop_grace_ms = 3600000"]).await;
     hive.signal(Signal::SIGTERM);
     wait_until("the leader obeyed SIGTERM", PATIENCE, || !pid_alive(leader)).await;
     assert!(!all_gone(&children), "the children ignore SIGTERM");
@@ -384,12 +333,9 @@ async fn a_second_sigterm_cuts_a_shutdown_short_after_the_leader_exited() {
 
 #[tokio::test]
 async fn a_second_sigterm_during_a_long_delete_ends_the_hive_without_the_grace() {
-    let mut hive = TestHive::builder()
-        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
-        .start()
-        .await;
+    let mut hive = TestHive::with_config(&[&stubborn_type()]).await;
     let record = hive.spawn_ready("stubborn").await;
-    let job = hive.submit(delete_body("worker-1", 3_600_000)).await;
+    let job = hive.submit(delete_body("worker-1", Some(3_600_000))).await;
     hive.stream_until(&job, |l| l.contains("worker_delete_sigterm"))
         .await;
     // Both signals before the shutdown has reached its workers: the second one must still
@@ -404,9 +350,7 @@ async fn a_second_sigterm_during_a_long_delete_ends_the_hive_without_the_grace()
 // someone else's by the time it starts again.
 #[tokio::test]
 async fn a_group_id_taken_by_another_program_while_the_hive_was_down_is_never_signalled() {
-    let mut hive = TestHive::start().await;
-    let record = hive.spawn_ready("demo").await;
-    hive.kill_hard();
+    let (mut hive, record) = TestHive::killed_with_a_worker().await;
     signal_pid(pid_of(&record), Signal::SIGKILL);
     wait_until("the worker is gone", PATIENCE, || {
         !pid_alive(pid_of(&record))
@@ -437,8 +381,7 @@ async fn a_group_id_taken_by_another_program_while_the_hive_was_down_is_never_si
     hive.restart();
     let worker = hive.worker("worker-1").await.expect("listed");
     assert_eq!(worker["status"], json!({"Failed": {"reason": "lost"}}));
-    let lines = hive.run_job(delete_body("worker-1", 0)).await;
-    assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+    assert_done(&hive.run_job(delete_body("worker-1", Some(0))).await);
     let survived = pid_alive(stranger[0]);
     signal_pid(stranger[0], Signal::SIGKILL);
     assert!(survived, "another program's process was signalled");
@@ -447,14 +390,7 @@ async fn a_group_id_taken_by_another_program_while_the_hive_was_down_is_never_si
 // Defect 5: a readiness answer from someone else counted.
 #[tokio::test]
 async fn a_health_answer_from_another_program_does_not_make_a_worker_ready() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "mute",
-            &["--start-delay-ms", "600000"],
-            6.0,
-        ))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&slow_start_type("mute", 600_000, 6.0)]).await;
     let job = hive.submit(spawn_body("mute")).await;
     let lines = hive
         .stream_until(&job, |l| l.contains("worker_spawn_process"))
@@ -485,10 +421,7 @@ async fn a_health_answer_from_another_program_does_not_make_a_worker_ready() {
         }
     });
     let lines = hive.stream_lines(&job).await;
-    assert!(
-        !lines.iter().any(|l| l.contains("worker_spawn_ready")),
-        "{lines:#?}"
-    );
+    assert_no_line(&lines, "worker_spawn_ready");
     let error = error_line(&lines);
     assert!(
         error.starts_with("[ERROR] worker-1 was not ready within 6s and was stopped")
@@ -505,11 +438,7 @@ async fn a_health_answer_from_another_program_does_not_make_a_worker_ready() {
 async fn a_spawn_must_name_a_device_the_hive_has() {
     let gpu_demo = demo_worker_type("cuda", &[], 30.0) + "device = \"gpu\"\n";
     let unchecked = demo_worker_type("anywhere", &[], 30.0) + "device_check = false\n";
-    let cpu_only = TestHive::builder()
-        .config(&gpu_demo)
-        .config(&unchecked)
-        .start()
-        .await;
+    let cpu_only = TestHive::with_config(&[&gpu_demo, &unchecked]).await;
     let spawn = |worker: &str, device: u32| json!({"operation": "worker_spawn", "hive_id": "localhost", "model": "m", "worker": worker, "device": device});
     let lines = cpu_only.run_job(spawn("demo", 5)).await;
     assert!(
@@ -524,8 +453,7 @@ async fn a_spawn_must_name_a_device_the_hive_has() {
         error_line(&lines).contains("(this hive detects no gpu device)"),
         "{lines:#?}"
     );
-    let lines = cpu_only.run_job(spawn("anywhere", 7)).await;
-    assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+    assert_done(&cpu_only.run_job(spawn("anywhere", 7)).await);
     assert_eq!(
         cpu_only.worker("worker-1").await.unwrap()["device"],
         "CPU-7"
@@ -538,24 +466,18 @@ async fn a_spawn_must_name_a_device_the_hive_has() {
         error_line(&lines).contains("(its gpu devices: GPU-0, GPU-1)"),
         "{lines:#?}"
     );
-    let lines = two_gpus.run_job(spawn("cuda", 1)).await;
-    assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+    assert_done(&two_gpus.run_job(spawn("cuda", 1)).await);
     assert_eq!(two_gpus.workers().await[0]["device"], "GPU-1");
 }
 
 // Defect 7: worker logs piled up.
 #[tokio::test]
 async fn logs_of_removed_workers_are_pruned_beyond_the_configured_number() {
-    let hive = TestHive::builder()
-        .config("worker_logs_keep = 2")
-        .start()
-        .await;
+    let hive = TestHive::with_config(&["worker_logs_keep = 2"]).await;
     for round in 1..=5 {
         hive.spawn_ready("demo").await;
-        let lines = hive
-            .run_job(delete_body(&format!("worker-{round}"), 10_000))
-            .await;
-        assert_eq!(lines.last().unwrap(), "[DONE]");
+        let id = format!("worker-{round}");
+        assert_done(&hive.run_job(delete_body(&id, Some(10_000))).await);
     }
     hive.spawn_ready("demo").await;
     let logs = hive.state_dir().join("workers");
@@ -576,9 +498,7 @@ async fn logs_of_removed_workers_are_pruned_beyond_the_configured_number() {
 #[tokio::test]
 async fn a_run_the_state_file_does_not_name_is_stopped_by_the_next_hive() {
     use std::os::unix::process::CommandExt;
-    let mut hive = TestHive::start().await;
-    let recorded = hive.spawn_ready("demo").await;
-    hive.kill_hard();
+    let (mut hive, recorded) = TestHive::killed_with_a_worker().await;
     // As if the hive had been killed after starting worker-2 and before the save that names
     // it (a worker starts while its reservation is being saved): a process with worker-2's
     // marker and its log, and no record.
@@ -605,14 +525,14 @@ async fn a_run_the_state_file_does_not_name_is_stopped_by_the_next_hive() {
     wait_until("the unrecorded run listens", PATIENCE, || !port_free(port)).await;
     hive.restart();
     // Its spawn was never acknowledged: it is stopped, not adopted, and nothing else is.
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = unrecorded.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", hive.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = wait_for(
+        with_context("the unrecorded run exits", || hive.log()),
+        PATIENCE,
+        || std::future::ready(unrecorded.try_wait().unwrap()),
+        Option::is_some,
+    )
+    .await
+    .unwrap();
     assert_eq!(status.code(), Some(0), "it exited on SIGTERM: {status:?}");
     assert!(
         hive.log().contains("stopping worker-2"),
@@ -635,9 +555,7 @@ async fn a_run_the_state_file_does_not_name_is_stopped_by_the_next_hive() {
 async fn workers_spawned_right_after_a_restart_are_never_taken_for_unrecorded_runs() {
     // The start-up scan for runs the state file does not name runs in the background; the
     // workers spawned meanwhile carry the same marker prefix and must be left alone.
-    let mut hive = TestHive::start().await;
-    hive.spawn_ready("demo").await;
-    hive.kill_hard();
+    let (mut hive, _) = TestHive::killed_with_a_worker().await;
     hive.restart();
     let spawns = (0..6).map(|_| hive.spawn_ready("demo"));
     let spawned = futures::future::join_all(spawns).await;

@@ -3,42 +3,29 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use rbee_hive_e2e::lines::{assert_line, assert_nothing_signalled};
 use rbee_hive_e2e::os::{pid_alive, port_free};
-use rbee_hive_e2e::{TestHive, demo_worker_type, spawn_body};
+use rbee_hive_e2e::wait::{wait_for, wait_until};
+use rbee_hive_e2e::{
+    TestHive, delete_body, pid_of, port_of, slow_start_type, spawn_body, stubborn_type,
+};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-
-fn delete_body(id: &str) -> Value {
-    json!({"operation": "worker_delete", "hive_id": "localhost", "id": id})
-}
-
-fn pid_of(record: &Value) -> u32 {
-    record["pid"].as_u64().expect("pid") as u32
-}
-
-fn port_of(record: &Value) -> u16 {
-    record["port"].as_u64().expect("port") as u16
-}
-
-fn state_file(hive: &TestHive) -> Value {
-    let text = std::fs::read_to_string(hive.state_dir().join("workers.json")).expect("state file");
-    serde_json::from_str(&text).expect("state file is JSON")
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn the_state_file_holds_what_a_job_acknowledged_when_it_ends() {
     let hive = TestHive::start().await;
     hive.spawn_ready("demo").await;
-    let state = state_file(&hive);
+    let state = hive.state_file();
     assert_eq!(state["workers"][0]["status"], "Ready", "{state}");
     assert_eq!(state["last_id"], 1);
     assert!(state["workers"][0]["start_ticks"].is_u64());
     assert_eq!(state["workers"][0]["pgid"], state["workers"][0]["pid"]);
-    hive.run_job(delete_body("worker-1")).await;
+    hive.delete_worker("worker-1").await;
     assert!(
-        state_file(&hive)["workers"].as_array().unwrap().is_empty(),
+        hive.state_file()["workers"].as_array().unwrap().is_empty(),
         "state file still lists the deleted worker"
     );
 }
@@ -71,11 +58,8 @@ async fn a_sigkilled_hive_is_restarted_and_adopts_its_workers() {
     assert_ne!(third["port"], second["port"]);
     // Adopted workers delete like any other: SIGTERM through pidfds, waited on without
     // being their parent.
-    let lines = hive.run_job(delete_body("worker-1")).await;
-    assert!(
-        lines.iter().any(|l| l.contains("worker_delete_sigterm")),
-        "{lines:#?}"
-    );
+    let lines = hive.delete_worker("worker-1").await;
+    assert_line(&lines, "worker_delete_sigterm");
     assert_eq!(
         lines[lines.len() - 2],
         "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1"
@@ -87,10 +71,7 @@ async fn a_sigkilled_hive_is_restarted_and_adopts_its_workers() {
 
 #[tokio::test]
 async fn keep_policy_leaves_workers_for_the_next_hive() {
-    let mut hive = TestHive::builder()
-        .config("on_shutdown = \"keep\"")
-        .start()
-        .await;
+    let mut hive = TestHive::with_config(&["on_shutdown = \"keep\""]).await;
     let worker = hive.spawn_ready("demo").await;
     hive.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(
@@ -105,21 +86,18 @@ async fn keep_policy_leaves_workers_for_the_next_hive() {
     hive.restart();
     let adopted = hive.worker("worker-1").await.expect("adopted");
     assert_eq!(adopted["pid"], worker["pid"]);
-    hive.run_job(delete_body("worker-1")).await;
+    hive.delete_worker("worker-1").await;
     assert!(!pid_alive(pid_of(&worker)));
 }
 
 #[tokio::test]
 async fn a_worker_that_died_while_the_hive_was_down_is_reported_lost() {
-    let mut hive = TestHive::start().await;
-    let worker = hive.spawn_ready("demo").await;
-    hive.kill_hard();
+    let (mut hive, worker) = TestHive::killed_with_a_worker().await;
     rbee_hive_e2e::os::signal_pid(pid_of(&worker), nix::sys::signal::Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while pid_alive(pid_of(&worker)) {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until("the worker is gone", Duration::from_secs(5), || {
+        !pid_alive(pid_of(&worker))
+    })
+    .await;
     hive.restart();
     let record = hive.worker("worker-1").await.expect("still listed");
     assert_eq!(record["status"], json!({"Failed": {"reason": "lost"}}));
@@ -127,26 +105,18 @@ async fn a_worker_that_died_while_the_hive_was_down_is_reported_lost() {
         .run_job(json!({"operation": "worker_list", "hive_id": "localhost"}))
         .await;
     assert!(list[2].ends_with("| failed"), "{list:#?}");
-    let lines = hive.run_job(delete_body("worker-1")).await;
-    assert!(
-        !lines
-            .iter()
-            .any(|l| l.contains("SIGTERM") || l.contains("SIGKILL")),
-        "{lines:#?}"
-    );
+    assert_nothing_signalled(&hive.delete_worker("worker-1").await);
     assert!(hive.workers().await.is_empty());
 }
 
 #[tokio::test]
 async fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled() {
-    let mut hive = TestHive::start().await;
-    let worker = hive.spawn_ready("demo").await;
-    hive.kill_hard();
+    let (mut hive, worker) = TestHive::killed_with_a_worker().await;
     rbee_hive_e2e::os::signal_pid(pid_of(&worker), nix::sys::signal::Signal::SIGKILL);
     // Pretend the pid was reused: point the record at an unrelated process of ours.
     let bystander = rbee_hive_e2e::os::Bystander::start();
     let path = hive.state_dir().join("workers.json");
-    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut state = hive.state_file();
     state["workers"][0]["pid"] = json!(bystander.pid());
     state["workers"][0]["pgid"] = json!(bystander.pid());
     std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
@@ -158,7 +128,7 @@ async fn a_recorded_pid_that_now_belongs_to_another_process_is_never_signalled()
         json!({"Failed": {"reason": "lost"}}),
         "start time differs: not the worker"
     );
-    hive.run_job(delete_body("worker-1")).await;
+    hive.delete_worker("worker-1").await;
     assert!(
         pid_alive(bystander.pid()),
         "the hive signalled a process that is not its worker"
@@ -201,15 +171,11 @@ async fn two_hives_on_one_state_dir_are_refused() {
 
 #[tokio::test]
 async fn a_second_signal_during_shutdown_skips_the_grace() {
-    let mut hive = TestHive::builder()
-        .config("stop_grace_ms = 3600000")
-        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
-        .start()
-        .await;
+    let mut hive = TestHive::with_config(&["stop_grace_ms = 3600000", &stubborn_type()]).await;
     let worker = hive.spawn_ready("stubborn").await;
     hive.signal(nix::sys::signal::Signal::SIGTERM);
     // The shutdown's stop is recorded, then SIGTERM goes to the worker, which ignores it.
-    rbee_hive_e2e::os::wait_until(
+    wait_until(
         "the shutdown sent SIGTERM to the worker",
         Duration::from_secs(30),
         || hive.state_file()["workers"][0]["stop"]["sigterm_at"].is_string(),
@@ -229,14 +195,7 @@ async fn a_second_signal_during_shutdown_skips_the_grace() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_does_not_stop_the_job() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "slowish",
-            &["--start-delay-ms", "800"],
-            10.0,
-        ))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&slow_start_type("slowish", 800, 10.0)]).await;
     let job_id = hive.submit(spawn_body("slowish")).await;
     {
         let mut stream = TcpStream::connect(hive.addr).unwrap();
@@ -249,16 +208,20 @@ async fn a_client_that_disconnects_mid_stream_does_not_stop_the_job() {
         let read = stream.read(&mut first).unwrap();
         assert!(read > 0);
     } // the client goes away here, mid-stream
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (_, job) = hive.job_status(&job_id).await;
-        if job["state"] == "succeeded" {
-            break;
-        }
-        assert_eq!(job["state"], "running", "{job}");
-        assert!(Instant::now() < deadline, "the job never finished");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the job finishes",
+        Duration::from_secs(15),
+        || async { hive.job_status(&job_id).await.1 },
+        |job| {
+            // Until then, it runs.
+            if job["state"] == "succeeded" {
+                return true;
+            }
+            assert_eq!(job["state"], "running", "{job}");
+            false
+        },
+    )
+    .await;
     assert_eq!(hive.worker("worker-1").await.unwrap()["status"], "Ready");
     let lines = hive.stream_lines(&job_id).await;
     assert_eq!(
@@ -301,21 +264,12 @@ async fn readers_that_never_read_do_not_slow_jobs_or_the_hive() {
 
 #[tokio::test]
 async fn a_job_cancelled_mid_delete_still_leaves_the_worker_fully_stopped() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&stubborn_type()]).await;
     let worker = hive.spawn_ready("stubborn").await;
-    let job_id = hive.submit(json!({"operation": "worker_delete", "hive_id": "localhost", "id": "worker-1", "grace_ms": 1000})).await;
+    let job_id = hive.submit(delete_body("worker-1", Some(1000))).await;
     hive.stream_until(&job_id, |l| l.contains("worker_delete_sigterm"))
         .await;
-    let cancel = hive
-        .client
-        .delete(hive.url(&format!("/v1/jobs/{job_id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(cancel.status(), StatusCode::OK);
+    assert_eq!(hive.cancel(&job_id).await.status(), StatusCode::OK);
     let lines = hive.stream_lines(&job_id).await;
     assert_eq!(
         &lines[lines.len() - 2..],
@@ -323,13 +277,7 @@ async fn a_job_cancelled_mid_delete_still_leaves_the_worker_fully_stopped() {
         "{lines:#?}"
     );
     // The stop goes on without the job: SIGKILL after the grace, then the record goes.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pid_alive(pid_of(&worker)) || !hive.workers().await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the worker was left half-stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let stopped = "the worker is fully stopped (not left half-stopped)";
+    hive.wait_until_all_gone(pid_of(&worker), stopped).await;
     assert!(port_free(port_of(&worker)));
 }

@@ -6,10 +6,13 @@
 //! that memory is back (or says who still holds it).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rbee_hive_e2e::{TestHive, demo_worker_type};
-use serde_json::json;
+use rbee_hive_e2e::lines::{assert_done, assert_line, assert_no_line};
+use rbee_hive_e2e::openmetrics::value;
+use rbee_hive_e2e::wait::wait_for;
+use rbee_hive_e2e::{HiveBuilder, TestHive, demo_worker_type};
+use serde_json::Value;
 
 /// A fake `nvidia-smi`: one H100; `gpu-pids` lists pids that hold 1542 MiB while they run,
 /// `stuck-pids` pids that the driver still reports after they are gone.
@@ -33,28 +36,34 @@ esac
     path.display().to_string()
 }
 
-#[tokio::test]
-async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
-    let fakes = tempfile::tempdir().unwrap();
-    let hive = TestHive::builder()
-        .nvidia_smi(&fake_nvidia_smi(fakes.path()))
+/// The hive `builder` makes, with the fake `nvidia-smi` of `fakes`, a sample every 100 ms
+/// and the `cuda` type; and a `cuda` worker whose pid the fakes report as using GPU memory.
+/// The hive and the worker's record.
+async fn a_cuda_worker(builder: HiveBuilder, fakes: &Path) -> (TestHive, Value) {
+    let hive = builder
+        .nvidia_smi(&fake_nvidia_smi(fakes))
         .config("telemetry_interval_ms = 100")
         .config(&cuda_type())
         .start()
         .await;
     let worker = hive.spawn_ready("cuda").await;
+    std::fs::write(fakes.join("gpu-pids"), worker["pid"].to_string()).unwrap();
+    (hive, worker)
+}
+
+#[tokio::test]
+async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
+    let fakes = tempfile::tempdir().unwrap();
+    let (hive, worker) = a_cuda_worker(TestHive::builder(), fakes.path()).await;
     let id = worker["id"].as_str().unwrap().to_owned();
     assert_eq!(worker["device"], "GPU-0");
-    std::fs::write(fakes.path().join("gpu-pids"), worker["pid"].to_string()).unwrap();
 
-    let stats = stats_when(&hive, &id, "no GPU sample", |s| s["vram_mb"] == 1542.0).await;
+    let stats = stats_when(&hive, &id, "a GPU sample", |s| s["vram_mb"] == 1542.0).await;
     assert_eq!(stats["gpu_util_pct"], 37.0);
     assert_eq!(stats["total_vram_mb"], 81559.0);
-    let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
-    let samples = rbee_hive_e2e::openmetrics::samples(&text);
+    let samples = hive.metrics().await;
     assert_eq!(
-        rbee_hive_e2e::openmetrics::value(
+        value(
             &samples,
             "rbee_hive_worker_gpu_memory_bytes",
             &[("worker_id", &id)]
@@ -62,14 +71,10 @@ async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
         Some(1542.0 * 1024.0 * 1024.0)
     );
 
-    let lines = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("worker_delete_gpu_released: GPU memory released: 1.5 GiB in ")),
-        "{lines:#?}"
+    let lines = hive.delete_worker(&id).await;
+    assert_line(
+        &lines,
+        "worker_delete_gpu_released: GPU memory released: 1.5 GiB in ",
     );
 
     // A driver that still reports the memory after the processes are gone: the delete ends
@@ -78,20 +83,18 @@ async fn a_gpu_workers_memory_is_sampled_and_a_delete_waits_for_it() {
     let id = worker["id"].as_str().unwrap().to_owned();
     let pid = worker["pid"].to_string();
     std::fs::write(fakes.path().join("stuck-pids"), &pid).unwrap();
-    stats_when(&hive, &id, "no GPU sample of the second worker", |s| {
+    stats_when(&hive, &id, "a GPU sample of the second worker", |s| {
         s["vram_mb"] == 1542.0
     })
     .await;
-    let lines = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
-    assert!(
-        lines.iter().any(|l| l.contains(&format!(
+    let lines = hive.delete_worker(&id).await;
+    assert_line(
+        &lines,
+        &format!(
             "worker_delete_gpu_held: ⚠️  GPU memory still held after 10 s by PID {pid} (1542 MiB)"
-        ))),
-        "{lines:#?}"
+        ),
     );
-    assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
+    assert_done(&lines);
 }
 
 /// A `cuda` worker type that runs the demo worker on a GPU.
@@ -123,36 +126,25 @@ async fn stats_when(
     what: &str,
     accept: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let record = hive
-            .job_result(json!({"operation": "worker_get", "hive_id": "localhost", "id": id}))
-            .await
-            .unwrap();
-        if accept(&record["stats"]) {
-            return record["stats"].clone();
-        }
-        assert!(Instant::now() < deadline, "{what}: {record}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let record = wait_for(
+        what,
+        Duration::from_secs(20),
+        || async { hive.worker(id).await.unwrap() },
+        |record| accept(&record["stats"]),
+    )
+    .await;
+    record["stats"].clone()
 }
 
 #[tokio::test]
 async fn nvml_is_asked_first_and_nvidia_smi_answers_when_it_fails() {
     let fakes = tempfile::tempdir().unwrap();
-    let hive = TestHive::builder()
-        .nvidia_smi(&fake_nvidia_smi(fakes.path()))
-        .nvml_library(&fake_nvml(fakes.path()))
-        .config("telemetry_interval_ms = 100")
-        .config(&cuda_type())
-        .start()
-        .await;
-    let worker = hive.spawn_ready("cuda").await;
+    let with_nvml = TestHive::builder().nvml_library(&fake_nvml(fakes.path()));
+    let (hive, worker) = a_cuda_worker(with_nvml, fakes.path()).await;
     let id = worker["id"].as_str().unwrap().to_owned();
-    std::fs::write(fakes.path().join("gpu-pids"), worker["pid"].to_string()).unwrap();
 
     // NVML's numbers (2048 MiB, 42 %), not nvidia-smi's (1542 MiB, 37 %).
-    let stats = stats_when(&hive, &id, "no NVML sample", |s| s["vram_mb"] == 2048.0).await;
+    let stats = stats_when(&hive, &id, "an NVML sample", |s| s["vram_mb"] == 2048.0).await;
     assert_eq!(stats["gpu_util_pct"], 42.0);
     assert_eq!(stats["total_vram_mb"], 81559.0);
     let smi_calls = std::fs::read_to_string(fakes.path().join("smi-calls")).unwrap_or_default();
@@ -163,7 +155,7 @@ async fn nvml_is_asked_first_and_nvidia_smi_answers_when_it_fails() {
 
     // NVML's process query fails: the next samples come from nvidia-smi.
     std::fs::write(fakes.path().join("fail-processes"), "").unwrap();
-    let stats = stats_when(&hive, &id, "no nvidia-smi fallback", |s| {
+    let stats = stats_when(&hive, &id, "nvidia-smi answers in NVML's place", |s| {
         s["vram_mb"] == 1542.0
     })
     .await;
@@ -171,18 +163,11 @@ async fn nvml_is_asked_first_and_nvidia_smi_answers_when_it_fails() {
 
     // NVML answers again, and the delete's wait for the memory goes through it.
     std::fs::remove_file(fakes.path().join("fail-processes")).unwrap();
-    stats_when(&hive, &id, "NVML did not come back", |s| {
-        s["vram_mb"] == 2048.0
-    })
-    .await;
-    let lines = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("worker_delete_gpu_released: GPU memory released: 2.0 GiB in ")),
-        "{lines:#?}"
+    stats_when(&hive, &id, "NVML answers again", |s| s["vram_mb"] == 2048.0).await;
+    let lines = hive.delete_worker(&id).await;
+    assert_line(
+        &lines,
+        "worker_delete_gpu_released: GPU memory released: 2.0 GiB in ",
     );
 }
 
@@ -192,27 +177,21 @@ async fn gpu_sampling_is_off_with_gpu_source_none_and_absent_when_nvml_is_missin
     let nvml = fake_nvml(fakes.path());
     // `nvml` without a library to load; `none` with everything there.
     for (source, library) in [("nvml", None), ("none", Some(nvml.as_str()))] {
-        let mut builder = TestHive::builder()
-            .nvidia_smi(&fake_nvidia_smi(fakes.path()))
-            .config(&format!("gpu_source = \"{source}\""))
-            .config("telemetry_interval_ms = 100")
-            .config(&cuda_type());
+        let mut builder = TestHive::builder().config(&format!("gpu_source = \"{source}\""));
         if let Some(library) = library {
             builder = builder.nvml_library(library);
         }
-        let hive = builder.start().await;
-        let worker = hive.spawn_ready("cuda").await;
+        let (hive, worker) = a_cuda_worker(builder, fakes.path()).await;
         let id = worker["id"].as_str().unwrap().to_owned();
-        std::fs::write(fakes.path().join("gpu-pids"), worker["pid"].to_string()).unwrap();
         let _ = std::fs::remove_file(fakes.path().join("nvml-calls"));
 
         // Two samples after the pid was written: the GPU fields stay absent.
-        let first = stats_when(&hive, &id, "no sample", |s| s["sampled_at"].is_string()).await;
-        stats_when(&hive, &id, "no second sample", |s| {
+        let first = stats_when(&hive, &id, "a sample", |s| s["sampled_at"].is_string()).await;
+        stats_when(&hive, &id, "a second sample", |s| {
             s["sampled_at"].is_string() && s["sampled_at"] != first["sampled_at"]
         })
         .await;
-        let stats = stats_when(&hive, &id, "no third sample", |s| {
+        let stats = stats_when(&hive, &id, "a third sample", |s| {
             s["sampled_at"].is_string() && s["sampled_at"] != first["sampled_at"]
         })
         .await;
@@ -228,17 +207,8 @@ async fn gpu_sampling_is_off_with_gpu_source_none_and_absent_when_nvml_is_missin
             "{source}: NVML was asked"
         );
 
-        let lines = hive
-            .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-            .await;
-        assert_eq!(
-            lines.last().map(String::as_str),
-            Some("[DONE]"),
-            "{lines:#?}"
-        );
-        assert!(
-            !lines.iter().any(|l| l.contains("GPU memory")),
-            "{lines:#?}"
-        );
+        let lines = hive.delete_worker(&id).await;
+        assert_done(&lines);
+        assert_no_line(&lines, "GPU memory");
     }
 }

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rbee_hive_e2e::TestHive;
-use rbee_hive_e2e::os::wait_until;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rbee_hive_e2e::wait::wait_until;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const SILENT: usize = 2000;
@@ -58,7 +58,7 @@ async fn health(addr: std::net::SocketAddr) -> (String, Duration) {
 }
 
 /// Waits until the hive closes `connection` (a read gives 0 or an error); what it sent.
-async fn closed_by_hive(connection: &mut TcpStream) -> String {
+async fn closed_by_hive(connection: &mut (impl AsyncRead + Unpin)) -> String {
     let mut received = Vec::new();
     let mut buffer = [0u8; 1024];
     loop {
@@ -83,18 +83,10 @@ async fn trickle(
         return Some(String::new());
     }
     let (mut reader, mut writer) = connection.split();
-    let closed = async {
-        let mut received = Vec::new();
-        let mut buffer = [0u8; 1024];
-        loop {
-            match reader.read(&mut buffer).await {
-                Ok(0) | Err(_) => return String::from_utf8_lossy(&received).into_owned(),
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-            }
-        }
-    };
+    let closed = closed_by_hive(&mut reader);
     let dripping = async {
         while Instant::now() < give_up {
+            // The drip's pace is the attack under test (a byte now and then).
             tokio::time::sleep(every).await;
             if writer.write_all(drip).await.is_err() {
                 break;
@@ -105,6 +97,7 @@ async fn trickle(
     tokio::select! {
         received = closed => Some(received),
         () = dripping => None,
+        // The deadline of this connection, not a wait for something.
         () = tokio::time::sleep_until(give_up.into()) => None,
     }
 }
@@ -156,6 +149,7 @@ async fn a_hive_under_a_1024_fd_limit_survives_idle_slowloris_and_slow_body_floo
                 let at = Instant::now();
                 let (status, took) = health(addr).await;
                 answers.push((status, took, at));
+                // Paces the prober (a probe every 50 ms), as a load generator.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             answers

@@ -1,8 +1,10 @@
 //! The job server end to end (issue 2): a real hive, real HTTP, the exact wire text.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use rbee_hive_e2e::lines::{assert_done, assert_line};
 use rbee_hive_e2e::sse;
+use rbee_hive_e2e::wait::wait_for;
 use rbee_hive_e2e::{TestHive, os};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -32,19 +34,19 @@ async fn job_runs_without_a_reader_and_a_late_stream_replays_everything() {
     let hive = TestHive::start().await;
     let job_id = hive.submit(list_body()).await;
     // Nobody reads the stream: the job must still run to the end.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, job) = hive.job_status(&job_id).await;
-        assert_eq!(status, StatusCode::OK);
-        if job["state"] == "succeeded" {
-            assert_eq!(job["operation"], "worker_list");
-            assert!(job["finished_at"].is_string());
-            assert_eq!(job["error"], Value::Null);
-            break;
-        }
-        assert!(Instant::now() < deadline, "job never finished: {job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_, job) = wait_for(
+        "the job finishes",
+        Duration::from_secs(10),
+        || hive.job_status(&job_id),
+        |(status, job)| {
+            assert_eq!(*status, StatusCode::OK);
+            job["state"] == "succeeded"
+        },
+    )
+    .await;
+    assert_eq!(job["operation"], "worker_list");
+    assert!(job["finished_at"].is_string());
+    assert_eq!(job["error"], Value::Null);
     let lines = hive.stream_lines(&job_id).await;
     assert_eq!(lines.len(), 4);
     assert!(lines[0].contains("worker_list_start"));
@@ -130,10 +132,7 @@ async fn unknown_job_is_404_with_json_error() {
 
 #[tokio::test]
 async fn bad_inputs_get_their_status_and_json_error_and_create_no_job() {
-    let hive = TestHive::builder()
-        .config("body_limit_bytes = 1024")
-        .start()
-        .await;
+    let hive = TestHive::with_config(&["body_limit_bytes = 1024"]).await;
     let cases: Vec<(&str, &str, String, StatusCode, &str, &str)> = vec![
         ("malformed JSON", "application/json", "{\"operation\":".into(), StatusCode::BAD_REQUEST, "malformed_json", "not valid JSON"),
         ("not an object", "application/json", "[1,2]".into(), StatusCode::BAD_REQUEST, "invalid_request", "JSON object"),
@@ -188,17 +187,12 @@ async fn bad_inputs_get_their_status_and_json_error_and_create_no_job() {
         );
     }
     assert_eq!(hive.job_count().await, 0, "no bad request became a job");
-    let health = hive.client.get(hive.url("/health")).send().await.unwrap();
-    assert_eq!(health.text().await.unwrap(), "ok");
+    assert_eq!(hive.get_text("/health").await, "ok");
 }
 
 #[tokio::test]
 async fn explicit_hive_id_refuses_other_ids_and_any_id_is_accepted_otherwise() {
-    let hive = TestHive::builder()
-        .arg("--hive-id")
-        .arg("gpu-box")
-        .start()
-        .await;
+    let hive = TestHive::builder().hive_id("gpu-box").start().await;
     // Well-formed, addressed to another hive: a job that fails with the reason (the
     // upstream clients show only what arrives in a stream).
     let lines = hive.run_job(list_body()).await;
@@ -210,7 +204,7 @@ async fn explicit_hive_id_refuses_other_ids_and_any_id_is_accepted_otherwise() {
         ],
         "{lines:#?}"
     );
-    assert!(lines.iter().any(|l| l.contains("failed:")), "{lines:#?}");
+    assert_line(&lines, "failed:");
     let lines = hive
         .run_job(json!({"operation": "worker_list", "hive_id": "gpu-box"}))
         .await;
@@ -231,11 +225,8 @@ async fn json_format_has_ids_a_result_and_ends_with_done() {
     let hive = TestHive::start().await;
     let job_id = hive.submit(list_body()).await;
     let response = hive
-        .client
-        .get(hive.url(&format!("/v1/jobs/{job_id}/stream?format=json")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/v1/jobs/{job_id}/stream?format=json"))
+        .await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let events = sse::events(&response.text().await.unwrap());
     let kinds: Vec<_> = events.iter().map(|e| e.event.clone().unwrap()).collect();
@@ -352,8 +343,7 @@ async fn token_protects_every_route_but_health() {
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
     // The fixture's client sends the right token.
-    let lines = hive.run_job(list_body()).await;
-    assert_eq!(lines.last().unwrap(), "[DONE]");
+    assert_done(&hive.run_job(list_body()).await);
 }
 
 #[tokio::test]
@@ -393,15 +383,7 @@ async fn capabilities_report_cpu_and_parse_nvidia_smi() {
     )
     .unwrap();
 
-    let cpu_only: Value = hive
-        .client
-        .get(hive.url("/capabilities"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let cpu_only = hive.get_json("/capabilities").await;
     let devices = cpu_only["devices"].as_array().unwrap();
     assert_eq!(
         devices.len(),
@@ -429,30 +411,13 @@ async fn capabilities_report_cpu_and_parse_nvidia_smi() {
             .unwrap()
             .contains(&format!("({cores} cores)"))
     );
-    let alias: Value = hive
-        .client
-        .get(hive.url("/v1/capabilities"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(alias, cpu_only);
+    assert_eq!(hive.get_json("/v1/capabilities").await, cpu_only);
 
     let with_gpu = TestHive::builder()
         .nvidia_smi(fake.to_str().unwrap())
         .start()
         .await;
-    let caps: Value = with_gpu
-        .client
-        .get(with_gpu.url("/capabilities"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let caps = with_gpu.get_json("/capabilities").await;
     assert_eq!(
         caps["devices"][0],
         json!({"id": "GPU-0", "name": "NVIDIA H100 80GB HBM3", "device_type": "gpu", "vram_gb": 79, "compute_capability": "9.0"})
@@ -463,15 +428,7 @@ async fn capabilities_report_cpu_and_parse_nvidia_smi() {
         .nvidia_smi(failing.to_str().unwrap())
         .start()
         .await;
-    let caps: Value = broken
-        .client
-        .get(broken.url("/capabilities"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let caps = broken.get_json("/capabilities").await;
     assert_eq!(
         caps["devices"].as_array().unwrap().len(),
         1,

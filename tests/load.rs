@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use rbee_hive_e2e::{TestHive, demo_worker_type, spawn_body};
+use rbee_hive_e2e::lines::assert_line;
+use rbee_hive_e2e::wait::wait_for_every;
+use rbee_hive_e2e::{TestHive, slow_start_type, spawn_body};
 use serde_json::json;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -20,16 +22,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_jobs_in_flight_all_end_with_their_terminal_lines() {
-    let hive = Arc::new(
-        TestHive::builder()
-            .config(&demo_worker_type(
-                "slow-start",
-                &["--start-delay-ms", "1500"],
-                30.0,
-            ))
-            .start()
-            .await,
-    );
+    let hive = Arc::new(TestHive::with_config(&[&slow_start_type("slow-start", 1500, 30.0)]).await);
     // One long job that 500 readers wait on while 500 more jobs run at the same time.
     let long_job = hive.submit(spawn_body("slow-start")).await;
     let mut tasks = Vec::new();
@@ -55,15 +48,11 @@ async fn five_hundred_jobs_in_flight_all_end_with_their_terminal_lines() {
         let (own, shared) = task.await.expect("client task");
         assert_eq!(own.last().map(String::as_str), Some("[DONE]"), "{own:#?}");
         assert_eq!(shared.last().map(String::as_str), Some("[DONE]"));
-        assert!(
-            shared.iter().any(|l| l.contains("worker_spawn_ready")),
-            "{shared:#?}"
-        );
+        assert_line(&shared, "worker_spawn_ready");
         ended += 1;
     }
     assert_eq!(ended, 500);
-    let health = hive.client.get(hive.url("/health")).send().await.unwrap();
-    assert_eq!(health.text().await.unwrap(), "ok");
+    assert_eq!(hive.get_text("/health").await, "ok");
 }
 
 async fn submit_many(hive: &Arc<TestHive>, count: usize, clients: usize) {
@@ -86,23 +75,23 @@ async fn submit_many(hive: &Arc<TestHive>, count: usize, clients: usize) {
 }
 
 async fn wait_until_no_jobs_are_kept(hive: &TestHive) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hive.job_count().await > 0 {
-        assert!(Instant::now() < deadline, "finished jobs were never freed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // The hive's allocator gives freed pages back after about a second.
+    // Each look lists every job the hive keeps: not too often.
+    wait_for_every(
+        "finished jobs are freed",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || hive.job_count(),
+        |&kept| kept == 0,
+    )
+    .await;
+    // The hive's allocator gives freed pages back after about a second. Nothing announces
+    // it; the measurement is the memory after this time, so the sleep is part of it.
     tokio::time::sleep(Duration::from_secs(2)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_jobs_leave_memory_where_it_was_after_retention() {
-    let hive = Arc::new(
-        TestHive::builder()
-            .config("job_retention_s = 1")
-            .start()
-            .await,
-    );
+    let hive = Arc::new(TestHive::with_config(&["job_retention_s = 1"]).await);
     let pid = hive.pid();
     // Warm up: the same load, so that the baseline includes the allocator's working set.
     submit_many(&hive, 20_000, 16).await;

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rbee_hive_e2e::TestHive;
-use serde_json::json;
+use rbee_hive_e2e::lines::assert_done;
 
 async fn get(hive: &TestHive, path: &str) -> (u16, String) {
-    let response = hive.client.get(hive.url(path)).send().await.unwrap();
+    let response = hive.get(path).await;
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
 }
@@ -31,11 +31,8 @@ async fn a_workers_log_is_read_whole_tailed_and_followed_until_the_worker_is_gon
 
     // Follow: what the worker writes while it stops arrives, then the response ends.
     let response = hive
-        .client
-        .get(hive.url(&format!("/v1/workers/{id}/logs?follow=true&tail=1")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/v1/workers/{id}/logs?follow=true&tail=1"))
+        .await;
     assert_eq!(
         response.headers()["content-type"],
         "text/plain; charset=utf-8"
@@ -50,10 +47,7 @@ async fn a_workers_log_is_read_whole_tailed_and_followed_until_the_worker_is_gon
             .unwrap();
         followed.push_str(&String::from_utf8_lossy(&chunk));
     }
-    let deleted = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
-    assert_eq!(deleted.last().map(String::as_str), Some("[DONE]"));
+    assert_done(&hive.delete_worker(&id).await);
     let rest = tokio::time::timeout(Duration::from_secs(10), async {
         let mut rest = String::new();
         while let Some(chunk) = body.next().await {
@@ -112,18 +106,12 @@ async fn bad_log_requests_get_clear_errors() {
 async fn a_log_follower_does_not_hold_the_shutdown() {
     // With a drain of ten minutes, a follower that kept its connection open would keep the
     // hive from exiting for that long.
-    let mut hive = TestHive::builder()
-        .config("shutdown_drain_s = 600")
-        .start()
-        .await;
+    let mut hive = TestHive::with_config(&["shutdown_drain_s = 600"]).await;
     let worker = hive.spawn_ready("demo").await;
     let id = worker["id"].as_str().unwrap();
     let response = hive
-        .client
-        .get(hive.url(&format!("/v1/workers/{id}/logs?follow=true")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/v1/workers/{id}/logs?follow=true"))
+        .await;
     let mut body = response.bytes_stream();
     body.next().await.expect("the log so far").unwrap();
     hive.signal(nix::sys::signal::Signal::SIGTERM);

@@ -2,12 +2,16 @@
 //! token like every route unless `metrics_public`, numbers that follow what happened, and
 //! no holes: every series whose labels are known up front is there at 0 (issue 20).
 
+use std::time::Duration;
+
+use rbee_hive_e2e::lines::assert_line;
 use rbee_hive_e2e::openmetrics::{samples, validate, value};
-use rbee_hive_e2e::{TestHive, demo_worker_type};
+use rbee_hive_e2e::wait::wait_for;
+use rbee_hive_e2e::{TestHive, delete_body, demo_worker_type};
 use serde_json::json;
 
 async fn scrape(hive: &TestHive) -> (u16, String, String) {
-    let response = hive.client.get(hive.url("/metrics")).send().await.unwrap();
+    let response = hive.get("/metrics").await;
     let status = response.status().as_u16();
     let content_type = response
         .headers()
@@ -31,34 +35,35 @@ async fn metrics_parse_and_follow_jobs_workers_and_stops() {
 
     let demo = hive.spawn_ready("demo").await;
     let stubborn = hive.spawn_ready("stubborn").await;
-    let lines = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": stubborn["id"], "grace_ms": 100}))
-        .await;
-    assert!(lines.iter().any(|l| l.contains("SIGKILL")), "{lines:#?}");
+    let stubborn_id = stubborn["id"].as_str().unwrap();
+    let lines = hive.run_job(delete_body(stubborn_id, Some(100))).await;
+    assert_line(&lines, "SIGKILL");
     let lines = hive
         .run_job(json!({"operation": "model_get", "hive_id": "localhost", "id": "nope"}))
         .await;
     assert!(lines.iter().any(|l| l.starts_with("[ERROR]")));
-    // Wait for a resource sample of the demo worker.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let (samples, text) = loop {
-        let (status, content_type, text) = scrape(&hive).await;
-        assert_eq!(status, 200, "{text}");
-        assert!(
-            content_type.starts_with("application/openmetrics-text"),
-            "{content_type}"
-        );
-        assert!(text.ends_with("# EOF\n"), "{text}");
-        let samples = samples(&text);
-        if value(&samples, "rbee_hive_worker_resident_memory_bytes", &[]).is_some() {
-            break (samples, text);
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no worker sample: {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    // Wait for a resource sample of the demo worker; every scrape is valid meanwhile.
+    let (_, _, text) = wait_for(
+        "a resource sample of the demo worker",
+        Duration::from_secs(20),
+        || scrape(&hive),
+        |(status, content_type, text)| {
+            assert_eq!(*status, 200, "{text}");
+            assert!(
+                content_type.starts_with("application/openmetrics-text"),
+                "{content_type}"
+            );
+            assert!(text.ends_with("# EOF\n"), "{text}");
+            value(
+                &samples(text),
+                "rbee_hive_worker_resident_memory_bytes",
+                &[],
+            )
+            .is_some()
+        },
+    )
+    .await;
+    let samples = samples(&text);
     let id = demo["id"].as_str().unwrap();
     assert_eq!(
         value(
@@ -152,28 +157,22 @@ fn check_with_the_strict_parser(_: &str, _: &[serde_json::Value]) {}
     ignore = "Python's prometheus_client is not installed (.ci/run installs it; see tests/support/build.rs)"
 )]
 async fn metrics_are_valid_openmetrics_for_a_strict_parser() {
-    let hive = TestHive::builder()
-        .config("telemetry_interval_ms = 100")
-        .start()
-        .await;
+    let hive = TestHive::with_config(&["telemetry_interval_ms = 100"]).await;
     let (_, _, empty) = scrape(&hive).await;
     validate(&empty);
     hive.spawn_ready("demo").await;
     hive.run_job(json!({"operation": "model_get", "hive_id": "localhost", "id": "nope"}))
         .await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (_, _, text) = scrape(&hive).await;
-        let strict = validate(&text);
-        if value(&strict, "rbee_hive_worker_resident_memory_bytes", &[]).is_some() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no worker sample: {text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for(
+        "a resource sample of the demo worker",
+        Duration::from_secs(20),
+        || async { scrape(&hive).await.2 },
+        |text| {
+            let strict = validate(text);
+            value(&strict, "rbee_hive_worker_resident_memory_bytes", &[]).is_some()
+        },
+    )
+    .await;
     // And it is strict: text that is not OpenMetrics is refused.
     let refused = std::panic::catch_unwind(|| validate("# TYPE x counter\nx 1\n# EOF\n"));
     assert!(refused.is_err(), "a counter sample without _total");
@@ -198,10 +197,7 @@ async fn metrics_can_be_public() {
 
 #[tokio::test]
 async fn an_empty_hive_exports_every_known_series_at_zero() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type("mine", &[], 30.0))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&demo_worker_type("mine", &[], 30.0)]).await;
     let (status, _, text) = scrape(&hive).await;
     assert_eq!(status, 200);
     let samples = samples(&text);

@@ -8,24 +8,18 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use nix::sys::signal::Signal;
-use rbee_hive_e2e::openmetrics::{samples, value};
-use rbee_hive_e2e::os::{pid_alive, port_free, signal_pid, wait_until};
+use rbee_hive_e2e::lines::{assert_done, assert_line};
+use rbee_hive_e2e::openmetrics::value;
+use rbee_hive_e2e::os::{pid_alive, port_free, signal_pid};
 use rbee_hive_e2e::sse::events;
-use rbee_hive_e2e::{TestHive, demo_worker_type};
+use rbee_hive_e2e::wait::{holds_for, wait_for, wait_until};
+use rbee_hive_e2e::{TestHive, crashing_type, demo_worker_type, pid_of};
 use serde_json::{Value, json};
 
 /// A worker type `name` that runs the demo worker, becomes ready, and exits with code 3
 /// `exit_after_ms` later, with its restart policy.
-fn crashing_type(name: &str, exit_after_ms: u64, policy: &str) -> String {
-    let exit_after = exit_after_ms.to_string();
-    format!(
-        "{}{policy}\n",
-        demo_worker_type(
-            name,
-            &["--exit-after-ms", &exit_after, "--exit-code", "3"],
-            10.0
-        )
-    )
+fn crashing_with(name: &str, exit_after_ms: u64, policy: &str) -> String {
+    format!("{}{policy}\n", crashing_type(name, exit_after_ms, 3))
 }
 
 fn time(value: &Value) -> DateTime<Utc> {
@@ -36,10 +30,6 @@ fn time(value: &Value) -> DateTime<Utc> {
         .unwrap()
 }
 
-fn pid(record: &Value) -> u32 {
-    record["pid"].as_u64().unwrap() as u32
-}
-
 fn failed_reason(record: &Value) -> String {
     record["status"]["Failed"]["reason"]
         .as_str()
@@ -47,72 +37,62 @@ fn failed_reason(record: &Value) -> String {
         .to_owned()
 }
 
+/// The state file's record of worker `id` (null if it has none).
+fn saved(hive: &TestHive, id: &str) -> Value {
+    hive.state_file()["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|w| w["id"] == id)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 /// Waits until the state file's record of worker `id` satisfies `check`; returns it.
 async fn saved_record(hive: &TestHive, id: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let saved = hive.state_file();
-        let record = saved["workers"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|w| w["id"] == id)
-            .cloned()
-            .unwrap_or(Value::Null);
-        if check(&record) {
-            return record;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the state file never held the expected record of {id}: {record:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        &format!("the state file holds the expected record of {id}"),
+        Duration::from_secs(20),
+        || std::future::ready(saved(hive, id)),
+        check,
+    )
+    .await
+}
+
+/// How long from now until `time` (nothing if it has passed).
+fn until(time: DateTime<Utc>) -> Duration {
+    (time - Utc::now()).to_std().unwrap_or_default()
+}
+
+/// A hive with the `crashing_with(name, 200, policy)` type, killed once its worker's first
+/// run has failed and the state file says that a restart waits: the hive, the worker's
+/// first record and its saved record.
+async fn killed_while_a_restart_waits(name: &str, policy: &str) -> (TestHive, Value, Value) {
+    let mut hive = TestHive::with_config(&[&crashing_with(name, 200, policy)]).await;
+    let first = hive.spawn_ready(name).await;
+    let id = first["id"].as_str().unwrap();
+    let waiting = saved_record(&hive, id, |r| r.get("restart_at").is_some()).await;
+    hive.kill_hard();
+    (hive, first, waiting)
 }
 
 /// Deletes worker `id`; its job's lines, which end with `[DONE]`.
 async fn delete(hive: &TestHive, id: &str) -> Vec<String> {
-    let lines = hive
-        .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some("[DONE]"),
-        "{lines:#?}"
-    );
+    let lines = hive.delete_worker(id).await;
+    assert_done(&lines);
     lines
-}
-
-async fn scrape(hive: &TestHive) -> Vec<Value> {
-    let text = hive
-        .client
-        .get(hive.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    samples(&text)
 }
 
 #[tokio::test]
 async fn a_crash_looping_worker_is_restarted_with_backoff_until_the_limit() {
-    let hive = TestHive::builder()
-        .config(&crashing_type(
-            "crashy",
-            300,
-            "restart = \"on-failure\"\nmax_restarts = 3\nrestart_window_s = 60\n\
-             restart_backoff_ms = 200\nrestart_backoff_max_ms = 5000",
-        ))
-        .start()
-        .await;
-    let telemetry = hive
-        .client
-        .get(hive.url("/v1/heartbeats/stream"))
-        .send()
-        .await
-        .unwrap();
+    let hive = TestHive::with_config(&[&crashing_with(
+        "crashy",
+        300,
+        "restart = \"on-failure\"\nmax_restarts = 3\nrestart_window_s = 60\n\
+         restart_backoff_ms = 200\nrestart_backoff_max_ms = 5000",
+    )])
+    .await;
+    let telemetry = hive.get("/v1/heartbeats/stream").await;
     let first = hive.spawn_ready("crashy").await;
     let id = first["id"].as_str().unwrap().to_owned();
     let port = first["port"].as_u64().unwrap() as u16;
@@ -151,7 +131,7 @@ async fn a_crash_looping_worker_is_restarted_with_backoff_until_the_limit() {
         .iter()
         .map(|r| r["pid"].as_u64().unwrap() as u32)
         .collect();
-    pids.push(pid(&last));
+    pids.push(pid_of(&last));
     for (n, run) in runs.iter().enumerate() {
         let ended = time(&run["exit"]["at"]);
         let due = time(&run["restart_at"]);
@@ -165,7 +145,7 @@ async fn a_crash_looping_worker_is_restarted_with_backoff_until_the_limit() {
         assert_eq!(run["exit"]["code"], 3);
         assert_eq!(run["reason"], "exited with code 3");
     }
-    assert_eq!(pids[0], pid(&first));
+    assert_eq!(pids[0], pid_of(&first));
     pids.sort_unstable();
     pids.dedup();
     assert_eq!(pids.len(), 4, "each run is a new process: {pids:?}");
@@ -176,15 +156,7 @@ async fn a_crash_looping_worker_is_restarted_with_backoff_until_the_limit() {
     .await;
 
     // Every run's output is in the log, each restart after a line of the hive's.
-    let log = hive
-        .client
-        .get(hive.url(&format!("/v1/workers/{id}/logs")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let log = hive.get_text(&format!("/v1/workers/{id}/logs")).await;
     assert_eq!(
         log.matches("exiting with code 3 after 300 ms").count(),
         4,
@@ -197,7 +169,7 @@ async fn a_crash_looping_worker_is_restarted_with_backoff_until_the_limit() {
         );
     }
 
-    let samples = scrape(&hive).await;
+    let samples = hive.metrics().await;
     let by_type = [("worker_type", "crashy")];
     assert_eq!(
         value(&samples, "rbee_hive_worker_restarts_total", &by_type),
@@ -245,21 +217,17 @@ async fn a_crash_looping_worker_is_restarted_with_backoff_until_the_limit() {
 
 #[tokio::test]
 async fn no_restart_after_a_delete_a_clean_exit_or_for_a_type_without_the_policy() {
-    let hive = TestHive::builder()
-        .config(&crashing_type(
+    let hive = TestHive::with_config(&[
+        &crashing_with(
             "patient",
             200,
             "restart = \"on-failure\"\nrestart_backoff_ms = 4000",
-        ))
-        .config(&demo_worker_type(
-            "clean",
-            &["--exit-after-ms", "200", "--exit-code", "0"],
-            10.0,
-        ))
-        .config("restart = \"on-failure\"\nrestart_backoff_ms = 100")
-        .config(&crashing_type("plain", 200, ""))
-        .start()
-        .await;
+        ),
+        &crashing_type("clean", 200, 0),
+        "restart = \"on-failure\"\nrestart_backoff_ms = 100",
+        &crashing_with("plain", 200, ""),
+    ])
+    .await;
 
     // A delete while the restart waits for its backoff: nothing runs again.
     let patient = hive.spawn_ready("patient").await;
@@ -273,10 +241,7 @@ async fn no_restart_after_a_delete_a_clean_exit_or_for_a_type_without_the_policy
     assert_eq!(waiting["exit"]["code"], 3);
     let lines = delete(&hive, &id).await;
     // The delete came during the wait, not after a restart.
-    assert!(
-        lines.iter().any(|l| l.contains("had already exited")),
-        "{lines:#?}"
-    );
+    assert_line(&lines, "had already exited");
     assert!(hive.worker(&id).await.is_none());
     assert!(port_free(waiting["port"].as_u64().unwrap() as u16));
 
@@ -299,11 +264,13 @@ async fn no_restart_after_a_delete_a_clean_exit_or_for_a_type_without_the_policy
     // Absence needs a time: past the deleted worker's restart time, no process carries its
     // marker, and the others were not started again.
     let due = time(&waiting["restart_at"]);
-    while Utc::now() < due + chrono::Duration::milliseconds(500) {
-        let running = hive.tagged_processes();
-        assert!(running.is_empty(), "a worker process runs: {running:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    holds_for(
+        "no worker process runs",
+        until(due + chrono::Duration::milliseconds(500)),
+        || hive.tagged_processes(),
+        Vec::is_empty,
+    )
+    .await;
     assert!(hive.worker(&id).await.is_none());
     for worker in [&clean, &plain] {
         let now = hive.worker(worker["id"].as_str().unwrap()).await.unwrap();
@@ -313,20 +280,14 @@ async fn no_restart_after_a_delete_a_clean_exit_or_for_a_type_without_the_policy
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_due_when_the_hive_was_killed_is_made_by_the_next_hive() {
-    let mut hive = TestHive::builder()
-        .config(&crashing_type(
-            "slowcrash",
-            200,
-            "restart = \"on-failure\"\nrestart_backoff_ms = 3000\nmax_restarts = 1",
-        ))
-        .start()
-        .await;
-    let first = hive.spawn_ready("slowcrash").await;
-    let id = first["id"].as_str().unwrap().to_owned();
     // Killed while the restart waits, once the wait is on disk (a restart is made only then;
     // a hive killed before that finds the worker lost).
-    let waiting = saved_record(&hive, &id, |r| r.get("restart_at").is_some()).await;
-    hive.kill_hard();
+    let (mut hive, first, waiting) = killed_while_a_restart_waits(
+        "slowcrash",
+        "restart = \"on-failure\"\nrestart_backoff_ms = 3000\nmax_restarts = 1",
+    )
+    .await;
+    let id = first["id"].as_str().unwrap().to_owned();
     assert!(hive.tagged_processes().is_empty());
 
     hive.restart();
@@ -336,7 +297,7 @@ async fn a_restart_due_when_the_hive_was_killed_is_made_by_the_next_hive() {
         })
         .await;
     assert_eq!(second["port"], first["port"]);
-    assert_ne!(pid(&second), pid(&first));
+    assert_ne!(pid_of(&second), pid_of(&first));
     assert!(time(&second["run_started_at"]) >= time(&waiting["restart_at"]));
     // Its second failure is past `max_restarts = 1`: a crash loop, and its port given back.
     let last = hive
@@ -344,7 +305,7 @@ async fn a_restart_due_when_the_hive_was_killed_is_made_by_the_next_hive() {
             failed_reason(r).starts_with("crash loop: 2 exits")
         })
         .await;
-    assert!(!pid_alive(pid(&last)));
+    assert!(!pid_alive(pid_of(&last)));
     wait_until("the port is given back", Duration::from_secs(10), || {
         port_free(last["port"].as_u64().unwrap() as u16)
     })
@@ -353,18 +314,12 @@ async fn a_restart_due_when_the_hive_was_killed_is_made_by_the_next_hive() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_run_started_but_not_recorded_before_a_crash_is_adopted_not_started_twice() {
-    let mut hive = TestHive::builder()
-        .config(&crashing_type(
-            "onceagain",
-            200,
-            "restart = \"on-failure\"\nrestart_backoff_ms = 3000",
-        ))
-        .start()
-        .await;
-    let first = hive.spawn_ready("onceagain").await;
+    let (mut hive, first, record) = killed_while_a_restart_waits(
+        "onceagain",
+        "restart = \"on-failure\"\nrestart_backoff_ms = 3000",
+    )
+    .await;
     let id = first["id"].as_str().unwrap().to_owned();
-    let record = saved_record(&hive, &id, |r| r.get("restart_at").is_some()).await;
-    hive.kill_hard();
     // What a hive killed right after it started the next run, before it saved the new pid,
     // leaves: the state file says "restart pending", and the run is up, marked as the
     // worker's. This one does not exit by itself.
@@ -398,16 +353,19 @@ async fn a_run_started_but_not_recorded_before_a_crash_is_adopted_not_started_tw
     let adopted = hive
         .wait_for_worker(&id, Duration::from_secs(30), |r| r["status"] == "Ready")
         .await;
-    assert_eq!(pid(&adopted), unrecorded_pid, "{adopted:#}");
+    assert_eq!(pid_of(&adopted), unrecorded_pid, "{adopted:#}");
     assert_eq!(adopted["restart_count"], 1);
     assert!(adopted.get("restart_at").is_none(), "{adopted:#}");
     assert!(hive.log().contains("found by its marker"), "{}", hive.log());
     // Past the time the restart was due, still this one process and no second run.
     let due = time(&record["restart_at"]);
-    while Utc::now() < due + chrono::Duration::milliseconds(500) {
-        assert_eq!(hive.tagged_processes(), [unrecorded_pid]);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    holds_for(
+        "the adopted run is the one process",
+        until(due + chrono::Duration::milliseconds(500)),
+        || hive.tagged_processes(),
+        |running| running == &[unrecorded_pid],
+    )
+    .await;
     delete(&hive, &id).await;
     wait_until("the adopted run is gone", Duration::from_secs(10), || {
         !pid_alive(unrecorded_pid)
@@ -422,16 +380,14 @@ async fn a_hive_killed_while_stopping_what_a_failed_leader_left_still_restarts_i
     // `leader_exited` stop under way. Written by hand, for both cases: the child is gone by
     // the time the next hive starts, or it still runs.
     for child_survives in [false, true] {
-        let mut hive = TestHive::builder()
-            .config(&format!(
-                "{}restart = \"on-failure\"\nrestart_backoff_ms = 100\n",
-                demo_worker_type("family", &["--children", "1"], 10.0)
-            ))
-            .start()
-            .await;
+        let mut hive = TestHive::with_config(&[&format!(
+            "{}restart = \"on-failure\"\nrestart_backoff_ms = 100\n",
+            demo_worker_type("family", &["--children", "1"], 10.0)
+        )])
+        .await;
         let first = hive.spawn_ready("family").await;
         let id = first["id"].as_str().unwrap().to_owned();
-        let leader = pid(&first);
+        let leader = pid_of(&first);
         let child = wait_for_child(&hive, leader).await;
         hive.kill_hard();
         signal_pid(leader, Signal::SIGKILL);
@@ -472,32 +428,33 @@ async fn a_hive_killed_while_stopping_what_a_failed_leader_left_still_restarts_i
 
 /// The one child of worker leader `leader` (the demo worker's `--children 1`).
 async fn wait_for_child(hive: &TestHive, leader: u32) -> u32 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(child) = hive
-            .tagged_processes()
+    let child = || {
+        hive.tagged_processes()
             .into_iter()
             .find(|p| *p != leader && rbee_hive_e2e::os::group_members(leader).contains(p))
-        {
-            return child;
-        }
-        assert!(std::time::Instant::now() < deadline, "no child of {leader}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    wait_for(
+        &format!("a child of {leader} runs"),
+        Duration::from_secs(10),
+        || std::future::ready(child()),
+        Option::is_some,
+    )
+    .await
+    .expect("a child")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shutdown_never_restarts_stop_cancels_the_wait_and_keep_hands_it_on() {
     for policy in ["stop", "keep"] {
-        let mut hive = TestHive::builder()
-            .config(&format!("on_shutdown = \"{policy}\""))
-            .config(&crashing_type(
+        let mut hive = TestHive::with_config(&[
+            &format!("on_shutdown = \"{policy}\""),
+            &crashing_with(
                 "waits",
                 200,
                 "restart = \"on-failure\"\nrestart_backoff_ms = 2000",
-            ))
-            .start()
-            .await;
+            ),
+        ])
+        .await;
         let first = hive.spawn_ready("waits").await;
         let id = first["id"].as_str().unwrap().to_owned();
         hive.wait_for_worker(&id, Duration::from_secs(20), |r| {
@@ -513,14 +470,8 @@ async fn a_shutdown_never_restarts_stop_cancels_the_wait_and_keep_hands_it_on() 
             hive.tagged_processes().is_empty(),
             "{policy}: a worker was started during the shutdown"
         );
-        let saved = hive.state_file();
-        let record = saved["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|w| w["id"] == id.as_str())
-            .cloned()
-            .unwrap();
+        let record = saved(&hive, &id);
+        assert!(record.is_object(), "{:#}", hive.state_file());
         match policy {
             "stop" => {
                 assert!(record.get("restart_at").is_none(), "{record:#}");
@@ -539,13 +490,10 @@ async fn a_shutdown_never_restarts_stop_cancels_the_wait_and_keep_hands_it_on() 
                 let again = hive
                     .wait_for_worker(&id, Duration::from_secs(30), |r| r["restart_count"] == 1)
                     .await;
-                assert_ne!(pid(&again), pid(&first));
+                assert_ne!(pid_of(&again), pid_of(&first));
                 // With `keep`, the hive's own shutdown at the end of the test would leave
                 // this run behind: it is deleted first.
-                hive.run_job(
-                    json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}),
-                )
-                .await;
+                hive.delete_worker(&id).await;
             }
         }
     }
@@ -553,10 +501,7 @@ async fn a_shutdown_never_restarts_stop_cancels_the_wait_and_keep_hands_it_on() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_that_turns_the_policy_on_applies_to_running_workers() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type("steady", &[], 10.0))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&demo_worker_type("steady", &[], 10.0)]).await;
     let first = hive.spawn_ready("steady").await;
     let id = first["id"].as_str().unwrap().to_owned();
     let config = hive.dir.path().join("hive.toml");
@@ -572,7 +517,7 @@ async fn a_reload_that_turns_the_policy_on_applies_to_running_workers() {
     })
     .await;
     // SIGKILL from outside (an OOM kill, say) is a failure.
-    signal_pid(pid(&first), Signal::SIGKILL);
+    signal_pid(pid_of(&first), Signal::SIGKILL);
     let again = hive
         .wait_for_worker(&id, Duration::from_secs(20), |r| {
             r["restart_count"] == 1 && r["status"] == "Ready"
@@ -582,7 +527,7 @@ async fn a_reload_that_turns_the_policy_on_applies_to_running_workers() {
         again["past_runs"][0]["reason"],
         "killed by signal 9 (SIGKILL)"
     );
-    assert_ne!(pid(&again), pid(&first));
+    assert_ne!(pid_of(&again), pid_of(&first));
     delete(&hive, &id).await;
-    assert!(!pid_alive(pid(&again)));
+    assert!(!pid_alive(pid_of(&again)));
 }

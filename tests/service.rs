@@ -2,14 +2,14 @@
 //! the test's own, the watchdog, SIGHUP reloads, socket activation across a restart under
 //! load, the default config file, and the token on every route.
 
-use std::os::unix::net::UnixDatagram;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use rbee_hive_e2e::wait::{wait_for, wait_for_every, wait_until};
 use rbee_hive_e2e::{TestHive, demo_worker_type};
-use serde_json::json;
+use tokio::net::UnixDatagram;
 
 /// A `NOTIFY_SOCKET` of the test's own: every datagram the hive sends, with when it came.
 struct NotifySocket {
@@ -30,28 +30,36 @@ impl NotifySocket {
         }
     }
 
-    /// The next datagram, or `None` after `timeout`.
-    fn next(&self, timeout: Duration) -> Option<String> {
-        self.socket.set_read_timeout(Some(timeout)).unwrap();
+    /// The next datagram.
+    async fn recv(&self) -> String {
         let mut buffer = vec![0; 4096];
-        let n = self.socket.recv(&mut buffer).ok()?;
-        Some(String::from_utf8_lossy(&buffer[..n]).into_owned())
+        let n = self.socket.recv(&mut buffer).await.expect("recv");
+        String::from_utf8_lossy(&buffer[..n]).into_owned()
     }
 
-    /// Datagrams until one holds `line` as a line; returns that one and those before it.
-    fn until(&self, line: &str) -> (String, Vec<String>) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    /// The next datagram, or `None` after `timeout`.
+    async fn next(&self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.recv()).await.ok()
+    }
+
+    /// Datagrams until one holds `line` as a line (within 30 s); returns that one and those
+    /// before it.
+    async fn until(&self, line: &str) -> (String, Vec<String>) {
         let mut before = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(message) = self.next(left) else {
-                break;
-            };
-            if message.lines().any(|l| l == line || l.starts_with(line)) {
-                return (message, before);
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let message = self.recv().await;
+                if message.lines().any(|l| l == line || l.starts_with(line)) {
+                    return message;
+                }
+                before.push(message);
             }
-            before.push(message);
+        })
+        .await;
+        match found {
+            Ok(message) => (message, before),
+            Err(_) => panic!("no {line:?} from the hive; got {before:?}"),
         }
-        panic!("no {line:?} from the hive; got {before:?}");
     }
 }
 
@@ -75,33 +83,32 @@ async fn notify_says_ready_after_adoption_then_reloading_and_stopping() {
         .config("on_shutdown = \"keep\"")
         .start()
         .await;
-    let (ready, _) = notify.until("READY=1");
+    let (ready, _) = notify.until("READY=1").await;
     assert_eq!(workers_in_status(&ready), 0, "{ready}");
     let worker = hive.spawn_ready("demo").await;
     let id = worker["id"].as_str().unwrap().to_owned();
-    let (status, _) = notify.until("STATUS=1 ready");
+    let (status, _) = notify.until("STATUS=1 ready").await;
     assert_eq!(workers_in_status(&status), 1);
 
     // A reload: RELOADING=1 with the monotonic time, then READY=1 again.
     hive.signal(Signal::SIGHUP);
-    let (reloading, _) = notify.until("RELOADING=1");
+    let (reloading, _) = notify.until("RELOADING=1").await;
     assert!(
         reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
         "{reloading}"
     );
-    notify.until("READY=1");
+    notify.until("READY=1").await;
 
     hive.signal(Signal::SIGTERM);
-    notify.until("STOPPING=1");
+    notify.until("STOPPING=1").await;
     hive.wait_exit(Duration::from_secs(30)).expect("exited");
 
     // Started again: READY=1 comes only once the kept worker is adopted.
     hive.restart();
-    let (ready, _) = notify.until("READY=1");
+    let (ready, _) = notify.until("READY=1").await;
     assert_eq!(workers_in_status(&ready), 1, "{ready}");
     assert_eq!(hive.worker(&id).await.unwrap()["pid"], worker["pid"]);
-    hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
+    hive.delete_worker(&id).await;
 }
 
 #[tokio::test]
@@ -113,11 +120,12 @@ async fn the_watchdog_is_pinged_until_the_runtime_wedges() {
         .env("RBEE_HIVE_TEST_WEDGE_ON_SIGUSR2", "1")
         .start()
         .await;
-    notify.until("READY=1");
+    notify.until("READY=1").await;
     let mut pings = 0;
     while pings < 5 {
         let message = notify
             .next(Duration::from_secs(10))
+            .await
             .expect("a watchdog ping");
         if message.lines().any(|l| l == "WATCHDOG=1") {
             pings += 1;
@@ -126,14 +134,12 @@ async fn the_watchdog_is_pinged_until_the_runtime_wedges() {
     // (Their interval, half of WATCHDOG_USEC, is a unit test of `service`.)
     hive.signal(Signal::SIGUSR2);
     // Pings already sent may still be read; after a quiet second, none comes any more.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match notify.next(Duration::from_secs(1)) {
-            None => break,
-            Some(_) => assert!(Instant::now() < deadline, "the pings did not stop"),
-        }
-    }
-    assert!(notify.next(Duration::from_secs(2)).is_none());
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while notify.next(Duration::from_secs(1)).await.is_some() {}
+    })
+    .await
+    .expect("the pings stop");
+    assert!(notify.next(Duration::from_secs(2)).await.is_none());
     // A wedged hive does not answer SIGTERM either: as systemd would, kill it.
     hive.kill_hard();
 }
@@ -162,11 +168,13 @@ async fn sighup_applies_a_good_file_and_keeps_the_config_when_the_file_is_bad() 
             .header("authorization", format!("Bearer {token}"))
             .send()
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while with("second").await.unwrap().status() != 200 {
-        assert!(Instant::now() < deadline, "the new token never took effect");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "the new token takes effect",
+        Duration::from_secs(30),
+        || async { with("second").await.unwrap().status() },
+        |status| *status == 200,
+    )
+    .await;
     assert_eq!(with("first").await.unwrap().status(), 401);
     assert!(
         hive.log().contains("config reloaded; applied:"),
@@ -184,18 +192,12 @@ async fn sighup_applies_a_good_file_and_keeps_the_config_when_the_file_is_bad() 
     // A bad file: refused, the config in effect stays, the hive goes on.
     std::fs::write(&config_path, "this is not = = toml").unwrap();
     hive.signal(Signal::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !hive.log().contains("config reload refused") {
-        assert!(
-            Instant::now() < deadline,
-            "no refusal logged: {}",
-            hive.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the refusal is logged", Duration::from_secs(30), || {
+        hive.log().contains("config reload refused")
+    })
+    .await;
     assert_eq!(with("second").await.unwrap().status(), 200);
-    let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
-    let samples = rbee_hive_e2e::openmetrics::samples(&metrics.text().await.unwrap());
+    let samples = hive.metrics().await;
     for (outcome, count) in [("applied", 1.0), ("refused", 1.0)] {
         assert_eq!(
             rbee_hive_e2e::openmetrics::value(
@@ -207,9 +209,8 @@ async fn sighup_applies_a_good_file_and_keeps_the_config_when_the_file_is_bad() 
             "{outcome}"
         );
     }
-    for id in [id, echo["id"].as_str().unwrap().to_owned()] {
-        hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-            .await;
+    for id in [id.as_str(), echo["id"].as_str().unwrap()] {
+        hive.delete_worker(id).await;
     }
 }
 
@@ -274,22 +275,20 @@ async fn with_an_inherited_socket_a_restart_under_load_refuses_nothing() {
         }));
     }
     // The load runs against the first hive before it is restarted.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ok.load(Ordering::Relaxed) < 200 {
-        assert!(Instant::now() < deadline, "the first hive answers nothing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the first hive answers", Duration::from_secs(30), || {
+        ok.load(Ordering::Relaxed) >= 200
+    })
+    .await;
     let before_restart = ok.load(Ordering::Relaxed);
     hive.signal(Signal::SIGTERM);
     hive.wait_exit(Duration::from_secs(30))
         .expect("the old hive exited");
     hive.restart();
     let after_restart = ok.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ok.load(Ordering::Relaxed) < after_restart + 200 {
-        assert!(Instant::now() < deadline, "the new hive answers nothing");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until("the new hive answers", Duration::from_secs(30), || {
+        ok.load(Ordering::Relaxed) >= after_restart + 200
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut errors = Vec::new();
     for client in clients {
@@ -305,8 +304,7 @@ async fn with_an_inherited_socket_a_restart_under_load_refuses_nothing() {
     assert_eq!(failed.load(Ordering::Relaxed), 0, "{errors:#?}");
     // on_shutdown = "keep": the worker was adopted, not restarted.
     assert_eq!(hive.worker(&id).await.unwrap()["pid"], worker["pid"]);
-    hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
+    hive.delete_worker(&id).await;
 }
 
 #[tokio::test]
@@ -323,7 +321,7 @@ async fn without_config_flag_the_default_config_file_is_read() {
         .env("XDG_CONFIG_HOME", &config_home.path().display().to_string())
         .start()
         .await;
-    let response = hive.client.get(hive.url("/health")).send().await.unwrap();
+    let response = hive.get("/health").await;
     assert_eq!(response.headers()["x-rbee-hive-id"], "from-xdg");
     assert!(
         hive.log().contains(&format!(
@@ -375,13 +373,7 @@ async fn every_route_but_health_needs_the_token_and_the_scheme_is_any_case() {
         assert_eq!(response.status(), 200, "{scheme}");
     }
     // With the token, an unknown route is a 404 again.
-    let response = hive
-        .client
-        .get(hive.url("/no/such/route"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 404);
+    assert_eq!(hive.get("/no/such/route").await.status(), 404);
 }
 
 /// Whether the hive has closed `connection` (without waiting: an open one has nothing to
@@ -414,11 +406,7 @@ async fn get_on_new_connection(hive: &TestHive, path: &str) -> (tokio::net::TcpS
 
 #[tokio::test]
 async fn at_the_cap_a_new_connection_replaces_the_longest_idle_one_and_only_busy_ones_get_503() {
-    let hive = TestHive::builder()
-        .config("header_timeout_s = 60")
-        .config("max_connections = 8")
-        .start()
-        .await;
+    let hive = TestHive::with_config(&["header_timeout_s = 60", "max_connections = 8"]).await;
     // Eight kept-alive connections, idle after one request each, fill the cap, in order.
     let mut idle = Vec::new();
     for _ in 0..8 {
@@ -430,11 +418,12 @@ async fn at_the_cap_a_new_connection_replaces_the_longest_idle_one_and_only_busy
     // longest, the first, which is closed; the others stay.
     let (_ninth, answer) = get_on_new_connection(&hive, "/health").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !idle.iter().any(is_closed) {
-        assert!(Instant::now() < deadline, "no idle connection was closed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_until(
+        "an idle connection is closed",
+        Duration::from_secs(10),
+        || idle.iter().any(is_closed),
+    )
+    .await;
     let closed: Vec<bool> = idle.iter().map(is_closed).collect();
     assert_eq!(
         closed,
@@ -455,25 +444,19 @@ async fn at_the_cap_a_new_connection_replaces_the_longest_idle_one_and_only_busy
     assert!(!streams.iter().any(is_closed));
     // A stream that ends gives its place back.
     drop(streams.pop());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, answer) = get_on_new_connection(&hive, "/health").await;
-        if answer.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{answer}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(
+        "/health is answered on a new connection",
+        Duration::from_secs(10),
+        || async { get_on_new_connection(&hive, "/health").await.1 },
+        |answer| answer.starts_with("HTTP/1.1 200"),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn silent_connections_time_out_and_kept_alive_ones_last_until_their_idle_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hive = TestHive::builder()
-        .config("header_timeout_s = 1")
-        .config("idle_timeout_s = 2")
-        .start()
-        .await;
+    let hive = TestHive::with_config(&["header_timeout_s = 1", "idle_timeout_s = 2"]).await;
     let mut silent = Vec::new();
     for _ in 0..8 {
         silent.push(tokio::net::TcpStream::connect(hive.addr).await.unwrap());
@@ -583,22 +566,19 @@ async fn at_shutdown_an_answer_that_is_still_being_sent_is_sent_whole() {
         .await
         .unwrap();
     // The hive has filled the socket's buffers (what the client has received stops
-    // growing): what it has not sent yet waits in the hive.
-    let mut peeked = vec![0u8; 8 << 20];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut last = 0;
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let available = connection.peek(&mut peeked).await.unwrap();
-        if available >= 64 << 10 && available == last {
-            break;
-        }
-        last = available;
-        assert!(
-            Instant::now() < deadline,
-            "the answer does not come: {available} bytes"
-        );
-    }
+    // growing between two looks 50 ms apart): what it has not sent yet waits in the hive.
+    let last = std::cell::Cell::new(0);
+    wait_for_every(
+        "the answer fills the socket's buffers",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async { connection.peek(&mut vec![0u8; 8 << 20]).await.unwrap() },
+        |&available| {
+            let before = last.replace(available);
+            available >= 64 << 10 && available == before
+        },
+    )
+    .await;
     hive.signal(Signal::SIGTERM);
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), connection.read_to_end(&mut answer))

@@ -2,11 +2,12 @@
 //! worker's whole process group (memory, CPU over the last interval, threads), checked
 //! against `/proc`, in `worker_list`, `worker_get`, `worker_process_*` and `rbee-hive ps`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rbee_hive_e2e::os::group_members;
+use rbee_hive_e2e::wait::wait_for;
 use rbee_hive_e2e::{TestHive, binaries};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A worker type whose group holds a busy child beside the demo worker.
 fn busy_type() -> String {
@@ -28,36 +29,21 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn listed(hive: &TestHive) -> Vec<Value> {
-    hive.job_result(json!({"operation": "worker_list", "hive_id": "localhost"}))
-        .await
-        .expect("worker_list result")["workers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn a_workers_whole_process_group_is_sampled_and_shown_everywhere() {
-    let hive = TestHive::builder().config(&busy_type()).start().await;
+    let hive = TestHive::with_config(&[&busy_type()]).await;
     let worker = hive.spawn_ready("busy").await;
     let id = worker["id"].as_str().unwrap().to_owned();
     let pgid = worker["pgid"].as_u64().unwrap() as u32;
 
     // Wait for a sample that has seen the busy child for a whole interval.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let stats = loop {
-        let workers = listed(&hive).await;
-        let stats = workers[0]["stats"].clone();
-        if stats["processes"] == 2 && stats["cpu_pct"].as_f64().unwrap_or(0.0) > 20.0 {
-            break stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no sample with the busy child: {stats}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let stats = wait_for(
+        "a sample has seen the busy child",
+        Duration::from_secs(20),
+        || async { hive.workers().await[0]["stats"].clone() },
+        |stats| stats["processes"] == 2 && stats["cpu_pct"].as_f64().unwrap_or(0.0) > 20.0,
+    )
+    .await;
     assert!(stats["threads"].as_u64().unwrap() >= 2, "{stats}");
     assert!(stats["uptime_s"].is_u64(), "{stats}");
     // Memory: the group's resident memory, as /proc sums it (within a tolerance: both move).
@@ -109,7 +95,6 @@ async fn a_workers_whole_process_group_is_sampled_and_shown_everywhere() {
     let row = ps.lines().nth(1).unwrap();
     assert!(row.contains('%') && row.ends_with("MiB"), "{ps}");
 
-    hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
+    hive.delete_worker(&id).await;
     assert!(group_members(pgid).is_empty());
 }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rbee_hive_e2e::TestHive;
+use rbee_hive_e2e::openmetrics::value;
 use rbee_hive_e2e::sse::{Event, events};
+use rbee_hive_e2e::wait::wait_for_every;
 use serde_json::{Value, json};
 
 /// Reads events from `body` until `until` holds for one; returns those read.
@@ -43,16 +45,8 @@ fn data(event: &Event) -> Value {
 
 #[tokio::test]
 async fn a_snapshot_then_each_change_in_order_and_periodic_stats() {
-    let mut hive = TestHive::builder()
-        .config("telemetry_interval_ms = 200")
-        .start()
-        .await;
-    let response = hive
-        .client
-        .get(hive.url("/v1/heartbeats/stream"))
-        .send()
-        .await
-        .unwrap();
+    let mut hive = TestHive::with_config(&["telemetry_interval_ms = 200"]).await;
+    let response = hive.get("/v1/heartbeats/stream").await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
@@ -106,8 +100,7 @@ async fn a_snapshot_then_each_change_in_order_and_periodic_stats() {
     .await;
     assert_eq!(changes(&seen), ["busy"], "{seen:#?}");
 
-    hive.run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": id}))
-        .await;
+    hive.delete_worker(&id).await;
     let seen = read_until(&mut body, &mut buffer, |e| {
         e.event.as_deref() == Some("worker") && data(e)["change"] == "removed"
     })
@@ -171,11 +164,8 @@ fn send_queue_towards(hive_port: u16, client_port: u16) -> Option<u64> {
 #[tokio::test]
 async fn a_reader_that_stops_reading_gets_a_gap_and_never_holds_the_hive() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let hive = TestHive::builder()
-        .config("telemetry_interval_ms = 100")
-        .config("telemetry_event_buffer = 8")
-        .start()
-        .await;
+    let hive =
+        TestHive::with_config(&["telemetry_interval_ms = 100", "telemetry_event_buffer = 8"]).await;
     let worker = hive.spawn_ready("demo").await;
     let id = worker["id"].as_str().unwrap().to_owned();
 
@@ -199,28 +189,33 @@ async fn a_reader_that_stops_reading_gets_a_gap_and_never_holds_the_hive() {
             .json(&json!({"worker_id": id, "timestamp": "2026-01-01T00:00:00Z", "health_status": "healthy", "state": state}))
             .send()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let mut queued = 0;
-    let mut flat_batches = 0;
-    while flat_batches < 2 {
-        for state in ["busy", "ready"].repeat(50) {
-            assert!(beat(state).await.unwrap().status().is_success());
-        }
-        let now =
-            send_queue_towards(hive.addr.port(), client_port).expect("the reader's connection");
-        flat_batches = if now == queued { flat_batches + 1 } else { 0 };
-        queued = now;
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hive's send queue kept growing ({queued} bytes)"
-        );
-    }
+    let (queued, flat_batches) = (std::cell::Cell::new(0), std::cell::Cell::new(0));
+    wait_for_every(
+        "the hive's send queue towards the reader stops growing (bytes queued)",
+        Duration::from_secs(120),
+        Duration::ZERO,
+        || async {
+            for state in ["busy", "ready"].repeat(50) {
+                assert!(beat(state).await.unwrap().status().is_success());
+            }
+            send_queue_towards(hive.addr.port(), client_port).expect("the reader's connection")
+        },
+        |&now| {
+            let flat = if now == queued.replace(now) {
+                flat_batches.get() + 1
+            } else {
+                0
+            };
+            flat_batches.set(flat);
+            flat >= 2
+        },
+    )
+    .await;
     for state in ["busy", "ready"].repeat(10) {
         assert!(beat(state).await.unwrap().status().is_success());
     }
     // The hive answers everyone else meanwhile.
-    let health = hive.client.get(hive.url("/health")).send().await.unwrap();
-    assert!(health.status().is_success());
+    assert!(hive.get("/health").await.status().is_success());
     hive.run_job(json!({"operation": "worker_list", "hive_id": "localhost"}))
         .await;
     // The last change: the worker is busy.
@@ -280,10 +275,6 @@ async fn a_reader_that_stops_reading_gets_a_gap_and_never_holds_the_hive() {
     let truth = data(telemetry.next().unwrap());
     assert_eq!(truth["workers"][0]["worker_id"], id.as_str());
 
-    let metrics = hive.client.get(hive.url("/metrics")).send().await.unwrap();
-    let samples = rbee_hive_e2e::openmetrics::samples(&metrics.text().await.unwrap());
-    assert!(
-        rbee_hive_e2e::openmetrics::value(&samples, "rbee_hive_stream_gaps_total", &[])
-            .is_some_and(|gaps| gaps >= 1.0)
-    );
+    let samples = hive.metrics().await;
+    assert!(value(&samples, "rbee_hive_stream_gaps_total", &[]).is_some_and(|gaps| gaps >= 1.0));
 }

@@ -11,10 +11,11 @@
 //! - the keeper prints each line as `[qn-fwd    ] forward_data   : <line>` and calls the job
 //!   failed if a line contains `failed:`, or both `Job` and `failed`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rbee_hive_e2e::os::pid_alive;
-use rbee_hive_e2e::{TestHive, demo_worker_type};
+use rbee_hive_e2e::wait::wait_for;
+use rbee_hive_e2e::{TestHive, demo_worker_type, stubborn_type};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -219,6 +220,12 @@ fn printed_text(view: &KeeperView) -> String {
     view.printed.join("\n")
 }
 
+/// Asserts that the keeper printed `needle` (in `text`, what it printed).
+#[track_caller]
+fn assert_printed(text: &str, needle: &str) {
+    assert!(text.contains(needle), "{text}");
+}
+
 /// The keeper's `--device cuda:1` arrives as `worker: "cuda", device: 1`; this hive runs its
 /// demo worker under the `cuda` name, on a hive whose `nvidia-smi` reports two GPUs, so that
 /// the path is tested without a GPU.
@@ -316,24 +323,19 @@ async fn the_upstream_client_drives_spawn_process_list_get_and_delete() {
     .unwrap();
     assert_eq!(get.outcome, JobOutcome::Success, "{}", printed_text(&get));
     let text = printed_text(&get);
-    assert!(
-        text.contains(&format!(
-            "worker_proc_get_start: 🔍 Getting worker process PID {pid} on hive 'gpu-box'"
-        )),
-        "{text}"
+    assert_printed(
+        &text,
+        &format!("worker_proc_get_start: 🔍 Getting worker process PID {pid} on hive 'gpu-box'"),
     );
-    assert!(
-        text.contains(&format!("worker_proc_get_found: ✅ PID {pid}: ")),
-        "{text}"
-    );
-    assert!(text.contains("worker_proc_get_details: {"), "{text}");
+    assert_printed(&text, &format!("worker_proc_get_found: ✅ PID {pid}: "));
+    assert_printed(&text, "worker_proc_get_details: {");
     assert!(
         text.contains("\"memory_kb\": ")
             && text.contains("\"cpu_percent\": ")
             && text.contains("\"elapsed\": "),
         "{text}"
     );
-    assert!(text.contains("\"worker_id\": \"worker-1\""), "{text}");
+    assert_printed(&text, "\"worker_id\": \"worker-1\"");
 
     // … process delete <pid>
     let delete = keeper(
@@ -349,21 +351,17 @@ async fn the_upstream_client_drives_spawn_process_list_get_and_delete() {
         printed_text(&delete)
     );
     let text = printed_text(&delete);
-    assert!(
-        text.contains(&format!(
-            "worker_proc_del_start: 🗑️  Deleting worker process PID {pid} on hive 'gpu-box'"
-        )),
-        "{text}"
+    assert_printed(
+        &text,
+        &format!("worker_proc_del_start: 🗑️  Deleting worker process PID {pid} on hive 'gpu-box'"),
     );
-    assert!(
-        text.contains("worker_delete_sigterm: Sent SIGTERM to worker process"),
-        "{text}"
+    assert_printed(
+        &text,
+        "worker_delete_sigterm: Sent SIGTERM to worker process",
     );
-    assert!(
-        text.contains(&format!(
-            "worker_proc_del_ok: ✅ Worker process PID {pid} deleted successfully"
-        )),
-        "{text}"
+    assert_printed(
+        &text,
+        &format!("worker_proc_del_ok: ✅ Worker process PID {pid} deleted successfully"),
     );
     assert!(!pid_alive(pid as u32));
     assert!(hive.workers().await.is_empty());
@@ -410,17 +408,12 @@ async fn a_pid_that_is_not_a_managed_worker_fails_and_is_never_signalled() {
         pid_alive(bystander.pid()),
         "a stranger's process was signalled"
     );
-    let health = hive.client.get(hive.url("/health")).send().await.unwrap();
-    assert_eq!(health.text().await.unwrap(), "ok");
+    assert_eq!(hive.get_text("/health").await, "ok");
 }
 
 #[tokio::test]
 async fn every_refusal_reaches_the_keeper_with_its_reason() {
-    let hive = TestHive::builder()
-        .arg("--hive-id")
-        .arg("gpu-box")
-        .start()
-        .await;
+    let hive = TestHive::builder().hive_id("gpu-box").start().await;
     // Operations of the upstream that this hive does not run, and a hive_id that is not
     // this hive's: the keeper shows the hive's reason (PROTOCOL §8), where a 400 showed it
     // nothing.
@@ -490,27 +483,22 @@ async fn a_failing_get_reads_as_a_failure_to_the_keeper() {
 
 #[tokio::test]
 async fn after_sigterm_health_stops_answering_within_five_seconds() {
-    let mut hive = TestHive::builder()
-        .config("stop_grace_ms = 8000")
-        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
-        .start()
-        .await;
+    let mut hive = TestHive::with_config(&["stop_grace_ms = 8000", &stubborn_type()]).await;
     hive.spawn_ready("stubborn").await;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
         .unwrap();
     hive.signal(nix::sys::signal::Signal::SIGTERM);
-    let started = Instant::now();
     // The upstream's stop check: poll /health until it stops answering (the hive stops
     // accepting at once; the deadline only catches a hive that never does).
-    while client.get(hive.url("/health")).send().await.is_ok() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "/health still answers 30 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for(
+        "/health stops answering after SIGTERM (answered)",
+        Duration::from_secs(30),
+        || async { client.get(hive.url("/health")).send().await.is_ok() },
+        |answered| !answered,
+    )
+    .await;
     // The hive itself still stops its stubborn worker (SIGKILL after the 8 s grace) and exits 0.
     let status = hive.wait_exit(Duration::from_secs(20)).expect("exits");
     assert_eq!(status.code(), Some(0));

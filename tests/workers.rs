@@ -3,26 +3,14 @@
 
 use std::time::{Duration, Instant};
 
+use rbee_hive_e2e::lines::{assert_done, assert_line, assert_nothing_signalled, error_line};
 use rbee_hive_e2e::os::{group_members, pid_alive, port_free};
-use rbee_hive_e2e::{TestHive, demo_worker_type, spawn_body};
+use rbee_hive_e2e::{
+    TestHive, crashing_type, delete_body, demo_worker_type, pid_of, port_of, slow_start_type,
+    spawn_body, stubborn_type,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn delete_body(id: &str, grace_ms: Option<u64>) -> Value {
-    let mut body = json!({"operation": "worker_delete", "hive_id": "localhost", "id": id});
-    if let Some(ms) = grace_ms {
-        body["grace_ms"] = json!(ms);
-    }
-    body
-}
-
-fn pid_of(record: &Value) -> u32 {
-    record["pid"].as_u64().expect("pid") as u32
-}
-
-fn port_of(record: &Value) -> u16 {
-    record["port"].as_u64().expect("port") as u16
-}
 
 fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -119,13 +107,10 @@ async fn spawn_becomes_ready_and_list_and_get_show_a_true_pid_and_port() {
 async fn graceful_delete_has_no_sigkill_and_ends_without_waiting_for_the_grace() {
     // An hour of grace: a delete that waited for it, or slept a fixed time, would not end
     // within the stream deadline of the fixture.
-    let hive = TestHive::builder()
-        .config("stop_grace_ms = 3600000")
-        .start()
-        .await;
+    let hive = TestHive::with_config(&["stop_grace_ms = 3600000"]).await;
     let record = hive.spawn_ready("demo").await;
     let (pid, port) = (pid_of(&record), port_of(&record));
-    let lines = hive.run_job(delete_body("worker-1", None)).await;
+    let lines = hive.delete_worker("worker-1").await;
     assert_eq!(
         lines,
         vec![
@@ -144,10 +129,7 @@ async fn graceful_delete_has_no_sigkill_and_ends_without_waiting_for_the_grace()
 
 #[tokio::test]
 async fn ignores_sigterm_gets_sigkill_after_the_grace() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&stubborn_type()]).await;
     let record = hive.spawn_ready("stubborn").await;
     let pid = pid_of(&record);
     let started = Instant::now();
@@ -157,20 +139,13 @@ async fn ignores_sigterm_gets_sigkill_after_the_grace() {
         elapsed >= Duration::from_millis(1500),
         "SIGKILL came before the grace: {elapsed:?}"
     );
-    assert!(
-        lines.iter().any(|l| l.contains("worker_delete_sigterm")),
-        "{lines:#?}"
-    );
+    assert_line(&lines, "worker_delete_sigterm");
     assert!(
         lines.iter().any(|l| l == "[hv-router ] worker_delete_sigkill: Sent SIGKILL to worker process (still running after 1.5s of grace)"),
         "{lines:#?}"
     );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("worker_delete_waiting: ⏳ Waiting for PID")),
-        "progress once a second: {lines:#?}"
-    );
+    // Progress once a second.
+    assert_line(&lines, "worker_delete_waiting: ⏳ Waiting for PID");
     assert_eq!(
         lines[lines.len() - 2],
         "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1"
@@ -195,7 +170,7 @@ async fn grandchildren_are_gone_after_delete() {
         let members = group_members(pid);
         assert_eq!(members.len(), 3, "leader and two children: {members:?}");
         let lines = hive.run_job(delete_body(id, Some(500))).await;
-        assert_eq!(lines.last().unwrap(), "[DONE]", "{lines:#?}");
+        assert_done(&lines);
         for member in &members {
             assert!(
                 !pid_alive(*member),
@@ -211,21 +186,14 @@ async fn port_can_be_bound_again_after_delete() {
     let hive = TestHive::start().await;
     let record = hive.spawn_ready("demo").await;
     let port = port_of(&record);
-    hive.run_job(delete_body("worker-1", None)).await;
+    hive.delete_worker("worker-1").await;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("port is free again");
     drop(listener);
 }
 
 #[tokio::test]
 async fn a_crash_is_reported_failed_with_its_exit_code() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "crashy",
-            &["--exit-after-ms", "400", "--exit-code", "3"],
-            10.0,
-        ))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&crashing_type("crashy", 400, 3)]).await;
     let record = hive.spawn_ready("crashy").await;
     let port = port_of(&record);
     let failed = hive
@@ -250,17 +218,9 @@ async fn a_crash_is_reported_failed_with_its_exit_code() {
         "{list:#?}"
     );
     // Deleting a worker that already exited signals nothing and removes the record.
-    let lines = hive.run_job(delete_body("worker-1", None)).await;
-    assert!(
-        lines.iter().any(|l| l.contains("worker_delete_exited")),
-        "{lines:#?}"
-    );
-    assert!(
-        !lines
-            .iter()
-            .any(|l| l.contains("SIGTERM") || l.contains("SIGKILL")),
-        "{lines:#?}"
-    );
+    let lines = hive.delete_worker("worker-1").await;
+    assert_line(&lines, "worker_delete_exited");
+    assert_nothing_signalled(&lines);
     assert!(hive.workers().await.is_empty());
 }
 
@@ -282,16 +242,13 @@ async fn exit_before_ready_fails_the_spawn_with_the_code_and_output() {
         .start()
         .await;
     let lines = hive.run_job(spawn_body("dies-early")).await;
-    let error = lines
-        .iter()
-        .position(|l| l.starts_with("[ERROR] "))
-        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let error = error_line(&lines);
     assert!(
-        lines[error].contains("worker-1 exited before it was ready (exit code 7)"),
+        error.contains("worker-1 exited before it was ready (exit code 7)"),
         "{lines:#?}"
     );
     assert!(
-        lines[error].contains("exiting with code 7 after 100 ms, as asked"),
+        error.contains("exiting with code 7 after 100 ms, as asked"),
         "the worker's own output: {lines:#?}"
     );
     assert!(
@@ -300,26 +257,16 @@ async fn exit_before_ready_fails_the_spawn_with_the_code_and_output() {
             .any(|l| l.starts_with("[job-exec  ] failed         : ")),
         "{lines:#?}"
     );
-    assert_eq!(lines.last().unwrap(), "[DONE]");
+    assert_done(&lines);
     let record = hive.worker("worker-1").await.expect("kept as failed");
     assert_eq!(record["exit"]["code"], 7);
 }
 
 #[tokio::test]
 async fn the_ready_timeout_stops_the_worker() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "never-ready",
-            &["--start-delay-ms", "60000"],
-            0.5,
-        ))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&slow_start_type("never-ready", 60_000, 0.5)]).await;
     let lines = hive.run_job(spawn_body("never-ready")).await;
-    let error = lines
-        .iter()
-        .find(|l| l.starts_with("[ERROR] "))
-        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let error = error_line(&lines);
     assert!(
         error.contains("worker-1 was not ready within 500ms and was stopped"),
         "{error}"
@@ -347,18 +294,12 @@ async fn port_bind_failure_is_reported_as_such() {
         .start()
         .await;
     let lines = hive.run_job(spawn_body("fixed-port")).await;
-    let error = lines
-        .iter()
-        .find(|l| l.starts_with("[ERROR] "))
-        .unwrap_or_else(|| panic!("{lines:#?}"));
+    let error = error_line(&lines);
     assert!(
         error.contains("worker-1 could not bind its port"),
         "{error}"
     );
-    assert!(
-        lines.iter().any(|l| l.contains("Address already in use")),
-        "{lines:#?}"
-    );
+    assert_line(&lines, "Address already in use");
     drop(squatter);
 }
 
@@ -368,10 +309,7 @@ async fn eight_concurrent_spawns_get_eight_distinct_ports() {
     let spawns = (0..8).map(|_| hive.run_job(spawn_body("demo")));
     let results = futures::future::join_all(spawns).await;
     for lines in &results {
-        assert!(
-            lines.iter().any(|l| l.contains("worker_spawn_ready")),
-            "{lines:#?}"
-        );
+        assert_line(lines, "worker_spawn_ready");
     }
     let workers = hive.workers().await;
     assert_eq!(workers.len(), 8);
@@ -404,8 +342,8 @@ async fn two_concurrent_deletes_both_end_cleanly() {
     let record = hive.spawn_ready("slow-stop").await;
     let pid = pid_of(&record);
     let (a, b) = tokio::join!(
-        hive.run_job(delete_body("worker-1", None)),
-        hive.run_job(delete_body("worker-1", None))
+        hive.delete_worker("worker-1"),
+        hive.delete_worker("worker-1")
     );
     for lines in [&a, &b] {
         assert_eq!(
@@ -421,32 +359,14 @@ async fn two_concurrent_deletes_both_end_cleanly() {
 
 #[tokio::test]
 async fn delete_during_starting_cancels_the_start() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "slow-start",
-            &["--start-delay-ms", "30000"],
-            60.0,
-        ))
-        .start()
-        .await;
-    let spawn_job = hive.submit(spawn_body("slow-start")).await;
-    let starting = hive
-        .wait_for_worker("worker-1", Duration::from_secs(10), |r| {
-            r["status"] == "Starting"
-        })
-        .await;
+    let hive = TestHive::with_config(&[&slow_start_type("slow-start", 30_000, 60.0)]).await;
+    let (spawn_job, starting) = hive.spawn_starting("slow-start", "worker-1").await;
     let pid = pid_of(&starting);
-    let delete = hive.run_job(delete_body("worker-1", None)).await;
-    assert_eq!(delete.last().unwrap(), "[DONE]", "{delete:#?}");
-    assert!(
-        delete.iter().any(|l| l.contains("worker_delete_complete")),
-        "{delete:#?}"
-    );
+    let delete = hive.delete_worker("worker-1").await;
+    assert_done(&delete);
+    assert_line(&delete, "worker_delete_complete");
     let spawn = hive.stream_lines(&spawn_job).await;
-    let error = spawn
-        .iter()
-        .find(|l| l.starts_with("[ERROR] "))
-        .unwrap_or_else(|| panic!("{spawn:#?}"));
+    let error = error_line(&spawn);
     assert_eq!(
         error,
         "[ERROR] worker-1 was stopped while it was starting (it was deleted)"
@@ -474,8 +394,11 @@ async fn an_exit_during_a_delete_ends_cleanly() {
         .start()
         .await;
     let record = hive.spawn_ready("racy").await;
+    // The race is the behaviour under test: the delete is sent about 200 ms before the
+    // worker exits on its own, so that the exit falls into the 300 ms the stop takes.
+    // Nothing can be waited for here; the sleep places the delete in time.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let lines = hive.run_job(delete_body("worker-1", None)).await;
+    let lines = hive.delete_worker("worker-1").await;
     assert_eq!(
         lines[lines.len() - 2],
         "[hv-router ] worker_delete_complete: ✅ Worker deleted: worker-1",
@@ -487,14 +410,7 @@ async fn an_exit_during_a_delete_ends_cleanly() {
 
 #[tokio::test]
 async fn a_pid_that_is_not_a_worker_is_never_signalled() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "crashy",
-            &["--exit-after-ms", "200", "--exit-code", "1"],
-            10.0,
-        ))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&crashing_type("crashy", 200, 1)]).await;
     let record = hive.spawn_ready("crashy").await;
     hive.wait_for_worker("worker-1", Duration::from_secs(10), |r| {
         r["status"].get("Failed").is_some()
@@ -502,13 +418,8 @@ async fn a_pid_that_is_not_a_worker_is_never_signalled() {
     .await;
     // The recorded pid now belongs to nobody the hive owns; an unrelated process runs beside.
     let bystander = rbee_hive_e2e::os::Bystander::start();
-    let lines = hive.run_job(delete_body("worker-1", None)).await;
-    assert!(
-        !lines
-            .iter()
-            .any(|l| l.contains("SIGTERM") || l.contains("SIGKILL")),
-        "{lines:#?}"
-    );
+    let lines = hive.delete_worker("worker-1").await;
+    assert_nothing_signalled(&lines);
     assert!(
         pid_alive(bystander.pid()),
         "an unrelated process was signalled"
@@ -516,37 +427,31 @@ async fn a_pid_that_is_not_a_worker_is_never_signalled() {
     assert!(!pid_alive(pid_of(&record)));
     // Ids that are not workers are refused without touching anything.
     for id in ["worker-0", "worker-99", "1", "worker-1/../2", "0"] {
-        let lines = hive.run_job(delete_body(id, None)).await;
-        let error = lines.iter().find(|l| l.starts_with("[ERROR] ")).unwrap();
-        assert_eq!(error, &format!("[ERROR] worker '{id}' not found"));
+        let lines = hive.delete_worker(id).await;
+        assert_eq!(
+            error_line(&lines),
+            format!("[ERROR] worker '{id}' not found")
+        );
     }
 }
 
 #[tokio::test]
 async fn spawn_narrates_progress_at_least_once_a_second() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "slowish",
-            &["--start-delay-ms", "2300"],
-            30.0,
-        ))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&slow_start_type("slowish", 2300, 30.0)]).await;
     let lines = hive.run_job(spawn_body("slowish")).await;
     let waiting = lines
         .iter()
         .filter(|l| l.contains("worker_spawn_waiting: ⏳ Waiting for worker-1 to become ready"))
         .count();
     assert!(waiting >= 2, "{lines:#?}");
-    assert!(lines.iter().any(|l| l.contains("worker_spawn_ready")));
+    assert_line(&lines, "worker_spawn_ready");
 }
 
 #[tokio::test]
 async fn unknown_worker_type_and_missing_program_fail_clearly_and_start_nothing() {
-    let hive = TestHive::builder()
-        .config("[workers.ghost]\ncommand = [\"/nonexistent/worker-binary\"]\n")
-        .start()
-        .await;
+    let hive =
+        TestHive::with_config(&["[workers.ghost]\ncommand = [\"/nonexistent/worker-binary\"]\n"])
+            .await;
     let lines = hive.run_job(spawn_body("tpu")).await;
     assert!(
         lines.iter().any(|l| l.starts_with(
@@ -564,10 +469,8 @@ async fn unknown_worker_type_and_missing_program_fail_clearly_and_start_nothing(
 
 #[tokio::test]
 async fn heartbeats_are_recorded_and_move_ready_and_busy() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type("quiet", &["--heartbeat-ms", "0"], 10.0))
-        .start()
-        .await;
+    let hive =
+        TestHive::with_config(&[&demo_worker_type("quiet", &["--heartbeat-ms", "0"], 10.0)]).await;
     hive.spawn_ready("quiet").await;
     let beat = |body: Value| {
         let client = hive.client.clone();
@@ -600,14 +503,12 @@ async fn heartbeats_are_recorded_and_move_ready_and_busy() {
 
 #[tokio::test]
 async fn the_demo_worker_heartbeats_on_its_own() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "chatty",
-            &["--heartbeat-ms", "100"],
-            10.0,
-        ))
-        .start()
-        .await;
+    let hive = TestHive::with_config(&[&demo_worker_type(
+        "chatty",
+        &["--heartbeat-ms", "100"],
+        10.0,
+    )])
+    .await;
     hive.spawn_ready("chatty").await;
     let record = hive
         .wait_for_worker("worker-1", Duration::from_secs(10), |r| {
@@ -631,26 +532,9 @@ async fn the_demo_worker_heartbeats_on_its_own() {
 
 #[tokio::test]
 async fn cancelling_a_running_spawn_ends_its_stream_and_stops_the_worker() {
-    let hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "slow-start",
-            &["--start-delay-ms", "30000"],
-            60.0,
-        ))
-        .start()
-        .await;
-    let job_id = hive.submit(spawn_body("slow-start")).await;
-    let starting = hive
-        .wait_for_worker("worker-1", Duration::from_secs(10), |r| {
-            r["status"] == "Starting"
-        })
-        .await;
-    let response = hive
-        .client
-        .delete(hive.url(&format!("/v1/jobs/{job_id}")))
-        .send()
-        .await
-        .unwrap();
+    let hive = TestHive::with_config(&[&slow_start_type("slow-start", 30_000, 60.0)]).await;
+    let (job_id, starting) = hive.spawn_starting("slow-start", "worker-1").await;
+    let response = hive.cancel(&job_id).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
@@ -664,46 +548,18 @@ async fn cancelling_a_running_spawn_ends_its_stream_and_stops_the_worker() {
     );
     let (_, job) = hive.job_status(&job_id).await;
     assert_eq!(job["state"], "cancelled");
-    let again = hive
-        .client
-        .delete(hive.url(&format!("/v1/jobs/{job_id}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), StatusCode::CONFLICT);
+    assert_eq!(hive.cancel(&job_id).await.status(), StatusCode::CONFLICT);
     // The cancelled spawn leaves nothing behind.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while pid_alive(pid_of(&starting)) || !hive.workers().await.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the cancelled spawn's worker is still there"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    hive.wait_until_all_gone(pid_of(&starting), "the cancelled spawn's worker is gone")
+        .await;
 }
 
 #[tokio::test]
 async fn sigterm_ends_open_streams_with_terminal_lines_and_stops_workers() {
-    let mut hive = TestHive::builder()
-        .config(&demo_worker_type(
-            "slow-start",
-            &["--start-delay-ms", "30000"],
-            60.0,
-        ))
-        .start()
-        .await;
+    let mut hive = TestHive::with_config(&[&slow_start_type("slow-start", 30_000, 60.0)]).await;
     let ready = hive.spawn_ready("demo").await;
-    let job_id = hive.submit(spawn_body("slow-start")).await;
-    hive.wait_for_worker("worker-2", Duration::from_secs(10), |r| {
-        r["status"] == "Starting"
-    })
-    .await;
-    let stream = hive
-        .client
-        .get(hive.url(&format!("/v1/jobs/{job_id}/stream")))
-        .send()
-        .await
-        .unwrap();
+    let (job_id, _) = hive.spawn_starting("slow-start", "worker-2").await;
+    let stream = hive.get(&format!("/v1/jobs/{job_id}/stream")).await;
     hive.signal(nix::sys::signal::Signal::SIGTERM);
     let body = tokio::time::timeout(Duration::from_secs(15), stream.text())
         .await

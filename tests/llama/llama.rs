@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rbee_hive_e2e::lines::{assert_line, assert_no_line};
 use rbee_hive_e2e::os::{pid_alive, port_free};
 use rbee_hive_e2e::{TestHive, binaries};
 use serde_json::{Value, json};
@@ -60,12 +61,7 @@ async fn llama_server_spawns_serves_and_stops_cleanly() {
     let hive = llama_hive(&server).await;
     let model = tiny_model();
     let lines = hive.run_job(spawn_llama(&model)).await;
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("worker_spawn_ready: ✅ Worker ready: worker-1")),
-        "{lines:#?}"
-    );
+    assert_line(&lines, "worker_spawn_ready: ✅ Worker ready: worker-1");
     assert!(
         lines
             .iter()
@@ -98,14 +94,9 @@ async fn llama_server_spawns_serves_and_stops_cleanly() {
     let lines = hive
         .run_job(json!({"operation": "worker_delete", "hive_id": "localhost", "id": "worker-1"}))
         .await;
-    assert!(
-        lines.iter().any(|l| l.contains("worker_delete_sigterm")),
-        "{lines:#?}"
-    );
-    assert!(
-        !lines.iter().any(|l| l.contains("worker_delete_sigkill")),
-        "no SIGKILL needed: {lines:#?}"
-    );
+    assert_line(&lines, "worker_delete_sigterm");
+    // No SIGKILL needed.
+    assert_no_line(&lines, "worker_delete_sigkill");
     assert!(!pid_alive(pid as u32));
     assert!(port_free(port as u16));
     assert!(hive.workers().await.is_empty());
@@ -125,10 +116,7 @@ async fn two_llama_workers_run_at_once() {
         hive.run_job(spawn_llama(&model))
     );
     for lines in [&a, &b] {
-        assert!(
-            lines.iter().any(|l| l.contains("worker_spawn_ready")),
-            "{lines:#?}"
-        );
+        assert_line(lines, "worker_spawn_ready");
     }
     let workers = hive.workers().await;
     assert_eq!(workers.len(), 2);
@@ -250,15 +238,9 @@ async fn a_downloaded_model_spawns_by_catalog_id() {
     let lines = hive
         .run_job(json!({"operation": "model_download", "hive_id": "localhost", "model": "someone/tiny:tiny-llama.gguf", "id": "tiny"}))
         .await;
-    assert!(
-        lines.iter().any(|l| l.contains("model_download_complete")),
-        "{lines:#?}"
-    );
+    assert_line(&lines, "model_download_complete");
     let lines = hive.run_job(spawn_llama("tiny")).await;
-    assert!(
-        lines.iter().any(|l| l.contains("worker_spawn_ready")),
-        "{lines:#?}"
-    );
+    assert_line(&lines, "worker_spawn_ready");
     let record = hive.worker("worker-1").await.expect("registered");
     assert!(
         record["model_id"]

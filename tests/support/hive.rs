@@ -4,15 +4,17 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::binaries;
+use crate::openmetrics;
 use crate::os;
 use crate::sse;
+use crate::wait;
 
 /// How long a stream may take before a test calls it hung.
 pub const STREAM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,6 +53,11 @@ impl HiveBuilder {
     pub fn arg(mut self, arg: &str) -> Self {
         self.args.push(arg.to_owned());
         self
+    }
+
+    /// Gives the hive an id of its own (`--hive-id`): it then refuses jobs for another.
+    pub fn hive_id(self, id: &str) -> Self {
+        self.arg("--hive-id").arg(id)
     }
 
     /// Sets an environment variable for the hive.
@@ -142,6 +149,16 @@ impl TestHive {
         Self::builder().start().await
     }
 
+    /// A hive with these lines in its config file (settings, worker types), and otherwise
+    /// default settings.
+    pub async fn with_config(lines: &[&str]) -> Self {
+        lines
+            .iter()
+            .fold(Self::builder(), |builder, line| builder.config(line))
+            .start()
+            .await
+    }
+
     /// Options for a hive.
     pub fn builder() -> HiveBuilder {
         HiveBuilder::default()
@@ -208,6 +225,16 @@ impl TestHive {
             token: options.token.clone(),
             options,
         }
+    }
+
+    /// A hive with one ready demo worker, then SIGKILLed (a crash): the worker runs on, in
+    /// its own process group, and [`restart`](Self::restart) starts the next hive. Returns
+    /// the hive and the worker's record.
+    pub async fn killed_with_a_worker() -> (Self, Value) {
+        let mut hive = Self::start().await;
+        let worker = hive.spawn_ready("demo").await;
+        hive.kill_hard();
+        (hive, worker)
     }
 
     /// Starts another hive process on this one's state dir and config (after this one was
@@ -308,10 +335,7 @@ impl TestHive {
 
     /// Reads a job's whole default-format stream (fails the test if it does not end).
     pub async fn stream_body(&self, job_id: &str) -> String {
-        let request = self
-            .client
-            .get(self.url(&format!("/v1/jobs/{job_id}/stream")));
-        let response = request.send().await.expect("GET stream");
+        let response = self.get(&format!("/v1/jobs/{job_id}/stream")).await;
         assert_eq!(response.status(), StatusCode::OK, "stream of {job_id}");
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         tokio::time::timeout(STREAM_TIMEOUT, response.text())
@@ -325,12 +349,7 @@ impl TestHive {
     /// or nothing matches within [`STREAM_TIMEOUT`].
     pub async fn stream_until(&self, job_id: &str, until: impl Fn(&str) -> bool) -> Vec<String> {
         use futures::StreamExt;
-        let response = self
-            .client
-            .get(self.url(&format!("/v1/jobs/{job_id}/stream")))
-            .send()
-            .await
-            .expect("GET stream");
+        let response = self.get(&format!("/v1/jobs/{job_id}/stream")).await;
         assert_eq!(response.status(), StatusCode::OK, "stream of {job_id}");
         let mut body = response.bytes_stream();
         let mut text = String::new();
@@ -365,8 +384,9 @@ impl TestHive {
 
     /// Reads a job's whole `?format=json` stream.
     pub async fn stream_json(&self, job_id: &str) -> Vec<sse::Event> {
-        let url = self.url(&format!("/v1/jobs/{job_id}/stream?format=json"));
-        let response = self.client.get(url).send().await.expect("GET stream");
+        let response = self
+            .get(&format!("/v1/jobs/{job_id}/stream?format=json"))
+            .await;
         assert_eq!(response.status(), StatusCode::OK);
         let body = tokio::time::timeout(STREAM_TIMEOUT, response.text())
             .await
@@ -411,18 +431,40 @@ impl TestHive {
         timeout: Duration,
         check: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let record = self.worker(id).await.unwrap_or(Value::Null);
-            if check(&record) {
-                return record;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker {id} never reached the expected state: {record}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait::wait_for(
+            &format!("worker {id} reaches the expected state"),
+            timeout,
+            || async { self.worker(id).await.unwrap_or(Value::Null) },
+            check,
+        )
+        .await
+    }
+
+    /// Submits a spawn of `worker_type` (one slow to start) and waits until its worker `id`
+    /// is `Starting`; returns the spawn's job id and that record.
+    pub async fn spawn_starting(&self, worker_type: &str, id: &str) -> (String, Value) {
+        let job_id = self.submit(spawn_body(worker_type)).await;
+        let starting = self
+            .wait_for_worker(id, Duration::from_secs(10), |r| r["status"] == "Starting")
+            .await;
+        (job_id, starting)
+    }
+
+    /// Waits until process `pid` is gone and no worker is listed any more: a stop that goes
+    /// on after its job ended; `what` says which.
+    pub async fn wait_until_all_gone(&self, pid: u32, what: &str) {
+        wait::wait_for(
+            what,
+            Duration::from_secs(10),
+            || async { (os::pid_alive(pid), self.workers().await) },
+            |(alive, workers)| !alive && workers.is_empty(),
+        )
+        .await;
+    }
+
+    /// Deletes worker `id` with the default grace; returns its job's lines.
+    pub async fn delete_worker(&self, id: &str) -> Vec<String> {
+        self.run_job(delete_body(id, None)).await
     }
 
     /// Spawns a worker of `worker_type` that must become ready; returns its record.
@@ -447,24 +489,55 @@ impl TestHive {
 
     /// `GET /v1/jobs/{id}` as JSON.
     pub async fn job_status(&self, job_id: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(self.url(&format!("/v1/jobs/{job_id}")))
-            .send()
-            .await
-            .expect("GET job");
+        let response = self.get(&format!("/v1/jobs/{job_id}")).await;
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
-    /// How many jobs the hive keeps (from `GET /v1/jobs`).
-    pub async fn job_count(&self) -> usize {
-        let response = self
-            .client
-            .get(self.url("/v1/jobs"))
+    /// `DELETE /v1/jobs/{id}`: cancels a job; the hive's answer.
+    pub async fn cancel(&self, job_id: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(&format!("/v1/jobs/{job_id}")))
             .send()
             .await
-            .expect("GET /v1/jobs");
+            .expect("DELETE job")
+    }
+
+    /// `GET <path>` with the fixture's client; the response, whatever its status.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// `GET <path>`: the body as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path)
+            .await
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+    }
+
+    /// `GET <path>`: the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.get(path)
+            .await
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// The samples of `GET /metrics`, parsed ([`openmetrics::samples`]).
+    pub async fn metrics(&self) -> Vec<Value> {
+        openmetrics::samples(&self.get_text("/metrics").await)
+    }
+
+    /// How many jobs the hive keeps (from `GET /v1/jobs`).
+    pub async fn job_count(&self) -> usize {
+        let response = self.get("/v1/jobs").await;
         assert_eq!(response.status(), StatusCode::OK);
         let body: Value = response.json().await.expect("jobs JSON");
         body["jobs"].as_array().expect("jobs array").len()
@@ -478,17 +551,15 @@ impl TestHive {
     /// Waits for the hive to exit, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        let mut status = None;
+        wait::wait_until_blocking(timeout, || {
+            status = child.try_wait().expect("try_wait");
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
         }
+        status
     }
 
     /// The state file as JSON.
@@ -673,6 +744,26 @@ fn fake_nvidia_smi(dir: &std::path::Path, count: usize) -> String {
     path.display().to_string()
 }
 
+/// The `worker_delete` body for worker `id`, with the default grace or `grace_ms`.
+pub fn delete_body(id: &str, grace_ms: Option<u64>) -> Value {
+    let mut body =
+        serde_json::json!({"operation": "worker_delete", "hive_id": "localhost", "id": id});
+    if let Some(ms) = grace_ms {
+        body["grace_ms"] = serde_json::json!(ms);
+    }
+    body
+}
+
+/// A worker record's `pid`.
+pub fn pid_of(record: &Value) -> u32 {
+    record["pid"].as_u64().expect("pid") as u32
+}
+
+/// A worker record's `port`.
+pub fn port_of(record: &Value) -> u16 {
+    record["port"].as_u64().expect("port") as u16
+}
+
 /// The `worker_spawn` body for a worker type (model `test-model`, device 0).
 pub fn spawn_body(worker_type: &str) -> Value {
     serde_json::json!({
@@ -704,6 +795,30 @@ pub fn demo_worker_type(name: &str, extra: &[&str], ready_timeout_s: f64) -> Str
     format!(
         "[workers.{name}]\ncommand = [{}]\nready_timeout_s = {ready_timeout_s}\n",
         command.join(", ")
+    )
+}
+
+/// A demo worker type `name` that takes `delay_ms` to become ready (`--start-delay-ms`).
+pub fn slow_start_type(name: &str, delay_ms: u64, ready_timeout_s: f64) -> String {
+    demo_worker_type(
+        name,
+        &["--start-delay-ms", &delay_ms.to_string()],
+        ready_timeout_s,
+    )
+}
+
+/// The demo worker type `stubborn`: it ignores SIGTERM, so only SIGKILL stops it.
+pub fn stubborn_type() -> String {
+    demo_worker_type("stubborn", &["--ignore-sigterm"], 10.0)
+}
+
+/// A demo worker type `name` that becomes ready, then exits with `code` `after_ms` later.
+pub fn crashing_type(name: &str, after_ms: u64, code: i32) -> String {
+    let (after, code) = (after_ms.to_string(), code.to_string());
+    demo_worker_type(
+        name,
+        &["--exit-after-ms", &after, "--exit-code", &code],
+        10.0,
     )
 }
 

@@ -9,15 +9,23 @@
 //!
 //! # Layout
 //! - [`binaries`]: builds (once per test binary) and locates the workspace's programs.
-//! - [`hive`]: [`TestHive`] and its builder.
+//! - [`hive`]: [`TestHive`] and its builder; the request bodies, worker types and record
+//!   fields the tests share.
+//! - [`lines`]: checks on a job's lines (`[DONE]`, `[ERROR]`, a line that says …).
 //! - [`sse`]: parsing of stream bodies.
 //! - [`os`]: process and port checks.
+//! - [`wait`]: waiting for a condition with a deadline (never a fixed sleep).
 //! - [`openmetrics`]: a real OpenMetrics parser for `/metrics`.
 
 pub mod binaries;
 pub mod hive;
+pub mod lines;
 pub mod openmetrics;
 pub mod os;
 pub mod sse;
+pub mod wait;
 
-pub use hive::{HiveBuilder, TestHive, demo_worker_type, spawn_body};
+pub use hive::{
+    HiveBuilder, TestHive, crashing_type, delete_body, demo_worker_type, pid_of, port_of,
+    slow_start_type, spawn_body, stubborn_type,
+};

@@ -27,14 +27,18 @@ pub fn signal_pid(pid: u32, signal: Signal) {
     let _ = kill(Pid::from_raw(raw), signal);
 }
 
+/// The pids under `/proc`, live or not.
+fn proc_pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+}
+
 /// Pids of live processes whose environment holds `key=value`.
 pub fn pids_with_env(key: &str, value: &str) -> Vec<u32> {
     let needle = format!("{key}={value}");
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    proc_pids()
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/environ"))
                 .map(|env| {
@@ -54,11 +58,7 @@ pub fn port_free(port: u16) -> bool {
 
 /// The pids in process group `pgid` that are alive.
 pub fn group_members(pgid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    proc_pids()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
@@ -98,18 +98,5 @@ impl Drop for Bystander {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Polls `condition` until it holds; fails the test with `what` after `timeout`. For
-/// conditions that nothing announces (a process gone, a file written by another process).
-pub async fn wait_until(what: &str, timeout: std::time::Duration, condition: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !condition() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
