@@ -287,6 +287,9 @@ async fn a_worker_started_just_before_a_crash_is_found_by_its_marker() {
 #[tokio::test]
 async fn a_lost_state_file_does_not_make_ids_or_logs_reused() {
     let (mut hive, first) = TestHive::killed_with_a_worker().await;
+    // Held still (not ended): with no hive to heartbeat to, it would write its complaints
+    // into the log this test compares, at any moment.
+    signal_pid(pid_of(&first), Signal::SIGSTOP);
     std::fs::remove_file(hive.state_dir().join("workers.json")).unwrap();
     let log = hive.state_dir().join("workers/worker-1.log");
     std::fs::write(&log, "worker-1's output\n").unwrap();

@@ -171,6 +171,14 @@ fn http_ok(port: u16, path: &str) -> bool {
     let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
+    // A server still loading may take the connection and answer late, or never: the probe
+    // asks again rather than waiting on it.
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .is_err()
+    {
+        return false;
+    }
     let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
