@@ -512,13 +512,16 @@ impl Soak {
         }
         let index = candidates[self.rng.usize(..candidates.len())];
         let pid = state["workers"][index]["pid"].as_u64().unwrap() as u32;
-        for member in group_members(pid) {
-            signal_pid(member, Signal::SIGKILL);
-        }
-        assert!(
-            wait_until_blocking(Duration::from_secs(10), || group_members(pid).is_empty()),
-            "group {pid} did not die"
-        );
+        // Killed again at each look: a member may fork between a look and its SIGKILL (a
+        // `family` worker starts its children at any time), and its child must die too.
+        let all_dead = wait_until_blocking(Duration::from_secs(10), || {
+            let members = group_members(pid);
+            for member in &members {
+                signal_pid(*member, Signal::SIGKILL);
+            }
+            members.is_empty()
+        });
+        assert!(all_dead, "group {pid} did not die");
         let sentinel = Bystander::start();
         state["workers"][index]["pid"] = json!(sentinel.pid());
         state["workers"][index]["pgid"] = json!(sentinel.pid());
