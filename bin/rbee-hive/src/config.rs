@@ -109,9 +109,13 @@ pub struct Config {
     /// The hive id given explicitly; `None` accepts any `hive_id` in jobs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hive_id: Option<String>,
-    /// The orchestrator's URL.
+    /// The orchestrator's URL: the hive registers with it, and workers get it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queen_url: Option<String>,
+    /// The URL the queen and the workers reach this hive at (PROTOCOL §9); `None`: made
+    /// from the listening address ([`Config::hive_urls`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_url: Option<String>,
     /// Where the token came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
@@ -164,6 +168,9 @@ pub struct Config {
     pub max_connections: usize,
     /// Whether `/metrics` is served without the token.
     pub metrics_public: bool,
+    /// Whether the telemetry stream (`/v1/heartbeats/stream`, and the queen's subscription
+    /// paths) is served without the token: today's queen sends none.
+    pub telemetry_public: bool,
     /// Configured worker types (`[workers.<name>]`), added to or replacing the built-in ones.
     pub workers: BTreeMap<String, WorkerTypeConfig>,
 }
@@ -180,6 +187,7 @@ impl Default for Config {
             download_stall_timeout_s: 60,
             hive_id: None,
             queen_url: None,
+            advertise_url: None,
             token_file: None,
             token: None,
             body_limit_bytes: 64 * 1024,
@@ -206,6 +214,7 @@ impl Default for Config {
             idle_timeout_s: 75,
             max_connections: 2048,
             metrics_public: false,
+            telemetry_public: false,
             workers: BTreeMap::new(),
         }
     }
@@ -232,6 +241,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
         catalog_dir,
         hive_id,
         queen_url,
+        advertise_url,
         token_file,
         print_config: _,
     } = args;
@@ -241,6 +251,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
     set(&mut config.catalog_dir, catalog_dir);
     set(&mut config.hive_id, hive_id.map(Some));
     set(&mut config.queen_url, queen_url.map(Some));
+    set(&mut config.advertise_url, advertise_url.map(Some));
     set(&mut config.token_file, token_file.map(Some));
 }
 
@@ -282,6 +293,12 @@ impl Config {
         }
         self.worker_port_range()?;
         self.hf_endpoint_url()?;
+        if let Some(url) = &self.queen_url {
+            http_url("queen_url", url)?;
+        }
+        if let Some(url) = &self.advertise_url {
+            http_url("advertise_url", url)?;
+        }
         if self.download_stall_timeout_s == 0 {
             return Err(invalid("download_stall_timeout_s", "must be at least 1"));
         }
@@ -321,6 +338,41 @@ impl Config {
     /// The hive id used in narration: the configured one, or `localhost`.
     pub fn effective_hive_id(&self) -> &str {
         self.hive_id.as_deref().unwrap_or(DEFAULT_HIVE_ID)
+    }
+
+    /// Where this hive is reached, served at `listening` (PROTOCOL §9): `advertise_url` when
+    /// set; else `http://<address>:<port>`, with an all-addresses bind replaced by loopback
+    /// for the workers (same machine) and by the hostname for the queen (another machine).
+    pub fn hive_urls(&self, listening: std::net::SocketAddr) -> HiveUrls {
+        if let Some(url) = &self.advertise_url {
+            let url = url.trim_end_matches('/').to_owned();
+            return HiveUrls {
+                for_workers: url.clone(),
+                for_queen: url,
+            };
+        }
+        let port = listening.port();
+        let at = |host: &str| format!("http://{host}:{port}");
+        let address = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => at(&v4.to_string()),
+            IpAddr::V6(v6) => at(&format!("[{v6}]")),
+        };
+        match listening.ip() {
+            ip if ip.is_unspecified() => {
+                let loopback = match ip {
+                    IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+                };
+                HiveUrls {
+                    for_workers: address(loopback),
+                    for_queen: hostname().map_or_else(|| address(loopback), |name| at(&name)),
+                }
+            }
+            ip => HiveUrls {
+                for_workers: address(ip),
+                for_queen: address(ip),
+            },
+        }
     }
 
     /// `hf_endpoint` as a URL (http or https).
@@ -390,6 +442,44 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
     }
+}
+
+/// Where this hive is reached ([`Config::hive_urls`]), without a trailing `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HiveUrls {
+    /// What the hive's own workers are given as `{hive_url}`.
+    pub for_workers: String,
+    /// What the hive registers with a queen as its `hive_url`.
+    pub for_queen: String,
+}
+
+/// The machine's hostname, when it has one that fits in a URL.
+pub(crate) fn hostname() -> Option<String> {
+    let name = nix::unistd::gethostname().ok()?.into_string().ok()?;
+    let fits = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    fits.then_some(name)
+}
+
+/// Refuses a value that is not an absolute `http(s)` URL with a host and no query.
+pub(crate) fn http_url(key: &'static str, value: &str) -> Result<reqwest::Url, ConfigError> {
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| invalid(key, format!("{value:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(invalid(
+            key,
+            format!("{value:?} must be an http(s) URL with a host"),
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(
+            key,
+            format!("{value:?} must have no query or fragment"),
+        ));
+    }
+    Ok(url)
 }
 
 /// `$XDG_CONFIG_HOME/rbee/hive.toml`, else `~/.config/rbee/hive.toml`, when it exists.
@@ -499,6 +589,57 @@ mod tests {
         assert_eq!(config.bind, IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert_eq!(config.effective_hive_id(), "localhost");
         assert!(config.check_exposure(config.bind).is_ok());
+    }
+
+    #[test]
+    fn workers_and_the_queen_reach_the_hive_at_the_address_it_serves() {
+        let urls = |bind: &str, advertise: Option<&str>| {
+            let config = Config {
+                advertise_url: advertise.map(str::to_owned),
+                ..Config::default()
+            };
+            config.hive_urls(bind.parse().unwrap())
+        };
+        let same = |url: &str| HiveUrls {
+            for_workers: url.to_owned(),
+            for_queen: url.to_owned(),
+        };
+        assert_eq!(urls("127.0.0.2:7000", None), same("http://127.0.0.2:7000"));
+        assert_eq!(urls("[::1]:7000", None), same("http://[::1]:7000"));
+        assert_eq!(
+            urls("0.0.0.0:7000", Some("https://hive.example:8443/")),
+            same("https://hive.example:8443")
+        );
+        let all_v4 = urls("0.0.0.0:7000", None);
+        assert_eq!(all_v4.for_workers, "http://127.0.0.1:7000");
+        let all_v6 = urls("[::]:7000", None);
+        assert_eq!(all_v6.for_workers, "http://[::1]:7000");
+        let host = hostname().unwrap();
+        assert_eq!(all_v4.for_queen, format!("http://{host}:7000"));
+        assert_eq!(all_v6.for_queen, format!("http://{host}:7000"));
+    }
+
+    #[test]
+    fn queen_and_advertise_urls_must_be_http_urls() {
+        for (queen, advertise) in [
+            (Some("ftp://queen"), None),
+            (Some("queen:7833"), None),
+            (None, Some("http://hive:7835/?x=1")),
+            (None, Some("http://")),
+        ] {
+            let args = ServeArgs {
+                queen_url: queen.map(str::to_owned),
+                advertise_url: advertise.map(str::to_owned),
+                ..Default::default()
+            };
+            let error = Config::load(args).unwrap_err().to_string();
+            let key = if queen.is_some() {
+                "queen_url"
+            } else {
+                "advertise_url"
+            };
+            assert!(error.contains(key), "{queen:?} {advertise:?}: {error}");
+        }
     }
 
     #[test]

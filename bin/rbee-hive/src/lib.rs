@@ -16,6 +16,7 @@
 //! - [`http`]: routes, token check, error mapping, streams.
 //! - [`jobs`]: the router of the operations (`hive-api`), one file per operation.
 //! - [`metrics`]: the Prometheus / OpenMetrics `/metrics`.
+//! - [`queen`]: registration with today's rbee queen, and its subscriptions.
 //! - [`reload`]: SIGHUP re-reads the config and applies what may change while serving.
 //! - [`service`]: systemd notify, watchdog and socket activation.
 //! - [`shutdown`]: the SIGTERM/SIGINT future.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod queen;
 pub mod reload;
 pub mod service;
 pub mod shutdown;
@@ -58,12 +60,18 @@ pub struct AppState {
     pub devices: Arc<devices::Devices>,
     /// Cancelled when the shutdown begins: open telemetry streams end.
     pub closing: tokio_util::sync::CancellationToken,
+    /// The registrations with queens (PROTOCOL §9).
+    pub queen: queen::QueenLink,
+    /// The address the hive serves at.
+    pub listening: std::net::SocketAddr,
 }
 
 impl AppState {
-    /// A fresh hive state; `hive_url` is how workers reach the hive. Must be called within a
-    /// Tokio runtime.
-    pub fn new(config: Config, hive_url: String) -> Result<Self, HiveError> {
+    /// A fresh hive state for a hive serving at `listening` (workers and queens are told
+    /// where to reach it from that and `advertise_url`). Must be called within a Tokio
+    /// runtime.
+    pub fn new(config: Config, listening: std::net::SocketAddr) -> Result<Self, HiveError> {
+        let urls = config.hive_urls(listening);
         let jobs = JobStore::new(JobStoreConfig {
             retention: config.job_retention(),
             max_finished: config.max_finished_jobs,
@@ -78,7 +86,7 @@ impl AppState {
             state_dir: config.state_dir.clone(),
             ports: config.worker_port_range()?,
             stop_grace: config.stop_grace(),
-            hive_url,
+            hive_url: urls.for_workers,
             queen_url: config.queen_url.clone(),
             worker_types: config.workers.clone(),
             llama_server: config.llama_server.clone(),
@@ -117,13 +125,28 @@ impl AppState {
             .collect();
         let metrics = metrics::Metrics::new(&operations);
         tokio::spawn(metrics.clone().follow_workers(services.workers.clone()));
+        let closing = tokio_util::sync::CancellationToken::new();
+        // Today's queen sends no token: it could not read a protected stream, and each
+        // registration would leave it one more subscription retrying for ever.
+        let not_registering = (config.token.is_some() && !config.telemetry_public).then(|| {
+            "the telemetry stream needs the token and today's queen sends none; set telemetry_public = true to be seen by it".to_owned()
+        });
+        let queen = queen::QueenLink::new(
+            config.effective_hive_id().to_owned(),
+            urls.for_queen,
+            not_registering,
+            metrics.clone(),
+            closing.clone(),
+        );
         Ok(Self {
             config: LiveConfig::new(config),
             jobs,
             services,
             metrics,
             devices,
-            closing: tokio_util::sync::CancellationToken::new(),
+            closing,
+            queen,
+            listening,
         })
     }
 }
@@ -155,8 +178,7 @@ impl Hive {
     /// Prepares a hive on a bound listener: locks the state dir, reads the state file back
     /// and adopts the recorded workers. Nothing is served yet.
     pub fn start(listener: tokio::net::TcpListener, config: Config) -> Result<Self, HiveError> {
-        let port = listener.local_addr()?.port();
-        let state = AppState::new(config, format!("http://127.0.0.1:{port}"))?;
+        let state = AppState::new(config, listener.local_addr()?)?;
         Ok(Self { listener, state })
     }
 
@@ -277,6 +299,12 @@ async fn serve(
     service::spawn_watchdog(service_tasks.clone());
     service::spawn_status(workers.clone(), state.closing.clone());
     service::ready(&workers);
+    if let Some(queen_url) = live_config.current().queen_url.clone()
+        && let Err(why) = state.queen.add(&queen_url, true)
+    {
+        tracing::warn!("not registering with the queen at {queen_url}: {why}");
+    }
+    state.queen.serving();
     // Read when the shutdown begins: a reload may have changed them.
     let drain = || Duration::from_secs(live_config.current().shutdown_drain_s);
     let drain_deadline = async {

@@ -76,6 +76,8 @@ pub struct Metrics {
     stream_gaps: Counter,
     missed_worker_events: Counter,
     reloads: Family<OutcomeLabel, Counter>,
+    queen_registrations: Family<OutcomeLabel, Counter>,
+    queen_subscriptions: Gauge,
 }
 
 /// The states of `rbee_hive_workers`, as `WorkerStatus::label` names them.
@@ -89,6 +91,9 @@ const EXIT_REASONS: &[&str] = &["exit_code_0", "exit_code_nonzero", "signal", "u
 
 /// The outcomes of `rbee_hive_config_reloads_total`.
 const RELOAD_OUTCOMES: &[&str] = &["applied", "refused"];
+
+/// The outcomes of `rbee_hive_queen_registrations_total`.
+const REGISTRATION_OUTCOMES: &[&str] = &["ok", "failed"];
 
 impl Metrics {
     /// The hive's metrics, with every counter whose labels are known up front at 0 (jobs
@@ -114,6 +119,11 @@ impl Metrics {
                 outcome: (*outcome).to_owned(),
             });
         }
+        for outcome in REGISTRATION_OUTCOMES {
+            let _ = metrics.queen_registrations.get_or_create(&OutcomeLabel {
+                outcome: (*outcome).to_owned(),
+            });
+        }
         metrics
     }
 }
@@ -132,6 +142,8 @@ impl Default for Metrics {
             stream_gaps: Counter::default(),
             missed_worker_events: Counter::default(),
             reloads: Family::default(),
+            queen_registrations: Family::default(),
+            queen_subscriptions: Gauge::default(),
         }
     }
 }
@@ -189,6 +201,21 @@ impl Metrics {
                 outcome: outcome.to_owned(),
             })
             .inc();
+    }
+
+    /// A registration with a queen, `ok` or `failed`.
+    pub fn queen_registration(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.queen_registrations
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The gauge of queen subscriptions open now (the registration module moves it).
+    pub fn queen_subscriptions(&self) -> &Gauge {
+        &self.queen_subscriptions
     }
 
     /// A reader fell behind and missed narration lines.
@@ -314,6 +341,16 @@ impl Metrics {
             "config_reloads",
             "Config reloads (SIGHUP), by outcome: applied, or refused (the old config stays)",
             self.reloads.clone(),
+        );
+        registry.register(
+            "queen_registrations",
+            "Registrations with a queen (POST /v1/hive/ready), by outcome",
+            self.queen_registrations.clone(),
+        );
+        registry.register(
+            "queen_subscriptions",
+            "Queen subscriptions to the telemetry stream open now",
+            self.queen_subscriptions.clone(),
         );
         registry.register(
             "stream_gaps",

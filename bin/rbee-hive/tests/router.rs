@@ -22,7 +22,7 @@ fn config() -> (Config, tempfile::TempDir) {
 
 fn new_state((config, dir): (Config, tempfile::TempDir)) -> (AppState, tempfile::TempDir) {
     (
-        AppState::new(config, "http://127.0.0.1:1".into()).unwrap(),
+        AppState::new(config, "127.0.0.1:1".parse().unwrap()).unwrap(),
         dir,
     )
 }

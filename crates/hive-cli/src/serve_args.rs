@@ -27,9 +27,15 @@ pub struct ServeArgs {
     /// a job naming another `hive_id` fails with the reason; when not, any is accepted.
     #[arg(skip)]
     pub hive_id: Option<String>,
-    /// URL of the queen-rbee orchestrator, passed to workers as {queen_url}
+    /// URL of the queen-rbee orchestrator: the hive registers with it (today's rbee) and
+    /// passes it to workers as {queen_url}
     #[arg(long, env = "RBEE_HIVE_QUEEN_URL")]
     pub queen_url: Option<String>,
+    /// The URL the queen and this hive's workers reach the hive at [default:
+    /// http://<bind>:<port>; when bound to all addresses, 127.0.0.1 or [::1] for workers and
+    /// the machine's hostname for the queen]
+    #[arg(long, env = "RBEE_HIVE_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// The file holding the API token (the global `--token-file`, shared with the client
     /// commands): when set, every route but /health needs it.
     #[arg(skip)]

@@ -221,6 +221,8 @@ mod tests {
             threads: 3,
             rss_mb: 11.25,
             cpu_pct: 0.4,
+            io_r_mb_s: 0.0,
+            io_w_mb_s: 0.0,
             uptime_s: 312,
             pids: vec![pid],
             vram_mb: None,

@@ -321,6 +321,22 @@ impl WorkerManager {
             .collect()
     }
 
+    /// Every worker whose process runs now, with its resource use: the last sample of its
+    /// group, or, for one started since the last sample, its leader measured now (so a
+    /// worker is reported as soon as it runs, never with made-up figures).
+    pub fn running_with_stats(&self) -> Vec<(WorkerRecord, WorkerStats)> {
+        self.list_with_stats()
+            .into_iter()
+            .filter(|(record, _)| {
+                record.is_launched() && record.exit.is_none() && !record.restart_pending()
+            })
+            .filter_map(|(record, sampled)| {
+                let stats = sampled.or_else(|| crate::stats::measure_now(&record))?;
+                Some((record, stats))
+            })
+            .collect()
+    }
+
     /// The names of the worker types in effect (built-in and configured), in order.
     pub fn worker_type_names(&self) -> Vec<String> {
         self.worker_types().names()

@@ -53,6 +53,12 @@ pub struct WorkerStats {
     pub rss_mb: f64,
     /// Their CPU use over the last interval, in percent of one core.
     pub cpu_pct: f64,
+    /// What they read from storage over the last interval, MiB/s (`/proc/<pid>/io`).
+    #[serde(default)]
+    pub io_r_mb_s: f64,
+    /// What they wrote to storage over the last interval, MiB/s.
+    #[serde(default)]
+    pub io_w_mb_s: f64,
     /// Seconds since its current run started (its start, or its last restart).
     pub uptime_s: u64,
     /// The pids of its group.
@@ -103,6 +109,92 @@ impl StatsTable {
 }
 
 /// Samples every `interval` until `stop`.
+/// A group's running totals at one sample.
+#[derive(Debug, Clone, Copy)]
+struct Totals {
+    ticks: u64,
+    read_bytes: u64,
+    write_bytes: u64,
+    at: Instant,
+}
+
+/// Rates between two samples of one group.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Rates {
+    cpu_pct: f64,
+    io_r_mb_s: f64,
+    io_w_mb_s: f64,
+}
+
+impl Totals {
+    fn rates_since(&self, earlier: &Totals, ticks_per_second: f64) -> Rates {
+        let seconds = self.at.duration_since(earlier.at).as_secs_f64();
+        if seconds <= 0.0 {
+            return Rates::default();
+        }
+        // A child that exited takes its counts with it: a rate is never below zero.
+        let per_second = |now: u64, then: u64| now.saturating_sub(then) as f64 / seconds;
+        let cpu = per_second(self.ticks, earlier.ticks) / ticks_per_second;
+        const MIB: f64 = 1024.0 * 1024.0;
+        Rates {
+            cpu_pct: (cpu * 1000.0).round() / 10.0,
+            io_r_mb_s: (per_second(self.read_bytes, earlier.read_bytes) / MIB * 100.0).round()
+                / 100.0,
+            io_w_mb_s: (per_second(self.write_bytes, earlier.write_bytes) / MIB * 100.0).round()
+                / 100.0,
+        }
+    }
+}
+
+/// A worker's stats measured now, for one the sampler has not looked at yet (just
+/// started): its leader's memory, and its CPU and I/O rates averaged since it started.
+pub(crate) fn measure_now(record: &WorkerRecord) -> Option<WorkerStats> {
+    let (usage, age_s) = procinfo::process_use(record.pid)?;
+    let now = Instant::now();
+    let started = now.checked_sub(Duration::from_secs_f64(age_s))?;
+    let zero = Totals {
+        ticks: 0,
+        read_bytes: 0,
+        write_bytes: 0,
+        at: started,
+    };
+    let rates = totals_of(&usage, now).rates_since(&zero, procfs::ticks_per_second() as f64);
+    Some(WorkerStats {
+        processes: usage.processes,
+        threads: usage.threads,
+        rss_mb: mib(usage.rss_bytes),
+        cpu_pct: rates.cpu_pct,
+        io_r_mb_s: rates.io_r_mb_s,
+        io_w_mb_s: rates.io_w_mb_s,
+        uptime_s: uptime_s(record),
+        pids: usage.pids,
+        vram_mb: None,
+        gpu_util_pct: None,
+        total_vram_mb: None,
+        sampled_at: Utc::now(),
+    })
+}
+
+fn totals_of(usage: &procinfo::GroupUse, at: Instant) -> Totals {
+    Totals {
+        ticks: usage.ticks,
+        read_bytes: usage.read_bytes,
+        write_bytes: usage.write_bytes,
+        at,
+    }
+}
+
+/// Bytes in MiB, one decimal.
+fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0
+}
+
+/// Seconds since its current run started (its start, or its last restart).
+fn uptime_s(record: &WorkerRecord) -> u64 {
+    let run_started_at = record.run_started_at.unwrap_or(record.started_at);
+    (Utc::now() - run_started_at).num_seconds().max(0) as u64
+}
+
 pub(crate) async fn sampler(
     registry: Registry,
     table: StatsTable,
@@ -111,8 +203,8 @@ pub(crate) async fn sampler(
     stop: CancellationToken,
 ) {
     let ticks_per_second = procfs::ticks_per_second() as f64;
-    // The previous sample's ticks per worker, to turn totals into a rate.
-    let mut previous: HashMap<String, (u64, Instant)> = HashMap::new();
+    // The previous sample's totals per worker, to turn them into rates.
+    let mut previous: HashMap<String, Totals> = HashMap::new();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -145,22 +237,13 @@ pub(crate) async fn sampler(
         let mut next_previous = HashMap::with_capacity(running.len());
         for record in running {
             let group = usage.get(&record.pgid).cloned().unwrap_or_default();
-            let cpu_pct = match previous.get(&record.id) {
-                Some((ticks, at)) => {
-                    let seconds = now.duration_since(*at).as_secs_f64();
-                    // A child that exited takes its ticks with it: never below zero.
-                    let used = group.ticks.saturating_sub(*ticks) as f64 / ticks_per_second;
-                    if seconds > 0.0 {
-                        (used / seconds * 1000.0).round() / 10.0
-                    } else {
-                        0.0
-                    }
-                }
-                None => 0.0,
-            };
-            next_previous.insert(record.id.clone(), (group.ticks, now));
-            let run_started_at = record.run_started_at.unwrap_or(record.started_at);
-            let uptime_s = (Utc::now() - run_started_at).num_seconds().max(0) as u64;
+            let totals = totals_of(&group, now);
+            let rates = previous
+                .get(&record.id)
+                .map(|earlier| totals.rates_since(earlier, ticks_per_second))
+                .unwrap_or_default();
+            next_previous.insert(record.id.clone(), totals);
+            let uptime_s = uptime_s(&record);
             let gpu_index = record
                 .device
                 .strip_prefix("GPU-")
@@ -183,8 +266,10 @@ pub(crate) async fn sampler(
                 WorkerStats {
                     processes: group.processes,
                     threads: group.threads,
-                    rss_mb: (group.rss_bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0,
-                    cpu_pct,
+                    rss_mb: mib(group.rss_bytes),
+                    cpu_pct: rates.cpu_pct,
+                    io_r_mb_s: rates.io_r_mb_s,
+                    io_w_mb_s: rates.io_w_mb_s,
                     uptime_s,
                     pids: group.pids.clone(),
                     vram_mb,
@@ -196,5 +281,38 @@ pub(crate) async fn sampler(
         }
         previous = next_previous;
         table.replace(samples);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_per_second_over_the_interval_and_never_negative() {
+        let start = Instant::now();
+        let earlier = Totals {
+            ticks: 100,
+            read_bytes: 0,
+            write_bytes: 8 << 20,
+            at: start,
+        };
+        let later = Totals {
+            ticks: 150,
+            read_bytes: 4 << 20,
+            // A child that wrote exited: the group's total fell.
+            write_bytes: 1 << 20,
+            at: start + Duration::from_secs(2),
+        };
+        let rates = later.rates_since(&earlier, 100.0);
+        assert_eq!(
+            rates,
+            Rates {
+                cpu_pct: 25.0,
+                io_r_mb_s: 2.0,
+                io_w_mb_s: 0.0
+            }
+        );
+        assert_eq!(earlier.rates_since(&earlier, 100.0), Rates::default());
     }
 }

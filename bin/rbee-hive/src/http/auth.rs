@@ -1,5 +1,6 @@
 //! The optional bearer token: when configured, every request but those to `/health` (and
-//! `GET /metrics` with `metrics_public = true`) needs `Authorization: Bearer <token>`,
+//! `GET /metrics` with `metrics_public = true`, the telemetry stream with
+//! `telemetry_public = true`) needs `Authorization: Bearer <token>`,
 //! unknown routes and wrong methods included, so that nothing about the hive is told to a
 //! client without it. The token is the one in effect now (a reload may change it); the
 //! scheme is matched without regard to case (RFC 7235) and the token in constant time.
@@ -21,7 +22,7 @@ pub async fn require_token(
 ) -> Result<Response, ApiError> {
     let config = state.config.current();
     if let Some(expected) = config.token.as_deref()
-        && !is_open(&request, config.metrics_public)
+        && !is_open(&request, config.metrics_public, config.telemetry_public)
     {
         let presented = request
             .headers()
@@ -36,14 +37,27 @@ pub async fn require_token(
 }
 
 /// The requests served without the token (PROTOCOL §8: only `/health` is open, whatever
-/// the method; a wrong method there is a 405 that tells nothing).
-fn is_open(request: &Request, metrics_public: bool) -> bool {
+/// the method; a wrong method there is a 405 that tells nothing; §9: the telemetry stream
+/// with `telemetry_public`, at its own path and at a queen's).
+fn is_open(request: &Request, metrics_public: bool, telemetry_public: bool) -> bool {
     let reads = request.method() == Method::GET || request.method() == Method::HEAD;
-    match request.uri().path() {
+    let path = request.uri().path();
+    match path {
         "/health" => true,
         "/metrics" => reads && metrics_public,
-        _ => false,
+        _ => reads && telemetry_public && is_telemetry_path(path),
     }
+}
+
+/// `/v1/heartbeats/stream`, or a queen's `/queen/<key>/v1/heartbeats/stream`.
+fn is_telemetry_path(path: &str) -> bool {
+    path == "/v1/heartbeats/stream"
+        || path
+            .strip_prefix("/queen/")
+            .and_then(|rest| rest.split_once('/'))
+            .is_some_and(|(key, rest)| {
+                crate::queen::is_queen_key(key) && rest == "v1/heartbeats/stream"
+            })
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme in any case.
@@ -62,7 +76,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, constant_time_eq};
+    use super::{bearer_token, constant_time_eq, is_telemetry_path};
+
+    #[test]
+    fn only_the_telemetry_stream_paths_are_telemetry() {
+        let key = crate::queen::queen_key("http://queen:7833");
+        assert!(is_telemetry_path("/v1/heartbeats/stream"));
+        assert!(is_telemetry_path(&format!(
+            "/queen/{key}/v1/heartbeats/stream"
+        )));
+        for path in [
+            "/v1/heartbeats/stream/",
+            "/v1/jobs",
+            "/queen/x/v1/heartbeats/stream",
+            &format!("/queen/{key}/v1/jobs"),
+            &format!("/queen/{key}/../v1/jobs"),
+        ] {
+            assert!(!is_telemetry_path(path), "{path}");
+        }
+    }
 
     #[test]
     fn compares_tokens() {

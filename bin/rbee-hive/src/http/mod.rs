@@ -24,7 +24,7 @@ pub mod workers;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{RawQuery, Request, State};
 use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
@@ -53,6 +53,11 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/workers/{id}", get(workers::get))
         .route("/v1/workers/{id}/logs", get(logs::logs))
         .route("/v1/heartbeats/stream", get(telemetry::stream))
+        .route(
+            "/queen/{key}/v1/heartbeats/stream",
+            get(telemetry::queen_stream),
+        )
+        .route("/v1/queen", get(queen_report))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         // Outside the routing, so that unknown routes and wrong methods need the token too.
@@ -97,8 +102,57 @@ async fn health() -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; charset=utf-8")], "ok")
 }
 
-async fn get_capabilities(State(state): State<AppState>) -> Json<devices::Capabilities> {
+/// `GET /capabilities` (both paths); `?queen_url=X` from a discovering queen registers with
+/// it (PROTOCOL §9). The answer is the same either way.
+async fn get_capabilities(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Json<devices::Capabilities> {
+    if let Some(queen_url) = query.as_deref().and_then(queen_url_of) {
+        discovered(&state, &queen_url);
+    }
     Json(state.devices.capabilities().await)
+}
+
+/// The `queen_url` of a query string, decoded.
+fn queen_url_of(query: &str) -> Option<String> {
+    form_urlencoded_pairs(query).find_map(|(key, value)| (key == "queen_url").then_some(value))
+}
+
+fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> {
+    let url = reqwest::Url::parse(&format!("http://query.invalid/?{query}")).ok();
+    url.into_iter().flat_map(|url| {
+        url.query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect::<Vec<_>>()
+    })
+}
+
+/// A queen asked for the capabilities and said where it is: register with it when that is
+/// allowed (the request carried the token, or the hive has none and serves loopback only).
+fn discovered(state: &AppState, queen_url: &str) {
+    let config = state.config.current();
+    // With a token, this request passed `auth::require_token`: it carried it.
+    let allowed = config.token.is_some() || state.listening.ip().is_loopback();
+    if !allowed {
+        tracing::warn!(
+            "ignoring queen_url {queen_url:?} of a capabilities request: a hive without a token registers only while it serves loopback alone"
+        );
+        return;
+    }
+    if let Err(error) = crate::config::http_url("queen_url", queen_url) {
+        tracing::warn!("ignoring the queen_url of a capabilities request: {error}");
+        return;
+    }
+    match state.queen.add(queen_url, false) {
+        Ok(()) => tracing::info!("a queen at {queen_url} discovered this hive"),
+        Err(why) => tracing::warn!("not registering with the queen at {queen_url}: {why}"),
+    }
+}
+
+/// `GET /v1/queen`: the registrations with queens.
+async fn queen_report(State(state): State<AppState>) -> Json<crate::queen::QueenReport> {
+    Json(state.queen.report())
 }
 
 async fn no_route(request: Request) -> ApiError {

@@ -11,12 +11,19 @@
 //! workers when the driver reports them). Each reader has its own cursor in the
 //! lifecycle's bounded event buffer: a reader that falls behind gets `event: gap` with how
 //! many changes it missed, and never slows the hive.
+//!
+//! For today's rbee queen (PROTOCOL §9), `event: heartbeat` carries its telemetry message
+//! ([`heartbeat`]): at every interval and after every worker change, every running worker in
+//! the upstream's field names and JSON types. The queen parses every message's data and
+//! drops what is not that shape, so our other events cost it nothing. A queen reads the
+//! stream at `/queen/<key>/v1/heartbeats/stream` (the `hive_url` it was registered with):
+//! the same stream, counted as its subscription while the connection is open.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
@@ -25,10 +32,29 @@ use tokio::sync::broadcast::error::RecvError;
 use worker_lifecycle::{WorkerEvent, WorkerManager, WorkerTransition};
 
 use crate::AppState;
+use crate::http::error::ApiError;
 use crate::jobs::ops::worker_json;
+use crate::queen::SubscriptionGuard;
 
 /// `GET /v1/heartbeats/stream`.
 pub async fn stream(State(state): State<AppState>) -> Response {
+    open(state, None)
+}
+
+/// `GET /queen/{key}/v1/heartbeats/stream`: a queen's subscription (see `crate::queen`).
+pub async fn queen_stream(State(state): State<AppState>, Path(key): Path<String>) -> Response {
+    if !crate::queen::is_queen_key(&key) {
+        return ApiError::NoRoute {
+            method: "GET".to_owned(),
+            path: format!("/queen/{key}/v1/heartbeats/stream"),
+        }
+        .into_response();
+    }
+    let subscription = state.queen.subscribed(&key);
+    open(state, Some(subscription))
+}
+
+fn open(state: AppState, subscription: Option<SubscriptionGuard>) -> Response {
     let workers = state.services.workers.clone();
     // Subscribed before the snapshot is taken, so that no change falls between the two.
     let events = workers.subscribe();
@@ -36,7 +62,9 @@ pub async fn stream(State(state): State<AppState>) -> Response {
     let interval = Duration::from_millis(state.config.current().telemetry_interval_ms);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let reader = Reader {
+    let mut reader = Reader {
+        hive: HiveInfo::of(&state),
+        _subscription: subscription,
         metrics: state.metrics.clone(),
         closing: state.closing.clone(),
         workers,
@@ -45,6 +73,8 @@ pub async fn stream(State(state): State<AppState>) -> Response {
         ticker,
         first: Some(sse("snapshot", &snapshot)),
     };
+    let first_heartbeat = sse("heartbeat", &heartbeat(&reader.hive, &reader.workers));
+    reader.pending.push_back(first_heartbeat);
     let body = Body::from_stream(futures::stream::unfold(reader, |mut reader| async move {
         let chunk = reader.next().await?;
         Some((Ok::<Bytes, Infallible>(Bytes::from(chunk)), reader))
@@ -58,6 +88,9 @@ pub async fn stream(State(state): State<AppState>) -> Response {
 }
 
 struct Reader {
+    hive: HiveInfo,
+    /// Counts the connection as a queen's subscription until the stream is dropped.
+    _subscription: Option<SubscriptionGuard>,
     metrics: crate::metrics::Metrics,
     closing: tokio_util::sync::CancellationToken,
     workers: WorkerManager,
@@ -90,9 +123,11 @@ impl Reader {
                         self.pending.extend(named.map(|change| {
                             sse("worker", &json!({"change": change, "worker": worker}))
                         }));
+                        self.pending.push_back(self.heartbeat());
                         return self.pending.pop_front();
                     }
                     Ok(WorkerEvent::Removed { id }) => {
+                        self.pending.push_back(self.heartbeat());
                         return Some(sse("worker", &json!({"change": "removed", "worker_id": id})));
                     }
                     Err(RecvError::Lagged(missed)) => {
@@ -103,10 +138,77 @@ impl Reader {
                     }
                     Err(RecvError::Closed) => return None,
                 },
-                _ = self.ticker.tick() => return Some(sse("telemetry", &telemetry(&self.workers))),
+                _ = self.ticker.tick() => {
+                    self.pending.push_back(self.heartbeat());
+                    return Some(sse("telemetry", &telemetry(&self.workers)));
+                }
             }
         }
     }
+
+    fn heartbeat(&self) -> String {
+        sse("heartbeat", &heartbeat(&self.hive, &self.workers))
+    }
+}
+
+/// What a heartbeat says of the hive itself (fixed while it serves).
+struct HiveInfo {
+    id: String,
+    hostname: String,
+    port: u16,
+}
+
+impl HiveInfo {
+    fn of(state: &AppState) -> Self {
+        Self {
+            id: state.config.current().effective_hive_id().to_owned(),
+            hostname: crate::config::hostname().unwrap_or_else(|| "localhost".to_owned()),
+            port: state.listening.port(),
+        }
+    }
+}
+
+/// Today's queen's telemetry message (`HiveTelemetry` with `hive_info`, PROTOCOL §9): every
+/// worker whose process runs, with every field the queen requires in its JSON type. GPU
+/// figures are the driver's, 0 where it reports none (a CPU worker, no GPU).
+fn heartbeat(hive: &HiveInfo, workers: &WorkerManager) -> Value {
+    let entries: Vec<Value> = workers
+        .running_with_stats()
+        .into_iter()
+        .map(|(record, stats)| {
+            json!({
+                "pid": record.pid,
+                "group": record.worker_type,
+                "instance": record.port.to_string(),
+                "cpu_pct": stats.cpu_pct,
+                // Whole MiB, as the upstream's `memory.current / 1024 / 1024`.
+                "rss_mb": (stats.rss_mb.max(0.0)) as u64,
+                "io_r_mb_s": stats.io_r_mb_s,
+                "io_w_mb_s": stats.io_w_mb_s,
+                "uptime_s": stats.uptime_s,
+                "gpu_util_pct": stats.gpu_util_pct.unwrap_or(0.0),
+                "vram_mb": stats.vram_mb.map_or(0, |mib| mib.max(0.0).round() as u64),
+                "total_vram_mb": stats.total_vram_mb.map_or(0, |mib| mib.max(0.0).round() as u64),
+                "model": record.model_id,
+                "worker_id": record.id,
+                "state": record.status.label(),
+            })
+        })
+        .collect();
+    json!({
+        "type": "telemetry",
+        "hive_id": hive.id,
+        "hive_info": {
+            "id": hive.id,
+            "hostname": hive.hostname,
+            "port": hive.port,
+            "operational_status": "ready",
+            "health_status": "healthy",
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "workers": entries,
+    })
 }
 
 /// The name of a transition on the stream, for those reported.

@@ -1,0 +1,544 @@
+//! Registration with today's rbee queen (PROTOCOL §9), and the count of its subscriptions.
+//!
+//! Today's queen learns of a hive from `POST {queen}/v1/hive/ready` and answers by opening a
+//! subscription to `{hive_url}/v1/heartbeats/stream`; each registration opens one more,
+//! and a queen that restarts forgets every hive. So the hive registers once it serves, and
+//! again only when no subscription of that queen has been open for [`QUIET_BEFORE_AGAIN`]
+//! — never while one is.
+//!
+//! **Telling the queen's subscription apart.** The `hive_url` registered with a queen is the
+//! hive's URL plus `/queen/<key>`, `<key>` being 16 hex digits derived from that queen's URL
+//! ([`queen_key`]). The queen builds its subscription from that URL, so it reads
+//! `/queen/<key>/v1/heartbeats/stream`, a path no other reader is given; the hive serves the
+//! stream there too and counts each open connection on it as that queen's subscription
+//! ([`QueenLink::subscribed`]). The key depends only on the queen's URL, so a restarted hive
+//! recognises the subscription a queen reopens on its own, and nothing needs to be kept on
+//! disk. The path is not a secret: the token (or `telemetry_public`) guards the stream.
+//!
+//! **Which queens.** The configured `queen_url`, from the start; and a queen that sends
+//! `GET /capabilities?queen_url=X` (discovery), from then on, at most [`MAX_QUEENS`] in all.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How long no subscription of a queen has been open before the hive registers with it again.
+pub const QUIET_BEFORE_AGAIN: Duration = Duration::from_secs(15);
+
+/// The waits after the 1st, 2nd, … failed registration in a row; the last one repeats.
+const BACKOFF: [Duration; 5] = [
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+    Duration::from_secs(30),
+];
+
+/// The most queens the hive registers with (the configured one and discovered ones).
+pub const MAX_QUEENS: usize = 8;
+
+/// How long one registration request may take (as the upstream hive's).
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The path segment of a queen's subscriptions: FNV-1a (64 bits) of its URL, in hex. Stable
+/// across hive restarts and Rust versions; it only has to tell queens apart.
+pub fn queen_key(queen_url: &str) -> String {
+    let hash = queen_url
+        .trim_end_matches('/')
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    format!("{hash:016x}")
+}
+
+/// Whether `key` has the shape of a [`queen_key`].
+pub fn is_queen_key(key: &str) -> bool {
+    key.len() == 16
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// When the next registration with a queen is due, from what is known of it (pure: the
+/// registration task and its tests use it).
+pub fn next_registration(link: &QueenState, now: Instant) -> Due {
+    if link.open > 0 {
+        return Due::NotWhileSubscribed;
+    }
+    if let Some(retry_at) = link.retry_at {
+        return Due::At(retry_at);
+    }
+    match link.quiet_since {
+        None => Due::At(now),
+        Some(since) => Due::At(since + QUIET_BEFORE_AGAIN),
+    }
+}
+
+/// The answer of [`next_registration`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// A subscription is open: not until it closes.
+    NotWhileSubscribed,
+    /// At this time (now or in the past: at once).
+    At(Instant),
+}
+
+/// What the hive knows of one queen.
+#[derive(Debug, Clone, Default)]
+pub struct QueenState {
+    /// Its subscriptions open now.
+    pub open: usize,
+    /// Since when none has been open, counted from the later of the last close and the last
+    /// successful registration; `None` before the first registration.
+    pub quiet_since: Option<Instant>,
+    /// After a failed registration, when to try again.
+    pub retry_at: Option<Instant>,
+    /// Failed registrations in a row.
+    pub failures: usize,
+    /// Whether it was configured (else discovered).
+    pub configured: bool,
+    /// The last registration's outcome, for `status`.
+    pub last: Option<Outcome>,
+    /// Subscriptions opened in all.
+    pub subscriptions_opened: u64,
+}
+
+/// A registration's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// Whether the queen accepted it.
+    pub ok: bool,
+    /// What the queen said, or why it failed.
+    pub message: String,
+    /// When.
+    pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The registration state of one queen, as `GET /v1/queen` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueenStatus {
+    /// The queen's URL.
+    pub queen_url: String,
+    /// The `hive_url` registered with it.
+    pub hive_url: String,
+    /// `configured` or `discovered`.
+    pub source: &'static str,
+    /// Its subscriptions open now.
+    pub subscriptions_open: usize,
+    /// Subscriptions it opened since the hive started.
+    pub subscriptions_opened: u64,
+    /// The last registration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_registration: Option<Outcome>,
+    /// Failed registrations in a row.
+    pub failures: usize,
+}
+
+/// Why the hive does not register at all (shown by `GET /v1/queen`).
+#[derive(Debug, Clone, Serialize)]
+pub struct QueenReport {
+    /// The queens it registers with.
+    pub queens: Vec<QueenStatus>,
+    /// Set when registration is off, saying why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_registering: Option<String>,
+}
+
+/// The registrations of this hive. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct QueenLink {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hive_id: String,
+    /// The hive's own URL for queens (`advertise_url` or its default), without `/queen/…`.
+    hive_url: String,
+    /// Set when the queen could not read the stream (a token without `telemetry_public`).
+    not_registering: Option<String>,
+    client: reqwest::Client,
+    metrics: Metrics,
+    closing: CancellationToken,
+    /// By queen URL; subscriptions of a key no queen here has are counted under `strays`.
+    queens: Mutex<BTreeMap<String, QueenState>>,
+    strays: Mutex<BTreeMap<String, usize>>,
+    /// Woken when a subscription opens or closes.
+    changed: tokio::sync::Notify,
+    /// Set once the hive serves: registrations wait for it.
+    serving: CancellationToken,
+}
+
+impl QueenLink {
+    /// The registrations of a hive with id `hive_id`, reached by queens at `hive_url`.
+    /// `not_registering` says why it must not register (then it never does).
+    pub fn new(
+        hive_id: String,
+        hive_url: String,
+        not_registering: Option<String>,
+        metrics: Metrics,
+        closing: CancellationToken,
+    ) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(REGISTRATION_TIMEOUT)
+            .user_agent(concat!("rbee-hive/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("an HTTP client without TLS or proxies to configure builds");
+        Self {
+            inner: Arc::new(Inner {
+                hive_id,
+                hive_url,
+                not_registering,
+                client,
+                metrics,
+                closing,
+                queens: Mutex::new(BTreeMap::new()),
+                strays: Mutex::new(BTreeMap::new()),
+                changed: tokio::sync::Notify::new(),
+                serving: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// The `hive_url` registered with the queen at `queen_url`.
+    pub fn hive_url_for(&self, queen_url: &str) -> String {
+        format!("{}/queen/{}", self.inner.hive_url, queen_key(queen_url))
+    }
+
+    /// Starts registering with `queen_url` (the configured queen, or one that discovered
+    /// the hive); a queen already known is left to its task. Returns why not, when not.
+    pub fn add(&self, queen_url: &str, configured: bool) -> Result<(), String> {
+        if let Some(reason) = &self.inner.not_registering {
+            return Err(reason.clone());
+        }
+        let queen_url = queen_url.trim_end_matches('/').to_owned();
+        {
+            let mut queens = self.inner.queens.lock().expect("queens lock");
+            if queens.contains_key(&queen_url) {
+                return Ok(());
+            }
+            if queens.len() >= MAX_QUEENS {
+                return Err(format!(
+                    "already registering with {MAX_QUEENS} queens, the most a hive keeps"
+                ));
+            }
+            let key = queen_key(&queen_url);
+            let open = self
+                .inner
+                .strays
+                .lock()
+                .expect("strays lock")
+                .remove(&key)
+                .unwrap_or(0);
+            queens.insert(
+                queen_url.clone(),
+                QueenState {
+                    open,
+                    configured,
+                    ..QueenState::default()
+                },
+            );
+        }
+        tokio::spawn(self.clone().register_loop(queen_url));
+        Ok(())
+    }
+
+    /// Lets the registrations begin: the hive serves (its workers adopted, its socket
+    /// accepting).
+    pub fn serving(&self) {
+        self.inner.serving.cancel();
+    }
+
+    /// A subscription on `/queen/<key>/…` opened; it counts until the guard is dropped (the
+    /// connection closed).
+    pub fn subscribed(&self, key: &str) -> SubscriptionGuard {
+        let queen = self.with_key(key, |queen| {
+            queen.open += 1;
+            queen.subscriptions_opened += 1;
+            queen.retry_at = None;
+            queen.failures = 0;
+        });
+        if queen.is_none() {
+            *self
+                .inner
+                .strays
+                .lock()
+                .expect("strays lock")
+                .entry(key.to_owned())
+                .or_default() += 1;
+        }
+        self.inner.metrics.queen_subscriptions().inc();
+        tracing::info!(
+            "queen subscription opened ({})",
+            queen
+                .as_deref()
+                .unwrap_or("a queen this hive did not register with")
+        );
+        self.inner.changed.notify_waiters();
+        SubscriptionGuard {
+            link: self.clone(),
+            key: key.to_owned(),
+        }
+    }
+
+    fn unsubscribed(&self, key: &str) {
+        let queen = self.with_key(key, |queen| {
+            queen.open = queen.open.saturating_sub(1);
+            if queen.open == 0 {
+                queen.quiet_since = Some(Instant::now());
+            }
+        });
+        if queen.is_none() {
+            let mut strays = self.inner.strays.lock().expect("strays lock");
+            if let Some(open) = strays.get_mut(key) {
+                *open = open.saturating_sub(1);
+                if *open == 0 {
+                    strays.remove(key);
+                }
+            }
+        }
+        self.inner.metrics.queen_subscriptions().dec();
+        tracing::info!(
+            "queen subscription closed ({})",
+            queen
+                .as_deref()
+                .unwrap_or("a queen this hive did not register with")
+        );
+        self.inner.changed.notify_waiters();
+    }
+
+    /// Applies `change` to the queen of `key`; returns its URL, `None` if no queen has it.
+    fn with_key(&self, key: &str, change: impl FnOnce(&mut QueenState)) -> Option<String> {
+        let mut queens = self.inner.queens.lock().expect("queens lock");
+        let (url, queen) = queens.iter_mut().find(|(url, _)| queen_key(url) == key)?;
+        change(queen);
+        Some(url.clone())
+    }
+
+    /// Every queen and its state, for `GET /v1/queen` and `status`.
+    pub fn report(&self) -> QueenReport {
+        let queens = self.inner.queens.lock().expect("queens lock");
+        QueenReport {
+            queens: queens
+                .iter()
+                .map(|(url, queen)| QueenStatus {
+                    queen_url: url.clone(),
+                    hive_url: self.hive_url_for(url),
+                    source: if queen.configured {
+                        "configured"
+                    } else {
+                        "discovered"
+                    },
+                    subscriptions_open: queen.open,
+                    subscriptions_opened: queen.subscriptions_opened,
+                    last_registration: queen.last.clone(),
+                    failures: queen.failures,
+                })
+                .collect(),
+            not_registering: self.inner.not_registering.clone(),
+        }
+    }
+
+    /// Registers with `queen_url` whenever [`next_registration`] says, until the hive closes.
+    async fn register_loop(self, queen_url: String) {
+        let closing = self.inner.closing.clone();
+        tokio::select! {
+            () = closing.cancelled() => return,
+            () = self.inner.serving.cancelled() => {}
+        }
+        loop {
+            // Registered before the state is read, so that no change falls between the two.
+            let changed = self.inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let due = {
+                let queens = self.inner.queens.lock().expect("queens lock");
+                let Some(queen) = queens.get(&queen_url) else {
+                    return;
+                };
+                next_registration(queen, Instant::now())
+            };
+            match due {
+                Due::NotWhileSubscribed => {
+                    tokio::select! {
+                        () = closing.cancelled() => return,
+                        () = changed => continue,
+                    }
+                }
+                Due::At(at) if at > Instant::now() => {
+                    tokio::select! {
+                        () = closing.cancelled() => return,
+                        () = changed => continue,
+                        () = tokio::time::sleep_until(at) => continue,
+                    }
+                }
+                Due::At(_) => {}
+            }
+            let outcome = tokio::select! {
+                () = closing.cancelled() => return,
+                outcome = self.register_once(&queen_url) => outcome,
+            };
+            self.inner.metrics.queen_registration(outcome.ok);
+            let mut queens = self.inner.queens.lock().expect("queens lock");
+            let Some(queen) = queens.get_mut(&queen_url) else {
+                return;
+            };
+            let now = Instant::now();
+            if outcome.ok {
+                tracing::info!(
+                    "registered with the queen at {queen_url} as {:?} ({}); it should subscribe to {}/v1/heartbeats/stream",
+                    self.inner.hive_id,
+                    outcome.message,
+                    self.hive_url_for(&queen_url)
+                );
+                queen.failures = 0;
+                queen.retry_at = None;
+                if queen.open == 0 {
+                    queen.quiet_since = Some(now);
+                }
+            } else {
+                let wait = BACKOFF[queen.failures.min(BACKOFF.len() - 1)];
+                queen.failures += 1;
+                queen.retry_at = Some(now + wait);
+                tracing::warn!(
+                    "registration with the queen at {queen_url} failed ({} in a row): {}; next try in {} s",
+                    queen.failures,
+                    outcome.message,
+                    wait.as_secs()
+                );
+            }
+            queen.last = Some(outcome);
+        }
+    }
+
+    async fn register_once(&self, queen_url: &str) -> Outcome {
+        let body = serde_json::json!({
+            "hive_id": self.inner.hive_id,
+            "hive_url": self.hive_url_for(queen_url),
+        });
+        let sent = self
+            .inner
+            .client
+            .post(format!("{queen_url}/v1/hive/ready"))
+            .json(&body)
+            .send()
+            .await;
+        let (ok, message) = match sent {
+            Err(error) => (false, describe(&error)),
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                let said = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("message")?.as_str().map(str::to_owned))
+                    .unwrap_or_else(|| text.chars().take(200).collect());
+                if status.is_success() {
+                    (true, said)
+                } else {
+                    (false, format!("HTTP {status}: {said}"))
+                }
+            }
+        };
+        Outcome {
+            ok,
+            message,
+            at: chrono::Utc::now(),
+        }
+    }
+}
+
+/// The error of a request and its causes, in one line.
+fn describe(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Counts one open queen subscription until dropped.
+pub struct SubscriptionGuard {
+    link: QueenLink,
+    key: String,
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.link.unsubscribed(&self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_tell_queens_apart_and_ignore_a_trailing_slash() {
+        let a = queen_key("http://queen:7833");
+        assert_eq!(a, queen_key("http://queen:7833/"));
+        assert_ne!(a, queen_key("http://queen:7834"));
+        assert!(is_queen_key(&a), "{a}");
+        // Fixed by the algorithm: a restarted hive must derive the same key.
+        assert_eq!(queen_key(""), "cbf29ce484222325");
+        for bad in [
+            "",
+            "cbf29ce48422232",
+            "CBF29CE484222325",
+            "cbf29ce48422232z",
+        ] {
+            assert!(!is_queen_key(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn registers_first_at_once_then_only_after_fifteen_quiet_seconds() {
+        let now = Instant::now();
+        let mut queen = QueenState::default();
+        assert_eq!(next_registration(&queen, now), Due::At(now));
+        // Registered, no subscription yet: again 15 s later unless one opens.
+        queen.quiet_since = Some(now);
+        assert_eq!(
+            next_registration(&queen, now),
+            Due::At(now + QUIET_BEFORE_AGAIN)
+        );
+        // Subscribed: never while it is open, however long ago the last registration was.
+        queen.open = 1;
+        assert_eq!(
+            next_registration(&queen, now + Duration::from_secs(3600)),
+            Due::NotWhileSubscribed
+        );
+        // Closed (a restarted queen): 15 s after the close.
+        queen.open = 0;
+        let closed = now + Duration::from_secs(100);
+        queen.quiet_since = Some(closed);
+        assert_eq!(
+            next_registration(&queen, closed),
+            Due::At(closed + QUIET_BEFORE_AGAIN)
+        );
+        // A failure's backoff decides while it lasts, but never over an open subscription.
+        queen.retry_at = Some(closed + Duration::from_secs(2));
+        assert_eq!(
+            next_registration(&queen, closed),
+            Due::At(closed + Duration::from_secs(2))
+        );
+        queen.open = 1;
+        assert_eq!(next_registration(&queen, closed), Due::NotWhileSubscribed);
+    }
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_then_stays_at_thirty() {
+        let waits: Vec<u64> = (0..7)
+            .map(|failures: usize| BACKOFF[failures.min(BACKOFF.len() - 1)].as_secs())
+            .collect();
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30, 30]);
+    }
+}
