@@ -16,12 +16,15 @@
 //! - [`os`]: process and port checks.
 //! - [`wait`]: waiting for a condition with a deadline (never a fixed sleep).
 //! - [`openmetrics`]: a real OpenMetrics parser for `/metrics`.
+//! - [`queen`]: [`queen::FakeQueen`], a test double of today's rbee queen (registration,
+//!   subscription to the hive's telemetry stream, the queen's view of hives and workers).
 
 pub mod binaries;
 pub mod hive;
 pub mod lines;
 pub mod openmetrics;
 pub mod os;
+pub mod queen;
 pub mod sse;
 pub mod wait;
 
