@@ -31,6 +31,7 @@ pub struct HiveBuilder {
     inherited: Option<std::sync::Arc<std::net::TcpListener>>,
     no_config_flag: bool,
     nofile_limit: Option<u64>,
+    hive_id: Option<String>,
 }
 
 /// What the hive uses as `nvidia-smi`.
@@ -55,8 +56,10 @@ impl HiveBuilder {
         self
     }
 
-    /// Gives the hive an id of its own (`--hive-id`): it then refuses jobs for another.
-    pub fn hive_id(self, id: &str) -> Self {
+    /// Gives the hive an id of its own (`--hive-id`): it then refuses jobs for another, and
+    /// the fixtures' own jobs ([`TestHive::worker`], …) name it.
+    pub fn hive_id(mut self, id: &str) -> Self {
+        self.hive_id = Some(id.to_owned());
         self.arg("--hive-id").arg(id)
     }
 
@@ -405,10 +408,15 @@ impl TestHive {
             .map(|e| serde_json::from_str(&e.data).expect("result JSON"))
     }
 
+    /// The id its jobs name: the one given with [`HiveBuilder::hive_id`], else `localhost`.
+    pub fn id(&self) -> &str {
+        self.options.hive_id.as_deref().unwrap_or("localhost")
+    }
+
     /// The registered workers (the result of `worker_list`).
     pub async fn workers(&self) -> Vec<Value> {
         let result = self
-            .job_result(serde_json::json!({"operation": "worker_list", "hive_id": "localhost"}))
+            .job_result(serde_json::json!({"operation": "worker_list", "hive_id": self.id()}))
             .await;
         result.expect("worker_list result")["workers"]
             .as_array()
@@ -419,7 +427,7 @@ impl TestHive {
     /// One worker's record, if it is registered.
     pub async fn worker(&self, id: &str) -> Option<Value> {
         self.job_result(
-            serde_json::json!({"operation": "worker_get", "hive_id": "localhost", "id": id}),
+            serde_json::json!({"operation": "worker_get", "hive_id": self.id(), "id": id}),
         )
         .await
     }
@@ -469,7 +477,13 @@ impl TestHive {
 
     /// Spawns a worker of `worker_type` that must become ready; returns its record.
     pub async fn spawn_ready(&self, worker_type: &str) -> Value {
-        let lines = self.run_job(spawn_body(worker_type)).await;
+        self.spawn_ready_with(spawn_body(worker_type)).await
+    }
+
+    /// Runs the spawn of `body` (a `worker_spawn` operation), which must end with a ready
+    /// worker; returns its record.
+    pub async fn spawn_ready_with(&self, body: Value) -> Value {
+        let lines = self.run_job(body).await;
         assert_eq!(
             lines.last().map(String::as_str),
             Some("[DONE]"),
