@@ -103,6 +103,30 @@ fn queen_lines(report: &Value) -> Vec<String> {
     lines
 }
 
+pub(super) fn completions(args: CompletionsArgs) -> Result<(), CliError> {
+    written(
+        docs::completions(args.shell, &mut std::io::stdout().lock()),
+        "the completion script",
+    )
+}
+
+pub(super) fn man() -> Result<(), CliError> {
+    written(
+        docs::man_page(&mut std::io::stdout().lock()),
+        "the man page",
+    )
+}
+
+/// A closed pipe (`| head`) ends the output, not the command with an error.
+fn written(outcome: std::io::Result<()>, what: &str) -> Result<(), CliError> {
+    match outcome {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::Usage(format!("cannot write {what}: {e}")))
+        }
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,29 +154,5 @@ mod tests {
             queen_lines(&json!({"queens": [], "not_registering": "no"})),
             ["queen: not registering: no"]
         );
-    }
-}
-
-pub(super) fn completions(args: CompletionsArgs) -> Result<(), CliError> {
-    written(
-        docs::completions(args.shell, &mut std::io::stdout().lock()),
-        "the completion script",
-    )
-}
-
-pub(super) fn man() -> Result<(), CliError> {
-    written(
-        docs::man_page(&mut std::io::stdout().lock()),
-        "the man page",
-    )
-}
-
-/// A closed pipe (`| head`) ends the output, not the command with an error.
-fn written(outcome: std::io::Result<()>, what: &str) -> Result<(), CliError> {
-    match outcome {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(CliError::Usage(format!("cannot write {what}: {e}")))
-        }
-        _ => Ok(()),
     }
 }
