@@ -245,6 +245,43 @@ async fn a_restarted_queen_hears_from_the_hive_again_and_never_twice_while_subsc
 }
 
 #[tokio::test]
+async fn a_hive_killed_and_restarted_is_found_again_by_the_queen_without_a_second_subscription() {
+    let queen = FakeQueen::start().await;
+    let mut hive = TestHive::builder()
+        .hive_id(HIVE_ID)
+        .port(free_port())
+        .config(&format!("queen_url = {:?}", queen.url()))
+        .config("telemetry_interval_ms = 200")
+        .start()
+        .await;
+    queen
+        .wait_for_open_subscriptions(1, Duration::from_secs(10))
+        .await;
+    // SIGKILL right after the registration was acknowledged and subscribed: the queen keeps
+    // trying its subscription every 5 s; the next hive, on the same port, must not add one.
+    hive.kill_hard();
+    hive.restart();
+    queen
+        .wait_for_open_subscriptions(1, Duration::from_secs(15))
+        .await;
+    holds_for(
+        "one registration, one subscription, after the hive's restart",
+        Duration::from_secs(14),
+        || {
+            (
+                queen.registrations().len(),
+                queen.open_subscriptions().len(),
+            )
+        },
+        |seen| *seen == (1, 1),
+    )
+    .await;
+    let report = queen_report(&hive).await;
+    assert_eq!(report["queens"][0]["subscriptions_open"], 1, "{report}");
+    queen.stop().await;
+}
+
+#[tokio::test]
 async fn a_registration_no_subscription_followed_is_made_again_after_fifteen_seconds() {
     let queen = FakeQueen::builder()
         .ready_answer(ReadyAnswer::Status(503))

@@ -32,6 +32,7 @@ pub struct HiveBuilder {
     no_config_flag: bool,
     nofile_limit: Option<u64>,
     hive_id: Option<String>,
+    port: Option<u16>,
 }
 
 /// What the hive uses as `nvidia-smi`.
@@ -61,6 +62,13 @@ impl HiveBuilder {
     pub fn hive_id(mut self, id: &str) -> Self {
         self.hive_id = Some(id.to_owned());
         self.arg("--hive-id").arg(id)
+    }
+
+    /// Listens on this port (and again on it after [`TestHive::restart`]) instead of a free
+    /// one picked at each start.
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
     }
 
     /// Sets an environment variable for the hive.
@@ -673,7 +681,9 @@ fn launch(
         }
         true => Command::new(&program),
     };
-    command.args(["--port", "0"]);
+    command
+        .arg("--port")
+        .arg(options.port.unwrap_or(0).to_string());
     if !options.no_config_flag {
         command.arg("--config").arg(dir.join("hive.toml"));
     }

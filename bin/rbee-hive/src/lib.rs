@@ -133,6 +133,7 @@ impl AppState {
         });
         let queen = queen::QueenLink::new(
             config.effective_hive_id().to_owned(),
+            config.state_dir.clone(),
             urls.for_queen,
             not_registering,
             metrics.clone(),

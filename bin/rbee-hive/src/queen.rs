@@ -17,6 +17,14 @@
 //!
 //! **Which queens.** The configured `queen_url`, from the start; and a queen that sends
 //! `GET /capabilities?queen_url=X` (discovery), from then on, at most [`MAX_QUEENS`] in all.
+//!
+//! **A restarted hive.** A queen that lost its subscription because the hive went away
+//! keeps trying to reopen it every 5 s, and a registration would give it a second one. So
+//! the configured queen is written to `<state_dir>/queens.json` before the hive first
+//! registers with it, and a hive that finds it there waits [`EARLIER_RUN_WAIT`] (two of the
+//! queen's retries) for the queen to come back on its own before registering. A crash
+//! between that write and the registration costs the next start this wait, never a second
+//! subscription.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +47,13 @@ const BACKOFF: [Duration; 5] = [
     Duration::from_secs(16),
     Duration::from_secs(30),
 ];
+
+/// How long a hive that registered with the configured queen in an earlier run waits, from
+/// its start, for that queen's subscription to come back before registering again.
+pub const EARLIER_RUN_WAIT: Duration = Duration::from_secs(12);
+
+/// The file, in the state dir, naming the configured queen the hive registers with.
+const QUEENS_FILE: &str = "queens.json";
 
 /// The most queens the hive registers with (the configured one and discovered ones).
 pub const MAX_QUEENS: usize = 8;
@@ -75,9 +90,10 @@ pub fn next_registration(link: &QueenState, now: Instant) -> Due {
     if let Some(retry_at) = link.retry_at {
         return Due::At(retry_at);
     }
-    match link.quiet_since {
-        None => Due::At(now),
-        Some(since) => Due::At(since + QUIET_BEFORE_AGAIN),
+    match (link.quiet_since, link.earlier_run_since) {
+        (Some(since), _) => Due::At(since + QUIET_BEFORE_AGAIN),
+        (None, Some(started)) => Due::At(started + EARLIER_RUN_WAIT),
+        (None, None) => Due::At(now),
     }
 }
 
@@ -102,6 +118,9 @@ pub struct QueenState {
     pub retry_at: Option<Instant>,
     /// Failed registrations in a row.
     pub failures: usize,
+    /// Set when an earlier run of the hive registered with it: since when this run has
+    /// been waiting for the queen's own reconnection.
+    pub earlier_run_since: Option<Instant>,
     /// Whether it was configured (else discovered).
     pub configured: bool,
     /// The last registration's outcome, for `status`.
@@ -159,6 +178,8 @@ pub struct QueenLink {
 
 struct Inner {
     hive_id: String,
+    /// Where `queens.json` is kept.
+    state_dir: std::path::PathBuf,
     /// The hive's own URL for queens (`advertise_url` or its default), without `/queen/…`.
     hive_url: String,
     /// Set when the queen could not read the stream (a token without `telemetry_public`).
@@ -180,6 +201,7 @@ impl QueenLink {
     /// `not_registering` says why it must not register (then it never does).
     pub fn new(
         hive_id: String,
+        state_dir: std::path::PathBuf,
         hive_url: String,
         not_registering: Option<String>,
         metrics: Metrics,
@@ -193,6 +215,7 @@ impl QueenLink {
         Self {
             inner: Arc::new(Inner {
                 hive_id,
+                state_dir,
                 hive_url,
                 not_registering,
                 client,
@@ -236,17 +259,39 @@ impl QueenLink {
                 .expect("strays lock")
                 .remove(&key)
                 .unwrap_or(0);
+            let earlier_run_since = (configured
+                && self.recorded_queen().as_deref() == Some(queen_url.as_str()))
+            .then(Instant::now);
             queens.insert(
                 queen_url.clone(),
                 QueenState {
                     open,
                     configured,
+                    earlier_run_since,
                     ..QueenState::default()
                 },
             );
         }
-        tokio::spawn(self.clone().register_loop(queen_url));
+        tokio::spawn(self.clone().register_loop(queen_url, configured));
         Ok(())
+    }
+
+    /// The configured queen an earlier run registered with (`queens.json`), if any.
+    fn recorded_queen(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.inner.state_dir.join(QUEENS_FILE)).ok()?;
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        value["configured"].as_str().map(str::to_owned)
+    }
+
+    /// Writes `queen_url` as the configured queen (atomically: a crash leaves the old file
+    /// or the new one).
+    fn record_queen(&self, queen_url: &str) -> std::io::Result<()> {
+        let path = self.inner.state_dir.join(QUEENS_FILE);
+        let temporary = self.inner.state_dir.join(format!("{QUEENS_FILE}.tmp"));
+        let text = serde_json::json!({ "configured": queen_url }).to_string();
+        std::fs::write(&temporary, text)?;
+        std::fs::File::open(&temporary)?.sync_all()?;
+        std::fs::rename(&temporary, &path)
     }
 
     /// Lets the registrations begin: the hive serves (its workers adopted, its socket
@@ -346,11 +391,20 @@ impl QueenLink {
     }
 
     /// Registers with `queen_url` whenever [`next_registration`] says, until the hive closes.
-    async fn register_loop(self, queen_url: String) {
+    async fn register_loop(self, queen_url: String, configured: bool) {
         let closing = self.inner.closing.clone();
         tokio::select! {
             () = closing.cancelled() => return,
             () = self.inner.serving.cancelled() => {}
+        }
+        if configured
+            && self.recorded_queen().as_deref() != Some(queen_url.as_str())
+            && let Err(error) = self.record_queen(&queen_url)
+        {
+            tracing::warn!(
+                "cannot note the queen in {}: {error}; a restart may give it a second subscription",
+                self.inner.state_dir.join(QUEENS_FILE).display()
+            );
         }
         loop {
             // Registered before the state is read, so that no change falls between the two.
@@ -523,6 +577,16 @@ mod tests {
         assert_eq!(
             next_registration(&queen, closed),
             Due::At(closed + QUIET_BEFORE_AGAIN)
+        );
+        // A hive that registered in an earlier run gives the queen time to reconnect first.
+        let started = now + Duration::from_secs(200);
+        let restarted = QueenState {
+            earlier_run_since: Some(started),
+            ..QueenState::default()
+        };
+        assert_eq!(
+            next_registration(&restarted, started),
+            Due::At(started + EARLIER_RUN_WAIT)
         );
         // A failure's backoff decides while it lasts, but never over an open subscription.
         queen.retry_at = Some(closed + Duration::from_secs(2));
