@@ -112,6 +112,10 @@ pub struct Config {
     /// The orchestrator's URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queen_url: Option<String>,
+    /// The worker catalog server (`GET /workers`, …) that `worker_catalog_list`/`get` and
+    /// `worker_install` read; none by default (those operations then say so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_catalog_url: Option<String>,
     /// Where the token came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
@@ -180,6 +184,7 @@ impl Default for Config {
             download_stall_timeout_s: 60,
             hive_id: None,
             queen_url: None,
+            worker_catalog_url: None,
             token_file: None,
             token: None,
             body_limit_bytes: 64 * 1024,
@@ -232,6 +237,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
         catalog_dir,
         hive_id,
         queen_url,
+        worker_catalog_url,
         token_file,
         print_config: _,
     } = args;
@@ -241,6 +247,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
     set(&mut config.catalog_dir, catalog_dir);
     set(&mut config.hive_id, hive_id.map(Some));
     set(&mut config.queen_url, queen_url.map(Some));
+    set(&mut config.worker_catalog_url, worker_catalog_url.map(Some));
     set(&mut config.token_file, token_file.map(Some));
 }
 
@@ -282,6 +289,7 @@ impl Config {
         }
         self.worker_port_range()?;
         self.hf_endpoint_url()?;
+        self.worker_catalog_url()?;
         if self.download_stall_timeout_s == 0 {
             return Err(invalid("download_stall_timeout_s", "must be at least 1"));
         }
@@ -333,6 +341,20 @@ impl Config {
             return Err(invalid("hf_endpoint", reason));
         }
         Ok(url)
+    }
+
+    /// `worker_catalog_url` as a URL (http or https), when one is configured.
+    pub fn worker_catalog_url(&self) -> Result<Option<reqwest::Url>, ConfigError> {
+        let Some(text) = &self.worker_catalog_url else {
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(text)
+            .map_err(|e| invalid("worker_catalog_url", format!("{text:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+            let reason = format!("{text:?} must be an http(s) URL");
+            return Err(invalid("worker_catalog_url", reason));
+        }
+        Ok(Some(url))
     }
 
     /// The worker port range parsed from `worker_ports` (`"9100-9199"`).
@@ -520,6 +542,30 @@ mod tests {
     }
 
     #[test]
+    fn worker_catalog_url_from_file_or_flag_and_none_by_default() {
+        let config = load_file("catalog-none", "", ServeArgs::default()).unwrap();
+        assert_eq!(config.worker_catalog_url().unwrap(), None);
+        let text = "worker_catalog_url = \"http://file:8787\"\n";
+        let config = load_file("catalog-file", text, ServeArgs::default()).unwrap();
+        let url = config.worker_catalog_url().unwrap().unwrap();
+        assert_eq!(url.as_str(), "http://file:8787/");
+        assert!(
+            config
+                .to_toml()
+                .contains("worker_catalog_url = \"http://file:8787\"")
+        );
+        let args = ServeArgs {
+            worker_catalog_url: Some("https://flag/catalog".into()),
+            ..Default::default()
+        };
+        let config = load_file("catalog-flag", text, args).unwrap();
+        assert_eq!(
+            config.worker_catalog_url().unwrap().unwrap().as_str(),
+            "https://flag/catalog"
+        );
+    }
+
+    #[test]
     fn worker_settings_from_file() {
         let text = "worker_ports = \"9500-9509\"\nstop_grace_ms = 250\non_shutdown = \"keep\"\n\
              [workers.slow]\ncommand = [\"rbee-demo-worker\", \"--port\", \"{port}\"]\nready_timeout_s = 3\n";
@@ -559,6 +605,14 @@ mod tests {
                 "must be between 50 and 3600000",
             ),
             ("job_event_buffer = 0", "must be at least 1"),
+            (
+                "worker_catalog_url = \"ftp://catalog\"",
+                "\"ftp://catalog\" must be an http(s) URL",
+            ),
+            (
+                "worker_catalog_url = \"localhost:8787\"",
+                "\"localhost:8787\" must be an http(s) URL",
+            ),
         ] {
             let error = load_file("invalid", text, ServeArgs::default()).unwrap_err();
             let key = text.split(' ').next().unwrap();
