@@ -588,6 +588,14 @@ fn stage(
         .map_err(|e| io("chmod", &binary, e))?;
     file.sync_all().map_err(|e| io("sync", &binary, e))?;
     let size = file.metadata().map_err(|e| io("stat", &binary, e))?.len();
+    // The folders that lead to it too, so that after a power loss an entry that says
+    // Available has its executable (the metadata write syncs `staging` itself).
+    for folder in binary.ancestors().skip(1) {
+        if folder == staging || !folder.starts_with(staging) {
+            break;
+        }
+        disk::sync_dir(folder).map_err(|e| io("sync", folder, e))?;
+    }
     let now = Utc::now();
     let entry = Entry {
         artifact: WorkerArtifact {

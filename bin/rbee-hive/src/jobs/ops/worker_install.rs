@@ -136,7 +136,7 @@ fn narrate_step(job: &JobContext, worker_id: &str, step: InstallStep) {
             .action("worker_install_unpacked")
             .context(entries)
             .context(executable.display())
-            .human("Unpacked {} file(s); the worker is {}")
+            .human("Unpacked {} archive entry(ies); the worker is {}")
             .emit_to(job),
     }
 }
