@@ -116,6 +116,10 @@ pub struct Config {
     /// from the listening address ([`Config::hive_urls`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise_url: Option<String>,
+    /// The worker catalog server (`GET /workers`, …) that `worker_catalog_list`/`get` and
+    /// `worker_install` read; none by default (those operations then say so).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_catalog_url: Option<String>,
     /// Where the token came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
@@ -188,6 +192,7 @@ impl Default for Config {
             hive_id: None,
             queen_url: None,
             advertise_url: None,
+            worker_catalog_url: None,
             token_file: None,
             token: None,
             body_limit_bytes: 64 * 1024,
@@ -242,6 +247,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
         hive_id,
         queen_url,
         advertise_url,
+        worker_catalog_url,
         token_file,
         print_config: _,
     } = args;
@@ -252,6 +258,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
     set(&mut config.hive_id, hive_id.map(Some));
     set(&mut config.queen_url, queen_url.map(Some));
     set(&mut config.advertise_url, advertise_url.map(Some));
+    set(&mut config.worker_catalog_url, worker_catalog_url.map(Some));
     set(&mut config.token_file, token_file.map(Some));
 }
 
@@ -299,6 +306,7 @@ impl Config {
         if let Some(url) = &self.advertise_url {
             http_url("advertise_url", url)?;
         }
+        self.worker_catalog_url()?;
         if self.download_stall_timeout_s == 0 {
             return Err(invalid("download_stall_timeout_s", "must be at least 1"));
         }
@@ -385,6 +393,20 @@ impl Config {
             return Err(invalid("hf_endpoint", reason));
         }
         Ok(url)
+    }
+
+    /// `worker_catalog_url` as a URL (http or https), when one is configured.
+    pub fn worker_catalog_url(&self) -> Result<Option<reqwest::Url>, ConfigError> {
+        let Some(text) = &self.worker_catalog_url else {
+            return Ok(None);
+        };
+        let url = reqwest::Url::parse(text)
+            .map_err(|e| invalid("worker_catalog_url", format!("{text:?} is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.cannot_be_a_base() {
+            let reason = format!("{text:?} must be an http(s) URL");
+            return Err(invalid("worker_catalog_url", reason));
+        }
+        Ok(Some(url))
     }
 
     /// The worker port range parsed from `worker_ports` (`"9100-9199"`).
@@ -661,6 +683,30 @@ mod tests {
     }
 
     #[test]
+    fn worker_catalog_url_from_file_or_flag_and_none_by_default() {
+        let config = load_file("catalog-none", "", ServeArgs::default()).unwrap();
+        assert_eq!(config.worker_catalog_url().unwrap(), None);
+        let text = "worker_catalog_url = \"http://file:8787\"\n";
+        let config = load_file("catalog-file", text, ServeArgs::default()).unwrap();
+        let url = config.worker_catalog_url().unwrap().unwrap();
+        assert_eq!(url.as_str(), "http://file:8787/");
+        assert!(
+            config
+                .to_toml()
+                .contains("worker_catalog_url = \"http://file:8787\"")
+        );
+        let args = ServeArgs {
+            worker_catalog_url: Some("https://flag/catalog".into()),
+            ..Default::default()
+        };
+        let config = load_file("catalog-flag", text, args).unwrap();
+        assert_eq!(
+            config.worker_catalog_url().unwrap().unwrap().as_str(),
+            "https://flag/catalog"
+        );
+    }
+
+    #[test]
     fn worker_settings_from_file() {
         let text = "worker_ports = \"9500-9509\"\nstop_grace_ms = 250\non_shutdown = \"keep\"\n\
              [workers.slow]\ncommand = [\"rbee-demo-worker\", \"--port\", \"{port}\"]\nready_timeout_s = 3\n";
@@ -700,6 +746,14 @@ mod tests {
                 "must be between 50 and 3600000",
             ),
             ("job_event_buffer = 0", "must be at least 1"),
+            (
+                "worker_catalog_url = \"ftp://catalog\"",
+                "\"ftp://catalog\" must be an http(s) URL",
+            ),
+            (
+                "worker_catalog_url = \"localhost:8787\"",
+                "\"localhost:8787\" must be an http(s) URL",
+            ),
         ] {
             let error = load_file("invalid", text, ServeArgs::default()).unwrap_err();
             let key = text.split(' ').next().unwrap();

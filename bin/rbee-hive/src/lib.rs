@@ -112,9 +112,16 @@ impl AppState {
                 user_agent: format!("rbee-hive/{}", env!("CARGO_PKG_VERSION")),
             },
         )?;
+        let worker_binaries = catalog::WorkerCatalog::new(&config.catalog_dir);
+        let worker_installer = catalog::WorkerInstaller::new(
+            worker_binaries.clone(),
+            config.worker_catalog_url()?,
+            &format!("rbee-hive/{}", env!("CARGO_PKG_VERSION")),
+        )?;
         let services = OperationServices {
             workers,
-            worker_binaries: catalog::WorkerCatalog::new(&config.catalog_dir),
+            worker_binaries,
+            worker_installer,
             models,
             downloads,
             gpu: Some(devices.clone()),
@@ -167,6 +174,9 @@ pub enum HiveError {
     /// The downloader could not start.
     #[error(transparent)]
     Download(#[from] catalog::DownloadError),
+    /// The worker installer could not be made (its HTTP client).
+    #[error(transparent)]
+    Install(#[from] catalog::InstallError),
 }
 
 /// A hive ready to serve: its listener bound, its state dir locked, its workers adopted.

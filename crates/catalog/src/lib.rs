@@ -18,6 +18,8 @@
 //! - `workers`: [`WorkerCatalog`]: list, get, remove, the binary for a worker type.
 //! - `source`: what `model_download` was asked for: a URL or a Hugging Face reference.
 //! - `download`: [`Downloader`]: transfers with resume, checksum, progress, sharing, cancel.
+//! - `install`: the worker catalog server ([`WorkerCatalogServer`], [`CatalogWorker`]) and
+//!   [`WorkerInstaller`]: prebuilt, checksum-verified workers from it, PKGBUILDs read as data.
 //! - `error`: [`CatalogError`], [`DownloadError`].
 
 #![deny(unreachable_pub)]
@@ -27,6 +29,7 @@ mod disk;
 mod download;
 mod error;
 mod id;
+mod install;
 mod models;
 mod source;
 mod workers;
@@ -37,6 +40,10 @@ pub use download::{
 };
 pub use error::{CatalogError, DownloadError};
 pub use id::CatalogId;
+pub use install::{
+    ARCH, CatalogWorker, CatalogWorkerSource, InstallError, InstallStep, Installed, PLATFORM,
+    Pkgbuild, PkgbuildError, SourceItem, WorkerCatalogServer, WorkerInstaller,
+};
 pub use models::ModelCatalog;
 pub use source::Source;
 pub use workers::WorkerCatalog;

@@ -125,6 +125,26 @@ pub enum Operation {
         #[serde(skip_serializing_if = "Option::is_none")]
         sha256: Option<String>,
     },
+    /// List the workers the worker catalog server offers (today's keeper).
+    WorkerCatalogList {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Show one worker of the worker catalog server.
+    WorkerCatalogGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The catalog server's worker id.
+        worker_id: String,
+    },
+    /// Install a prebuilt, checksum-verified worker from the worker catalog server into
+    /// the worker catalog.
+    WorkerInstall {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The catalog server's worker id (also the installed entry's id).
+        worker_id: String,
+    },
 }
 
 impl OperationKind {
@@ -150,7 +170,6 @@ pub fn supported_operations() -> String {
 pub const UPSTREAM_ONLY_OPERATIONS: &[&str] = &[
     "worker_download",
     "worker_build",
-    "worker_install",
     "worker_uninstall",
     "infer",
     "status",
@@ -285,7 +304,10 @@ impl Operation {
             | Self::ModelList { hive_id }
             | Self::ModelGet { hive_id, .. }
             | Self::ModelDelete { hive_id, .. }
-            | Self::ModelDownload { hive_id, .. } => hive_id,
+            | Self::ModelDownload { hive_id, .. }
+            | Self::WorkerCatalogList { hive_id }
+            | Self::WorkerCatalogGet { hive_id, .. }
+            | Self::WorkerInstall { hive_id, .. } => hive_id,
         }
     }
 }

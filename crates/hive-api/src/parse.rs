@@ -120,6 +120,17 @@ impl Operation {
                 id: f.optional_string("id", CATALOG_ID)?,
                 sha256: f.optional_string("sha256", "64 hexadecimal digits")?,
             },
+            OperationKind::WorkerCatalogList => Self::WorkerCatalogList {
+                hive_id: f.hive_id()?,
+            },
+            OperationKind::WorkerCatalogGet => Self::WorkerCatalogGet {
+                hive_id: f.hive_id()?,
+                worker_id: f.catalog_id("worker_id")?,
+            },
+            OperationKind::WorkerInstall => Self::WorkerInstall {
+                hive_id: f.hive_id()?,
+                worker_id: f.catalog_id("worker_id")?,
+            },
         };
         Ok(operation)
     }
@@ -263,6 +274,30 @@ impl Fields<'_> {
             });
         }
         Ok(id)
+    }
+
+    /// A catalog entry id, checked by the catalog's rules (PROTOCOL §8): it becomes a folder
+    /// name under the catalog and a path segment of the catalog server's URLs.
+    fn catalog_id(&self, field: &'static str) -> Result<String, OperationError> {
+        let id = self.required_string(field, CATALOG_ID)?;
+        let reason = if id.len() > 255 {
+            Some("is longer than 255 bytes")
+        } else if id.contains(['/', '\\']) {
+            Some("must not contain '/' or '\\'")
+        } else if id.contains("..") {
+            Some("must not contain '..'")
+        } else if id.starts_with('-') || id.starts_with('.') {
+            Some("must not start with '-' or '.'")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(OperationError::InvalidValue {
+                field,
+                reason: format!("must be a catalog id: {reason}"),
+            }),
+            None => Ok(id),
+        }
     }
 
     fn worker_type(&self) -> Result<String, OperationError> {
@@ -490,6 +525,7 @@ mod tests {
             let body = serde_json::json!({
                 "operation": kind.name(), "hive_id": "h", "id": "worker-1", "model": "m",
                 "worker": "cpu", "device": 0, "pid": 42, "worker_type": "cpu-llm",
+                "worker_id": "llm-worker-rbee-cpu",
             });
             let operation = Operation::parse(body.to_string().as_bytes()).unwrap();
             assert_eq!(operation.kind(), *kind);
@@ -532,7 +568,8 @@ mod tests {
         let supported = "worker_spawn, worker_list, worker_get, worker_delete, \
                          worker_process_list, worker_process_get, worker_process_delete, \
                          worker_binary_list, worker_binary_get, worker_binary_delete, \
-                         model_list, model_get, model_delete, model_download";
+                         model_list, model_get, model_delete, model_download, \
+                         worker_catalog_list, worker_catalog_get, worker_install";
         let err = parse(r#"{"operation":"frobnicate","hive_id":"h"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -586,6 +623,50 @@ mod tests {
             err.to_string(),
             "field `force` must be true or false, got a string"
         );
+    }
+
+    #[test]
+    fn worker_catalog_operations_take_todays_fields() {
+        assert_eq!(
+            parse(r#"{"operation":"worker_catalog_list","hive_id":"h"}"#),
+            Ok(Operation::WorkerCatalogList {
+                hive_id: "h".into()
+            })
+        );
+        assert_eq!(
+            parse(
+                r#"{"operation":"worker_catalog_get","hive_id":"h","worker_id":"llm-worker-rbee-cpu"}"#
+            ),
+            Ok(Operation::WorkerCatalogGet {
+                hive_id: "h".into(),
+                worker_id: "llm-worker-rbee-cpu".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"operation":"worker_install","hive_id":"h","worker_id":"w-bin"}"#),
+            Ok(Operation::WorkerInstall {
+                hive_id: "h".into(),
+                worker_id: "w-bin".into()
+            })
+        );
+        let err = parse(r#"{"operation":"worker_install","hive_id":"h"}"#).unwrap_err();
+        assert_eq!(
+            err,
+            OperationError::MissingField {
+                operation: "worker_install",
+                field: "worker_id",
+                expected: CATALOG_ID
+            }
+        );
+        for id in [
+            "../etc", "a/b", ".hidden", "-rf", "a\\b", "nul\u{0}", "x..y",
+        ] {
+            let body =
+                serde_json::json!({"operation": "worker_install", "hive_id": "h", "worker_id": id});
+            let err = parse(&body.to_string()).unwrap_err();
+            assert_eq!(err.code(), "invalid_field", "{id:?}: {err}");
+        }
+        assert!(!is_upstream_only("worker_install"));
     }
 
     #[test]

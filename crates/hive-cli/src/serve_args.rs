@@ -36,6 +36,10 @@ pub struct ServeArgs {
     /// the machine's hostname for the queen]
     #[arg(long, env = "RBEE_HIVE_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// URL of the worker catalog server that worker_catalog_list/get and worker_install
+    /// read (upstream's listens on http://localhost:8787) [default: none]
+    #[arg(long, env = "RBEE_HIVE_WORKER_CATALOG_URL")]
+    pub worker_catalog_url: Option<String>,
     /// The file holding the API token (the global `--token-file`, shared with the client
     /// commands): when set, every route but /health needs it.
     #[arg(skip)]

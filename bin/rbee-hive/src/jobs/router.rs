@@ -1,7 +1,10 @@
 //! The job router: one exhaustive match from [`Operation`] to its handler. There is no
 //! wildcard arm, so a new operation does not compile until it is routed here.
 
-use catalog::{CatalogError, DownloadError, Downloader, ModelCatalog, WorkerCatalog};
+use catalog::{
+    CatalogError, DownloadError, Downloader, InstallError, ModelCatalog, WorkerCatalog,
+    WorkerInstaller,
+};
 use job_server::JobContext;
 use worker_lifecycle::{LifecycleError, WorkerManager};
 
@@ -19,6 +22,8 @@ pub struct OperationServices {
     pub worker_binaries: WorkerCatalog,
     /// Model downloads into the model catalog.
     pub downloads: Downloader,
+    /// The worker catalog server and installs from it into the worker-binary catalog.
+    pub worker_installer: WorkerInstaller,
     /// GPU memory per process (a delete waits for a GPU worker's memory to come back).
     pub gpu: Option<std::sync::Arc<dyn worker_lifecycle::GpuUsage>>,
 }
@@ -35,6 +40,9 @@ pub enum OperationFailure {
     /// A download failed.
     #[error(transparent)]
     Download(#[from] DownloadError),
+    /// The worker catalog server or a worker install failed.
+    #[error(transparent)]
+    Install(#[from] InstallError),
     /// A model that running workers use.
     #[error(
         "model '{id}' is in use by {}; stop them first, or delete with \"force\": true (rbee-hive model delete --force)",
@@ -115,6 +123,15 @@ pub async fn dispatch(
         } => {
             let request = catalog::DownloadRequest { model, id, sha256 };
             ops::model_download::run(&job, &services, &hive_id, request).await
+        }
+        Operation::WorkerCatalogList { hive_id } => {
+            ops::worker_catalog_list::run(&job, &services, &hive_id).await
+        }
+        Operation::WorkerCatalogGet { hive_id, worker_id } => {
+            ops::worker_catalog_get::run(&job, &services, &hive_id, &worker_id).await
+        }
+        Operation::WorkerInstall { hive_id, worker_id } => {
+            ops::worker_install::run(&job, &services, &hive_id, &worker_id).await
         }
     }
 }
