@@ -112,6 +112,10 @@ pub struct Config {
     /// The orchestrator's URL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queen_url: Option<String>,
+    /// The worker type `model_load` starts; `None`: `llama` where its program is found and
+    /// the device is a GPU, else the rbee worker type of the device's kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_worker: Option<String>,
     /// Where the token came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
@@ -180,6 +184,7 @@ impl Default for Config {
             download_stall_timeout_s: 60,
             hive_id: None,
             queen_url: None,
+            load_worker: None,
             token_file: None,
             token: None,
             body_limit_bytes: 64 * 1024,
@@ -232,6 +237,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
         catalog_dir,
         hive_id,
         queen_url,
+        load_worker,
         token_file,
         print_config: _,
     } = args;
@@ -242,6 +248,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
     set(&mut config.hive_id, hive_id.map(Some));
     set(&mut config.queen_url, queen_url.map(Some));
     set(&mut config.token_file, token_file.map(Some));
+    set(&mut config.load_worker, load_worker.map(Some));
 }
 
 /// `value`, when given, replaces what `slot` holds.
@@ -276,6 +283,16 @@ impl Config {
         {
             let reason = "must be 1 to 256 characters without control characters";
             return Err(invalid("hive_id", reason));
+        }
+        if let Some(name) = &self.load_worker
+            && (name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            let reason = "must be a worker type name: letters, digits, '-' and '_' (at most 64)";
+            return Err(invalid("load_worker", reason));
         }
         if self.body_limit_bytes < 256 {
             return Err(invalid("body_limit_bytes", "must be at least 256"));
@@ -517,6 +534,30 @@ mod tests {
         assert_eq!(config.job_retention_s, 5);
         assert_eq!(config.max_finished_jobs, 10_000);
         assert!(config.config_file.unwrap().ends_with("hive.toml"));
+    }
+
+    #[test]
+    fn load_worker_from_file_or_flag_and_checked() {
+        let config = load_file(
+            "load-file",
+            "load_worker = \"demo\"\n",
+            ServeArgs::default(),
+        );
+        assert_eq!(config.unwrap().load_worker.as_deref(), Some("demo"));
+        let args = ServeArgs {
+            load_worker: Some("llama".into()),
+            ..Default::default()
+        };
+        let config = load_file("load-flag", "load_worker = \"demo\"\n", args).unwrap();
+        assert_eq!(config.load_worker.as_deref(), Some("llama"));
+        let error = load_file("load-bad", "load_worker = \"../x\"\n", ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("invalid setting load_worker: "),
+            "{error}"
+        );
+        assert_eq!(Config::default().load_worker, None);
     }
 
     #[test]

@@ -104,12 +104,16 @@ impl AppState {
                 user_agent: format!("rbee-hive/{}", env!("CARGO_PKG_VERSION")),
             },
         )?;
+        let live = LiveConfig::new(config.clone());
         let services = OperationServices {
             workers,
             worker_binaries: catalog::WorkerCatalog::new(&config.catalog_dir),
             models,
             downloads,
             gpu: Some(devices.clone()),
+            // The same handle as the state's: a reload is seen by the jobs too.
+            config: live.clone(),
+            devices: devices.clone(),
         };
         let operations: Vec<&str> = <jobs::OperationKind as strum::VariantArray>::VARIANTS
             .iter()
@@ -118,7 +122,7 @@ impl AppState {
         let metrics = metrics::Metrics::new(&operations);
         tokio::spawn(metrics.clone().follow_workers(services.workers.clone()));
         Ok(Self {
-            config: LiveConfig::new(config),
+            config: live,
             jobs,
             services,
             metrics,

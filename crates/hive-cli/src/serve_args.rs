@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// URL of the queen-rbee orchestrator, passed to workers as {queen_url}
     #[arg(long, env = "RBEE_HIVE_QUEEN_URL")]
     pub queen_url: Option<String>,
+    /// The worker type `model_load` starts [default: llama where llama-server is found,
+    /// else the rbee worker type of the device's kind]
+    #[arg(long, env = "RBEE_HIVE_LOAD_WORKER")]
+    pub load_worker: Option<String>,
     /// The file holding the API token (the global `--token-file`, shared with the client
     /// commands): when set, every route but /health needs it.
     #[arg(skip)]
