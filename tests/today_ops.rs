@@ -4,11 +4,13 @@
 //! `owner/repo` against a local fake hub, and both eras' names never answered 400.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use file_server::FileServer;
 use rbee_hive_e2e::lines::{assert_done, assert_line, assert_no_line};
 use rbee_hive_e2e::openmetrics::value;
 use rbee_hive_e2e::os::{group_members, pid_alive, port_free};
+use rbee_hive_e2e::wait::wait_for;
 use rbee_hive_e2e::{TestHive, binaries, demo_worker_type};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -293,6 +295,28 @@ async fn model_load_refuses_bad_devices_unknown_models_and_a_type_of_another_kin
         .await;
     assert_line(&lines, "model_load_error: ❌ Cannot load model 'nosuch': ");
     assert_fails_with(&lines, "nosuch");
+    assert!(hive.workers().await.is_empty());
+
+    // load_worker is read by each load: a reload (SIGHUP) changes it for the next one.
+    let file = hive.dir.path().join("hive.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let changed = text.replace("load_worker = \"loader\"", "load_worker = \"ghost\"");
+    assert_ne!(text, changed);
+    std::fs::write(&file, changed).unwrap();
+    hive.signal(nix::sys::signal::Signal::SIGHUP);
+    let lines = wait_for(
+        "model_load uses the reloaded load_worker",
+        Duration::from_secs(10),
+        // On a GPU: neither type starts anything there (the loader runs on CPUs).
+        || hive.run_job(op("model_load", json!({"id": "tiny", "device": "cuda:0"}))),
+        |lines| {
+            lines
+                .iter()
+                .any(|l| l.contains("Worker type 'ghost' (load_worker)"))
+        },
+    )
+    .await;
+    assert_fails_with(&lines, "unknown worker type 'ghost'");
     assert!(hive.workers().await.is_empty());
 
     // Without load_worker a CPU load takes rbee's cpu worker, whose program this machine

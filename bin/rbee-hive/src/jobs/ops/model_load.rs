@@ -30,18 +30,9 @@ pub async fn run(
         .context(hive_id)
         .human("📦 Loading model '{}' on {} on hive '{}'")
         .emit_to(job);
-    let worker = match prepare(services, id, device) {
+    let worker = match usable_model(services, id).map(|()| pick(services, device)) {
         Ok(worker) => worker,
-        Err(error) => {
-            NARRATE
-                .action("model_load_error")
-                .context(id)
-                .context(&error)
-                .human("❌ Cannot load model '{}': {}")
-                .error()
-                .emit_to(job);
-            return Err(error);
-        }
+        Err(error) => return Err(load_error(job, id, error)),
     };
     NARRATE
         .action("model_load_worker")
@@ -50,6 +41,9 @@ pub async fn run(
         .field("worker_type", &worker.name)
         .human("Worker type '{}' ({})")
         .emit_to(job);
+    if let Err(error) = check_kind(services, &worker.name, device) {
+        return Err(load_error(job, id, error));
+    }
     worker_spawn::run(job, services, hive_id, id, &worker.name, device.ordinal()).await
 }
 
@@ -60,27 +54,47 @@ struct Chosen {
     why: &'static str,
 }
 
-/// Checks that `id` is a usable catalog model and picks the worker type for `device`.
-fn prepare(
-    services: &OperationServices,
-    id: &str,
-    device: LoadDevice,
-) -> Result<Chosen, OperationFailure> {
-    // Only catalog models are loaded (a spawn takes paths too; a load names an entry).
+/// Narrates why a load cannot start, and hands the error on.
+fn load_error(job: &JobContext, id: &str, error: OperationFailure) -> OperationFailure {
+    NARRATE
+        .action("model_load_error")
+        .context(id)
+        .context(&error)
+        .human("❌ Cannot load model '{}': {}")
+        .error()
+        .emit_to(job);
+    error
+}
+
+/// Only catalog models are loaded (a spawn takes paths too; a load names an entry), and
+/// only usable ones (not downloading, not failed).
+fn usable_model(services: &OperationServices, id: &str) -> Result<(), OperationFailure> {
     services.models.model_file(&CatalogId::parse(id)?)?;
+    Ok(())
+}
+
+/// The worker type for `device`, from the configuration in effect now.
+fn pick(services: &OperationServices, device: LoadDevice) -> Chosen {
     let configured = services.config.current().load_worker.clone();
-    let llama_found = || {
+    choose(configured, device, || {
         services
             .workers
             .worker_type_info("llama")
             .is_ok_and(|info| matches!(info.found, Some(Ok(_))))
-    };
-    let chosen = choose(configured, device, llama_found);
-    let info = services.workers.worker_type_info(&chosen.name)?;
+    })
+}
+
+/// Refuses a type that is unknown or runs on another kind of device than `device`.
+fn check_kind(
+    services: &OperationServices,
+    worker: &str,
+    device: LoadDevice,
+) -> Result<(), OperationFailure> {
+    let info = services.workers.worker_type_info(worker)?;
     let wanted = device_kind(device);
     if info.device != wanted {
         return Err(OperationFailure::DeviceMismatch {
-            worker: chosen.name,
+            worker: worker.to_owned(),
             kind: info.device.label(),
             device: device.to_string(),
             hint: format!(
@@ -90,7 +104,7 @@ fn prepare(
             ),
         });
     }
-    Ok(chosen)
+    Ok(())
 }
 
 /// The choice itself: the configured type; else `llama` for a GPU when its program is
