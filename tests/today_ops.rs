@@ -258,6 +258,57 @@ async fn model_load_starts_the_load_worker_on_cpu_and_model_unload_stops_every_o
 }
 
 #[tokio::test]
+async fn model_load_on_a_gpu_names_the_gpu_and_checks_that_the_hive_has_it() {
+    // Two GPUs as nvidia-smi shows them, and a GPU worker type run by the demo worker.
+    let hive = TestHive::builder()
+        .gpus(2)
+        .config("load_worker = \"gpuloader\"")
+        .config(&format!(
+            "{}device = \"gpu\"\n",
+            demo_worker_type("gpuloader", &[], 30.0)
+        ))
+        .start()
+        .await;
+    place_model(&hive, "tiny");
+    let lines = hive
+        .run_job(op("model_load", json!({"id": "tiny", "device": "cuda:1"})))
+        .await;
+    assert_line(
+        &lines,
+        "model_load_start: 📦 Loading model 'tiny' on GPU-1 on hive 'localhost'",
+    );
+    assert_line(
+        &lines,
+        "worker_spawn_start: 🚀 Spawning gpuloader worker for model 'tiny' on device 1",
+    );
+    assert_done(&lines);
+    assert_eq!(error_of(&lines), None, "{lines:#?}");
+    let worker = hive.worker("worker-1").await.expect("worker-1");
+    assert_eq!(worker["device"], "GPU-1");
+    assert_eq!(worker["status"], "Ready");
+    // `GPU-N` is the same kind; a GPU the hive does not have is refused by the spawn.
+    let lines = hive
+        .run_job(op("model_load", json!({"id": "tiny", "device": "GPU-2"})))
+        .await;
+    assert_fails_with(&lines, "GPU-2");
+    // A CPU load with a GPU type is refused before anything starts.
+    let lines = hive
+        .run_job(op("model_load", json!({"id": "tiny", "device": "cpu"})))
+        .await;
+    assert_fails_with(
+        &lines,
+        "worker type 'gpuloader' runs on gpu devices, not on CPU-0",
+    );
+    let pid = worker["pid"].as_u64().unwrap() as u32;
+    let lines = hive
+        .run_job(op("model_unload", json!({"id": "tiny"})))
+        .await;
+    assert_done(&lines);
+    assert!(!pid_alive(pid));
+    assert!(hive.workers().await.is_empty());
+}
+
+#[tokio::test]
 async fn model_load_refuses_bad_devices_unknown_models_and_a_type_of_another_kind() {
     let hive = loader_hive().await;
     place_model(&hive, "tiny");
