@@ -130,11 +130,13 @@ enum Outcome {
 /// is removed again.
 fn writable(dir: &Path) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-    let probe = dir.join(format!(".hive-check-{}", std::process::id()));
+    // One name per probe: two checks at once must not remove each other's file.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let number = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = dir.join(format!(".hive-check-{}-{number}", std::process::id()));
     std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(&probe)
         .map_err(|e| e.to_string())?;
     std::fs::remove_file(&probe).map_err(|e| e.to_string())
