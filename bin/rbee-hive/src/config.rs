@@ -120,6 +120,10 @@ pub struct Config {
     /// `worker_install` read; none by default (those operations then say so).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_catalog_url: Option<String>,
+    /// The worker type `model_load` starts; `None`: `llama` where its program is found and
+    /// the device is a GPU, else the rbee worker type of the device's kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_worker: Option<String>,
     /// Where the token came from.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
@@ -193,6 +197,7 @@ impl Default for Config {
             queen_url: None,
             advertise_url: None,
             worker_catalog_url: None,
+            load_worker: None,
             token_file: None,
             token: None,
             body_limit_bytes: 64 * 1024,
@@ -248,6 +253,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
         queen_url,
         advertise_url,
         worker_catalog_url,
+        load_worker,
         token_file,
         print_config: _,
     } = args;
@@ -260,6 +266,7 @@ fn apply_flags(args: ServeArgs, config: &mut Config) {
     set(&mut config.advertise_url, advertise_url.map(Some));
     set(&mut config.worker_catalog_url, worker_catalog_url.map(Some));
     set(&mut config.token_file, token_file.map(Some));
+    set(&mut config.load_worker, load_worker.map(Some));
 }
 
 /// `value`, when given, replaces what `slot` holds.
@@ -294,6 +301,16 @@ impl Config {
         {
             let reason = "must be 1 to 256 characters without control characters";
             return Err(invalid("hive_id", reason));
+        }
+        if let Some(name) = &self.load_worker
+            && (name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            let reason = "must be a worker type name: letters, digits, '-' and '_' (at most 64)";
+            return Err(invalid("load_worker", reason));
         }
         if self.body_limit_bytes < 256 {
             return Err(invalid("body_limit_bytes", "must be at least 256"));
@@ -704,6 +721,30 @@ mod tests {
             config.worker_catalog_url().unwrap().unwrap().as_str(),
             "https://flag/catalog"
         );
+    }
+
+    #[test]
+    fn load_worker_from_file_or_flag_and_checked() {
+        let config = load_file(
+            "load-file",
+            "load_worker = \"demo\"\n",
+            ServeArgs::default(),
+        );
+        assert_eq!(config.unwrap().load_worker.as_deref(), Some("demo"));
+        let args = ServeArgs {
+            load_worker: Some("llama".into()),
+            ..Default::default()
+        };
+        let config = load_file("load-flag", "load_worker = \"demo\"\n", args).unwrap();
+        assert_eq!(config.load_worker.as_deref(), Some("llama"));
+        let error = load_file("load-bad", "load_worker = \"../x\"\n", ServeArgs::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("invalid setting load_worker: "),
+            "{error}"
+        );
+        assert_eq!(Config::default().load_worker, None);
     }
 
     #[test]

@@ -118,20 +118,13 @@ impl AppState {
             config.worker_catalog_url()?,
             &format!("rbee-hive/{}", env!("CARGO_PKG_VERSION")),
         )?;
-        let services = OperationServices {
-            workers,
-            worker_binaries,
-            worker_installer,
-            models,
-            downloads,
-            gpu: Some(devices.clone()),
-        };
+        let live = LiveConfig::new(config.clone());
         let operations: Vec<&str> = <jobs::OperationKind as strum::VariantArray>::VARIANTS
             .iter()
             .map(|kind| kind.name())
             .collect();
         let metrics = metrics::Metrics::new(&operations);
-        tokio::spawn(metrics.clone().follow_workers(services.workers.clone()));
+        tokio::spawn(metrics.clone().follow_workers(workers.clone()));
         let closing = tokio_util::sync::CancellationToken::new();
         // Today's queen sends no token: it could not read a protected stream, and each
         // registration would leave it one more subscription retrying for ever.
@@ -146,8 +139,20 @@ impl AppState {
             metrics.clone(),
             closing.clone(),
         );
+        let services = OperationServices {
+            workers,
+            worker_binaries,
+            worker_installer,
+            models,
+            downloads,
+            gpu: Some(devices.clone()),
+            // The same handle as the state's: a reload is seen by the jobs too.
+            config: live.clone(),
+            devices: devices.clone(),
+            queen: queen.clone(),
+        };
         Ok(Self {
-            config: LiveConfig::new(config),
+            config: live,
             jobs,
             services,
             metrics,

@@ -86,6 +86,8 @@ impl Reloader {
             body_limit_bytes: new.body_limit_bytes,
             metrics_public: new.metrics_public,
             workers: new.workers.clone(),
+            // Read by each model_load when it starts.
+            load_worker: new.load_worker.clone(),
             worker_ports: new.worker_ports.clone(),
             stop_grace_ms: new.stop_grace_ms,
             on_shutdown: new.on_shutdown,

@@ -37,6 +37,7 @@ mod workers;
 pub use artifact::{ArtifactStatus, Entry, ModelArtifact, WorkerArtifact, WorkerKind};
 pub use download::{
     DownloadHandle, DownloadProgress, DownloadRequest, Downloaded, Downloader, DownloaderConfig,
+    PickedFile, QUANTS, is_bare_repo,
 };
 pub use error::{CatalogError, DownloadError};
 pub use id::CatalogId;

@@ -1,7 +1,9 @@
 //! A small HTTP file server for the download tests and the benchmark: files from memory at
 //! `/files/<name>`, with `Range` (one `bytes=a-` or `bytes=a-b` range), `HEAD` and an `ETag`;
 //! Hugging Face hub paths `/<owner>/<repo>/resolve/main/<name>` answer as the hub does for
-//! LFS files: a 302 to the file with `X-Linked-Etag` (the sha256) and `X-Linked-Size`.
+//! LFS files: a 302 to the file with `X-Linked-Etag` (the sha256) and `X-Linked-Size`;
+//! `/api/models/<owner>/<repo>` lists a repository's files (`siblings`) as the hub API does,
+//! for the repositories given with [`FileServer::add_repo`] (404 for any other).
 //!
 //! Switches ([`Switches`]) make it slow, drop the connection after N body bytes, announce
 //! a wrong sha256 or size, ignore `Range`, require a bearer token, or redirect somewhere
@@ -56,6 +58,7 @@ pub struct SeenRequest {
 #[derive(Default)]
 struct Shared {
     files: HashMap<String, Bytes>,
+    repos: HashMap<String, Vec<String>>,
     switches: Switches,
     requests: Vec<SeenRequest>,
 }
@@ -75,6 +78,7 @@ impl FileServer {
         let state = SharedState::default();
         let app = Router::new()
             .route("/files/{name}", axum::routing::get(file))
+            .route("/api/models/{owner}/{repo}", axum::routing::get(repo_info))
             .route(
                 "/{owner}/{repo}/resolve/main/{name}",
                 axum::routing::get(hub),
@@ -100,6 +104,15 @@ impl FileServer {
             .files
             .insert(name.to_owned(), bytes);
         digest
+    }
+
+    /// Makes the hub API list `files` for repository `repo` (`owner/repo`). Listing is all
+    /// it does: a listed file downloads only if it was [`add`](Self::add)ed too.
+    pub fn add_repo(&self, repo: &str, files: &[&str]) {
+        self.state.lock().expect("state").repos.insert(
+            repo.to_owned(),
+            files.iter().map(|f| (*f).to_owned()).collect(),
+        );
     }
 
     /// Replaces the switches.
@@ -147,6 +160,41 @@ fn record(state: &SharedState, method: &Method, path: String, headers: &HeaderMa
         authorization: text(header::AUTHORIZATION),
     });
     shared.switches.clone()
+}
+
+async fn repo_info(
+    State(state): State<SharedState>,
+    Path((owner, repo)): Path<(String, String)>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let switches = record(
+        &state,
+        &method,
+        format!("/api/models/{owner}/{repo}"),
+        &headers,
+    );
+    if let Some(token) = &switches.require_token
+        && headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(&format!("Bearer {token}"))
+    {
+        return (StatusCode::UNAUTHORIZED, "a token is required").into_response();
+    }
+    let id = format!("{owner}/{repo}");
+    let Some(files) = state.lock().expect("state").repos.get(&id).cloned() else {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(serde_json::json!({"error": "Repository not found"})),
+        )
+            .into_response();
+    };
+    let siblings: Vec<_> = files
+        .iter()
+        .map(|name| serde_json::json!({ "rfilename": name }))
+        .collect();
+    axum::Json(serde_json::json!({ "id": id, "siblings": siblings })).into_response()
 }
 
 async fn hub(

@@ -14,12 +14,12 @@ mod operation;
 mod parse;
 
 pub use operation::{
-    MAX_FIELD_LEN, MAX_GRACE_MS, Operation, OperationError, OperationKind,
+    LoadDevice, MAX_FIELD_LEN, MAX_GRACE_MS, Operation, OperationError, OperationKind,
     UPSTREAM_ONLY_OPERATIONS, is_upstream_only, supported_operations,
 };
 
 /// The response header that names the hive's id (the `hive_id` its jobs accept).
 pub const HIVE_ID_HEADER: &str = "x-rbee-hive-id";
 
-/// The hive id used in narration when none is configured.
+/// The hive id used in narration when none is configured (and `hive_check`'s default alias).
 pub const DEFAULT_HIVE_ID: &str = "localhost";

@@ -145,6 +145,128 @@ pub enum Operation {
         /// The catalog server's worker id (also the installed entry's id).
         worker_id: String,
     },
+    /// Today's rbee name for `worker_binary_list` (PROTOCOL §9); a kind of its own so that
+    /// jobs and metrics carry the name the client sent.
+    WorkerListInstalled {
+        /// The hive the client addresses.
+        hive_id: String,
+    },
+    /// Today's rbee name for `worker_binary_get`.
+    WorkerInstalledGet {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The worker-binary catalog entry id.
+        worker_id: String,
+    },
+    /// Today's rbee name for `worker_binary_delete`.
+    WorkerRemove {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The worker-binary catalog entry id.
+        worker_id: String,
+    },
+    /// Start a worker for a catalog model on a device (the worker type is the hive's
+    /// `load_worker`), and wait until it is ready.
+    ModelLoad {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The catalog model id.
+        id: String,
+        /// The device, as today's keeper names it.
+        device: LoadDevice,
+    },
+    /// Stop every worker serving a model.
+    ModelUnload {
+        /// The hive the client addresses.
+        hive_id: String,
+        /// The model id (a catalog id, or the model as a worker was given it).
+        id: String,
+    },
+    /// The hive's narration self-test. Upstream sends no `hive_id`, only the alias the
+    /// keeper knows the hive by, so no hive id is checked.
+    HiveCheck {
+        /// The hive's alias (default `localhost`), named in the narration.
+        alias: String,
+    },
+}
+
+/// A device as `model_load` names it: `"cpu"`, `"cuda:N"`, `"metal:N"`, `"GPU-N"`,
+/// `"CPU-0"` (also `"cpu:N"`, `"METAL-N"`, and a bare kind for ordinal 0; the kind is
+/// matched without regard to case). Serialised as the hive's device name (`GPU-1`), which
+/// parses back to the same device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LoadDevice {
+    /// A CPU (`CPU-<n>`).
+    Cpu(u32),
+    /// An NVIDIA GPU by CUDA ordinal (`GPU-<n>`).
+    Cuda(u32),
+    /// An Apple GPU (`METAL-<n>`).
+    Metal(u32),
+}
+
+impl LoadDevice {
+    /// The device's ordinal.
+    pub fn ordinal(self) -> u32 {
+        match self {
+            Self::Cpu(n) | Self::Cuda(n) | Self::Metal(n) => n,
+        }
+    }
+
+    /// The kind's lowercase name as a worker type of rbee calls it (`cpu`, `cuda`, `metal`).
+    pub fn kind_name(self) -> &'static str {
+        match self {
+            Self::Cpu(_) => "cpu",
+            Self::Cuda(_) => "cuda",
+            Self::Metal(_) => "metal",
+        }
+    }
+}
+
+impl std::fmt::Display for LoadDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu(n) => write!(f, "CPU-{n}"),
+            Self::Cuda(n) => write!(f, "GPU-{n}"),
+            Self::Metal(n) => write!(f, "METAL-{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for LoadDevice {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let refuse = || {
+            format!(
+                "must be a device such as \"cpu\", \"cuda:0\", \"metal:0\", \"GPU-0\" or \"CPU-0\", got {:?}",
+                text.chars().take(64).collect::<String>()
+            )
+        };
+        let (kind, ordinal) = match text.split_once([':', '-']) {
+            Some((kind, ordinal)) => (kind, Some(ordinal)),
+            None => (text, None),
+        };
+        let ordinal = match ordinal {
+            None => 0,
+            // Digits only: `u32::from_str` would also take a leading `+`.
+            Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => {
+                digits.parse().map_err(|_| refuse())?
+            }
+            Some(_) => return Err(refuse()),
+        };
+        match kind.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu(ordinal)),
+            "cuda" | "gpu" => Ok(Self::Cuda(ordinal)),
+            "metal" => Ok(Self::Metal(ordinal)),
+            _ => Err(refuse()),
+        }
+    }
+}
+
+impl Serialize for LoadDevice {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 impl OperationKind {
@@ -175,8 +297,12 @@ pub const UPSTREAM_ONLY_OPERATIONS: &[&str] = &[
     "status",
 ];
 
-/// Whether `name` is an operation of the rbee upstream that this hive does not run.
+/// Whether `name` is an operation of the rbee upstream that this hive does not run. A name
+/// this hive runs (`hive_check`) is never one, whatever its prefix.
 pub fn is_upstream_only(name: &str) -> bool {
+    if name.parse::<OperationKind>().is_ok() {
+        return false;
+    }
     UPSTREAM_ONLY_OPERATIONS.contains(&name)
         || ["hive_", "queen_"]
             .iter()
@@ -288,9 +414,10 @@ impl Operation {
         self.kind().name()
     }
 
-    /// The hive the client addressed.
-    pub fn hive_id(&self) -> &str {
-        match self {
+    /// The hive the client addressed; `None` for an operation that names none
+    /// (`hive_check` names only an alias).
+    pub fn hive_id(&self) -> Option<&str> {
+        let hive_id = match self {
             Self::WorkerSpawn { hive_id, .. }
             | Self::WorkerList { hive_id }
             | Self::WorkerGet { hive_id, .. }
@@ -307,7 +434,14 @@ impl Operation {
             | Self::ModelDownload { hive_id, .. }
             | Self::WorkerCatalogList { hive_id }
             | Self::WorkerCatalogGet { hive_id, .. }
-            | Self::WorkerInstall { hive_id, .. } => hive_id,
-        }
+            | Self::WorkerInstall { hive_id, .. }
+            | Self::WorkerListInstalled { hive_id }
+            | Self::WorkerInstalledGet { hive_id, .. }
+            | Self::WorkerRemove { hive_id, .. }
+            | Self::ModelLoad { hive_id, .. }
+            | Self::ModelUnload { hive_id, .. } => hive_id,
+            Self::HiveCheck { .. } => return None,
+        };
+        Some(hive_id)
     }
 }

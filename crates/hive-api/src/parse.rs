@@ -10,7 +10,8 @@
 use serde_json::{Map, Value};
 
 use crate::operation::{
-    MAX_FIELD_LEN, MAX_GRACE_MS, Operation, OperationError, OperationKind, is_upstream_only,
+    LoadDevice, MAX_FIELD_LEN, MAX_GRACE_MS, Operation, OperationError, OperationKind,
+    is_upstream_only,
 };
 
 impl Operation {
@@ -120,6 +121,27 @@ impl Operation {
                 id: f.optional_string("id", CATALOG_ID)?,
                 sha256: f.optional_string("sha256", "64 hexadecimal digits")?,
             },
+            OperationKind::WorkerListInstalled => Self::WorkerListInstalled {
+                hive_id: f.hive_id()?,
+            },
+            OperationKind::WorkerInstalledGet => Self::WorkerInstalledGet {
+                hive_id: f.hive_id()?,
+                worker_id: f.catalog_id("worker_id")?,
+            },
+            OperationKind::WorkerRemove => Self::WorkerRemove {
+                hive_id: f.hive_id()?,
+                worker_id: f.catalog_id("worker_id")?,
+            },
+            OperationKind::ModelLoad => Self::ModelLoad {
+                hive_id: f.hive_id()?,
+                id: f.required_string("id", CATALOG_ID)?,
+                device: f.load_device()?,
+            },
+            OperationKind::ModelUnload => Self::ModelUnload {
+                hive_id: f.hive_id()?,
+                id: f.required_string("id", CATALOG_ID)?,
+            },
+            OperationKind::HiveCheck => Self::HiveCheck { alias: f.alias()? },
             OperationKind::WorkerCatalogList => Self::WorkerCatalogList {
                 hive_id: f.hive_id()?,
             },
@@ -264,18 +286,6 @@ impl Fields<'_> {
         Ok(id)
     }
 
-    fn worker_id(&self) -> Result<String, OperationError> {
-        let id = self.required_string("id", "a worker id string such as \"worker-1\"")?;
-        // Worker ids are short ASCII; anything else would only be echoed into logs.
-        if id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
-            return Err(OperationError::InvalidValue {
-                field: "id",
-                reason: "must be a worker id: at most 64 printable ASCII characters, such as \"worker-1\"".into(),
-            });
-        }
-        Ok(id)
-    }
-
     /// A catalog entry id, checked by the catalog's rules (PROTOCOL §8): it becomes a folder
     /// name under the catalog and a path segment of the catalog server's URLs.
     fn catalog_id(&self, field: &'static str) -> Result<String, OperationError> {
@@ -298,6 +308,42 @@ impl Fields<'_> {
             }),
             None => Ok(id),
         }
+    }
+
+    /// `hive_check`'s `alias`: optional (default `localhost`), held to `hive_id`'s limits.
+    fn alias(&self) -> Result<String, OperationError> {
+        let alias = self
+            .optional_string("alias", "a string naming the hive")?
+            .unwrap_or_else(|| crate::DEFAULT_HIVE_ID.to_owned());
+        if alias.len() > 256 {
+            return Err(OperationError::InvalidValue {
+                field: "alias",
+                reason: "is longer than 256 bytes".into(),
+            });
+        }
+        Ok(alias)
+    }
+
+    /// `model_load`'s `device`: a string naming a device kind and ordinal.
+    fn load_device(&self) -> Result<LoadDevice, OperationError> {
+        let text =
+            self.required_string("device", "a device string such as \"cpu\" or \"cuda:0\"")?;
+        text.parse().map_err(|reason| OperationError::InvalidValue {
+            field: "device",
+            reason,
+        })
+    }
+
+    fn worker_id(&self) -> Result<String, OperationError> {
+        let id = self.required_string("id", "a worker id string such as \"worker-1\"")?;
+        // Worker ids are short ASCII; anything else would only be echoed into logs.
+        if id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(OperationError::InvalidValue {
+                field: "id",
+                reason: "must be a worker id: at most 64 printable ASCII characters, such as \"worker-1\"".into(),
+            });
+        }
+        Ok(id)
     }
 
     fn worker_type(&self) -> Result<String, OperationError> {
@@ -505,6 +551,11 @@ mod tests {
         assert_eq!(op.name(), "worker_delete");
         for kind in OperationKind::VARIANTS {
             let name = kind.name();
+            if *kind == OperationKind::HiveCheck {
+                // Upstream's hive_check carries no hive_id; its alias has a default.
+                assert!(parse(&format!(r#"{{"operation":"{name}"}}"#)).is_ok());
+                continue;
+            }
             let err = parse(&format!(r#"{{"operation":"{name}"}}"#)).unwrap_err();
             assert!(
                 matches!(
@@ -522,10 +573,15 @@ mod tests {
     #[test]
     fn every_kind_parses_and_serialises_under_its_one_name() {
         for kind in OperationKind::VARIANTS {
+            // `device` is an ordinal for worker_spawn and a device name for model_load.
+            let device = match kind {
+                OperationKind::ModelLoad => serde_json::json!("cuda:1"),
+                _ => serde_json::json!(0),
+            };
             let body = serde_json::json!({
                 "operation": kind.name(), "hive_id": "h", "id": "worker-1", "model": "m",
-                "worker": "cpu", "device": 0, "pid": 42, "worker_type": "cpu-llm",
-                "worker_id": "llm-worker-rbee-cpu",
+                "worker": "cpu", "device": device, "pid": 42, "worker_type": "cpu-llm",
+                "worker_id": "cpu-llm", "alias": "gpu-box",
             });
             let operation = Operation::parse(body.to_string().as_bytes()).unwrap();
             assert_eq!(operation.kind(), *kind);
@@ -569,7 +625,9 @@ mod tests {
                          worker_process_list, worker_process_get, worker_process_delete, \
                          worker_binary_list, worker_binary_get, worker_binary_delete, \
                          model_list, model_get, model_delete, model_download, \
-                         worker_catalog_list, worker_catalog_get, worker_install";
+                         worker_catalog_list, worker_catalog_get, worker_install, \
+                         worker_list_installed, worker_installed_get, worker_remove, \
+                         model_load, model_unload, hive_check";
         let err = parse(r#"{"operation":"frobnicate","hive_id":"h"}"#).unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -670,6 +728,189 @@ mod tests {
     }
 
     #[test]
+    fn todays_catalog_names_take_worker_id() {
+        assert_eq!(
+            parse(r#"{"operation":"worker_list_installed","hive_id":"h"}"#),
+            Ok(Operation::WorkerListInstalled {
+                hive_id: "h".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"operation":"worker_installed_get","hive_id":"h","worker_id":"llm-cpu"}"#),
+            Ok(Operation::WorkerInstalledGet {
+                hive_id: "h".into(),
+                worker_id: "llm-cpu".into()
+            })
+        );
+        assert_eq!(
+            parse(r#"{"hive_id":"h","operation":"worker_remove","worker_id":"llm-cpu"}"#),
+            Ok(Operation::WorkerRemove {
+                hive_id: "h".into(),
+                worker_id: "llm-cpu".into()
+            })
+        );
+        // Each keeps its own name (jobs and metrics count by the name sent).
+        let op = parse(r#"{"operation":"worker_remove","hive_id":"h","worker_id":"x"}"#).unwrap();
+        assert_eq!(op.name(), "worker_remove");
+        let err = parse(r#"{"operation":"worker_installed_get","hive_id":"h","worker_type":"x"}"#)
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "missing field `worker_id` (a catalog id string such as \"tinyllama\") for operation worker_installed_get"
+        );
+        let err =
+            parse(r#"{"operation":"worker_remove","hive_id":"h","worker_id":3}"#).unwrap_err();
+        assert_eq!(err.code(), "invalid_field");
+    }
+
+    #[test]
+    fn model_load_parses_each_device_form() {
+        let load = |device: &str| {
+            parse(&format!(
+                r#"{{"operation":"model_load","hive_id":"h","id":"tiny","device":"{device}"}}"#
+            ))
+        };
+        for (text, device) in [
+            ("cpu", LoadDevice::Cpu(0)),
+            ("CPU-0", LoadDevice::Cpu(0)),
+            ("cpu:2", LoadDevice::Cpu(2)),
+            ("cuda:1", LoadDevice::Cuda(1)),
+            ("cuda", LoadDevice::Cuda(0)),
+            ("GPU-3", LoadDevice::Cuda(3)),
+            ("gpu-0", LoadDevice::Cuda(0)),
+            ("metal:0", LoadDevice::Metal(0)),
+            ("METAL-1", LoadDevice::Metal(1)),
+        ] {
+            assert_eq!(
+                load(text),
+                Ok(Operation::ModelLoad {
+                    hive_id: "h".into(),
+                    id: "tiny".into(),
+                    device
+                }),
+                "{text}"
+            );
+        }
+        // Serialised as the device name, which parses back to the same device.
+        let op = load("cuda:1").unwrap();
+        let json = serde_json::to_value(&op).unwrap();
+        assert_eq!(json["device"], "GPU-1");
+        assert_eq!(Operation::parse(json.to_string().as_bytes()), Ok(op));
+        assert_eq!(LoadDevice::Cuda(1).ordinal(), 1);
+        assert_eq!(LoadDevice::Metal(0).kind_name(), "metal");
+    }
+
+    #[test]
+    fn model_load_refuses_bad_devices_naming_the_field() {
+        for device in [
+            "tpu:0",
+            "cuda:",
+            "cuda:x",
+            "cuda:-1",
+            "cuda:+1",
+            "GPU-",
+            "cuda:99999999999",
+            "cpu 0",
+            "gpu:0:1",
+        ] {
+            let body = format!(
+                r#"{{"operation":"model_load","hive_id":"h","id":"tiny","device":"{device}"}}"#
+            );
+            let err = parse(&body).unwrap_err();
+            assert_eq!(err.code(), "invalid_field", "{device}: {err}");
+            assert!(
+                err.to_string()
+                    .starts_with("field `device` must be a device such as \"cpu\""),
+                "{err}"
+            );
+        }
+        // An ordinal number (worker_spawn's form) is the wrong type here.
+        let err = parse(r#"{"operation":"model_load","hive_id":"h","id":"tiny","device":0}"#)
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OperationError::WrongType {
+                    field: "device",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse(r#"{"operation":"model_load","hive_id":"h","id":"tiny"}"#).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OperationError::MissingField {
+                    field: "device",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = parse(r#"{"operation":"model_load","hive_id":"h","device":"cpu"}"#).unwrap_err();
+        assert!(
+            matches!(err, OperationError::MissingField { field: "id", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn model_unload_takes_an_id() {
+        assert_eq!(
+            parse(r#"{"operation":"model_unload","hive_id":"h","id":"tiny"}"#),
+            Ok(Operation::ModelUnload {
+                hive_id: "h".into(),
+                id: "tiny".into()
+            })
+        );
+        let err = parse(r#"{"operation":"model_unload","hive_id":"h"}"#).unwrap_err();
+        assert!(
+            matches!(err, OperationError::MissingField { field: "id", .. }),
+            "{err}"
+        );
+        let err = parse(r#"{"operation":"model_unload","hive_id":"h","id":""}"#).unwrap_err();
+        assert_eq!(err.code(), "invalid_field");
+    }
+
+    #[test]
+    fn hive_check_takes_an_optional_alias_and_no_hive_id() {
+        assert_eq!(
+            parse(r#"{"operation":"hive_check"}"#),
+            Ok(Operation::HiveCheck {
+                alias: "localhost".into()
+            })
+        );
+        let op = parse(r#"{"operation":"hive_check","alias":"gpu-box"}"#).unwrap();
+        assert_eq!(
+            op,
+            Operation::HiveCheck {
+                alias: "gpu-box".into()
+            }
+        );
+        assert_eq!(op.hive_id(), None);
+        assert!(!is_upstream_only("hive_check"));
+        // The other hive_* names stay refused as jobs.
+        assert_eq!(
+            parse(r#"{"operation":"hive_start","hive_id":"h"}"#)
+                .unwrap_err()
+                .code(),
+            "unsupported_operation"
+        );
+        let err = parse(r#"{"operation":"hive_check","alias":7}"#).unwrap_err();
+        assert!(
+            matches!(err, OperationError::WrongType { field: "alias", .. }),
+            "{err}"
+        );
+        let err = parse(&format!(
+            r#"{{"operation":"hive_check","alias":"{}"}}"#,
+            "a".repeat(300)
+        ))
+        .unwrap_err();
+        assert_eq!(err.code(), "invalid_field");
+    }
+
+    #[test]
     fn process_operations_take_any_non_negative_pid() {
         assert_eq!(
             parse(r#"{"hive_id":"tap","operation":"worker_process_get","pid":4294967295}"#),
@@ -766,6 +1007,9 @@ mod fuzz {
                 Just("worker_list"),
                 Just("worker_get"),
                 Just("worker_delete"),
+                Just("model_load"),
+                Just("hive_check"),
+                Just("cuda:1"),
                 Just("worker-1"),
                 Just("-x"),
                 Just("")
@@ -790,6 +1034,8 @@ mod fuzz {
             Just("worker"),
             Just("device"),
             Just("grace_ms"),
+            Just("worker_id"),
+            Just("alias"),
             Just("extra")
         ]
         .prop_map(str::to_owned)
@@ -812,7 +1058,7 @@ mod fuzz {
                 Ok(operation) => {
                     let again = Operation::parse(&serde_json::to_vec(&operation).unwrap()).unwrap();
                     prop_assert_eq!(&again, &operation);
-                    prop_assert!(!operation.hive_id().is_empty());
+                    prop_assert!(!operation.hive_id().is_some_and(str::is_empty));
                     if let Operation::WorkerSpawn { model, .. } = &operation {
                         prop_assert!(!model.starts_with('-'));
                     }

@@ -40,6 +40,10 @@ pub struct ServeArgs {
     /// read (upstream's listens on http://localhost:8787) [default: none]
     #[arg(long, env = "RBEE_HIVE_WORKER_CATALOG_URL")]
     pub worker_catalog_url: Option<String>,
+    /// The worker type `model_load` starts [default: llama where llama-server is found,
+    /// else the rbee worker type of the device's kind]
+    #[arg(long, env = "RBEE_HIVE_LOAD_WORKER")]
+    pub load_worker: Option<String>,
     /// The file holding the API token (the global `--token-file`, shared with the client
     /// commands): when set, every route but /health needs it.
     #[arg(skip)]

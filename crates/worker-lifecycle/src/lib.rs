@@ -70,7 +70,9 @@ mod worker_types;
 pub use error::LifecycleError;
 pub use events::{WorkerEvent, WorkerTransition};
 pub use logs::LogRetention;
-pub use manager::{DeviceInventory, LifecycleConfig, Reconfigure, Stopping, WorkerManager};
+pub use manager::{
+    DeviceInventory, LifecycleConfig, Reconfigure, Stopping, WorkerManager, WorkerTypeInfo,
+};
 pub use procinfo::ProcessInfo;
 pub use record::{
     PAST_RUNS_KEPT, PastRun, StopProgress, StopReason, WorkerExit, WorkerHealth, WorkerRecord,

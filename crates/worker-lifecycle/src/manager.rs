@@ -387,6 +387,34 @@ impl WorkerManager {
         Ok(self.worker_types().get(name)?.model_is_path)
     }
 
+    /// What a self-test or a choice of type needs to know of worker type `name`: its device
+    /// kind and where its program is (looked up as a spawn would, without starting it).
+    pub fn worker_type_info(&self, name: &str) -> Result<WorkerTypeInfo, LifecycleError> {
+        let template = self.worker_types().get(name)?.clone();
+        let program = &template.command[0];
+        // A program named by a placeholder is known only per worker.
+        let found = match program.contains('{') {
+            true => None,
+            false => Some(crate::worker_types::resolve_program(
+                program,
+                &template.name,
+            )),
+        };
+        Ok(WorkerTypeInfo {
+            name: template.name,
+            device: template.device,
+            device_check: template.device_check,
+            program: program.clone(),
+            found,
+        })
+    }
+
+    /// A port of the worker range that is free now (none is held for it: the answer of a
+    /// self-test, not a reservation).
+    pub fn free_port(&self) -> Result<u16, LifecycleError> {
+        self.inner.ports.lease().map(|lease| lease.port())
+    }
+
     /// Every worker whose process is running and still provably the worker, with what
     /// `/proc` says about it.
     pub fn running_processes(&self) -> Vec<(WorkerRecord, ProcessInfo)> {
@@ -575,4 +603,19 @@ fn running_process(record: WorkerRecord) -> Option<(WorkerRecord, ProcessInfo)> 
         .is_some_and(|f| !f.zombie && Some(f.start_ticks) == record.start_ticks);
     let info = procinfo::process_info(record.pid).filter(|_| alive)?;
     Some((record, info))
+}
+
+/// A worker type as [`WorkerManager::worker_type_info`] describes it.
+#[derive(Debug)]
+pub struct WorkerTypeInfo {
+    /// The type's name.
+    pub name: String,
+    /// The kind of device it runs on (names its device `CPU-<n>`, `GPU-<n>`, `METAL-<n>`).
+    pub device: DeviceKind,
+    /// Whether a spawn must name a device the hive detects.
+    pub device_check: bool,
+    /// The program of its command, as written.
+    pub program: String,
+    /// Where the program was found, or why not; `None` when the program is a placeholder.
+    pub found: Option<Result<PathBuf, LifecycleError>>,
 }

@@ -66,15 +66,13 @@ pub async fn submit(
 }
 
 /// Why a valid operation is not run here: it names another hive than the one this hive was
-/// explicitly told it is.
+/// explicitly told it is (`hive_check` names none, only the alias a keeper uses).
 fn refusal(state: &AppState, operation: &Operation) -> Option<String> {
     let config = state.config.current();
     let configured = config.hive_id.as_ref()?;
-    (configured != operation.hive_id()).then(|| {
-        format!(
-            "this hive is '{configured}', not '{}'; address it as '{configured}'",
-            operation.hive_id()
-        )
+    let addressed = operation.hive_id()?;
+    (configured != addressed).then(|| {
+        format!("this hive is '{configured}', not '{addressed}'; address it as '{configured}'")
     })
 }
 

@@ -26,6 +26,12 @@ pub struct OperationServices {
     pub worker_installer: WorkerInstaller,
     /// GPU memory per process (a delete waits for a GPU worker's memory to come back).
     pub gpu: Option<std::sync::Arc<dyn worker_lifecycle::GpuUsage>>,
+    /// The configuration in effect (`model_load`'s worker type, `hive_check`'s dirs).
+    pub config: crate::config::LiveConfig,
+    /// The machine's devices (`hive_check`).
+    pub devices: std::sync::Arc<devices::Devices>,
+    /// The registrations with queens (`hive_check`).
+    pub queen: crate::queen::QueenLink,
 }
 
 /// Why an operation failed; its text is the job's failure reason.
@@ -53,6 +59,24 @@ pub enum OperationFailure {
         id: String,
         /// The workers using it.
         workers: Vec<String>,
+    },
+    /// `model_load`'s worker type runs on another kind of device than the one asked for.
+    #[error("worker type '{worker}' runs on {kind} devices, not on {device}; {hint}")]
+    DeviceMismatch {
+        /// The worker type.
+        worker: String,
+        /// Its device kind.
+        kind: &'static str,
+        /// The device asked for.
+        device: String,
+        /// What to do instead.
+        hint: String,
+    },
+    /// `hive_check` found what the hive needs missing.
+    #[error("hive check failed: {}", failed.join("; "))]
+    CheckFailed {
+        /// One entry per failed check.
+        failed: Vec<String>,
     },
     /// A spawn's model is neither a catalog id nor a path.
     #[error("model '{model}' is not in the catalog ({dir}) and is not a file path; {known}")]
@@ -133,5 +157,24 @@ pub async fn dispatch(
         Operation::WorkerInstall { hive_id, worker_id } => {
             ops::worker_install::run(&job, &services, &hive_id, &worker_id).await
         }
+        // Today's rbee names (PROTOCOL §9): the same handlers as the names they stand for.
+        Operation::WorkerListInstalled { hive_id } => {
+            ops::worker_binary_list::run(&job, &services, &hive_id).await
+        }
+        Operation::WorkerInstalledGet { hive_id, worker_id } => {
+            ops::worker_binary_get::run(&job, &services, &hive_id, &worker_id).await
+        }
+        Operation::WorkerRemove { hive_id, worker_id } => {
+            ops::worker_binary_delete::run(&job, &services, &hive_id, &worker_id).await
+        }
+        Operation::ModelLoad {
+            hive_id,
+            id,
+            device,
+        } => ops::model_load::run(&job, &services, &hive_id, &id, device).await,
+        Operation::ModelUnload { hive_id, id } => {
+            ops::model_unload::run(&job, &services, &hive_id, &id).await
+        }
+        Operation::HiveCheck { alias } => ops::hive_check::run(&job, &services, &alias).await,
     }
 }

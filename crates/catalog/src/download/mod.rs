@@ -22,6 +22,7 @@
 //! - `progress`: [`DownloadProgress`] and the counters behind it.
 //! - `run`: one transfer from the first request to the entry on disk (resume negotiation,
 //!   disk space, the body, length and digest checks, the failed entry).
+//! - `listing`: a bare `owner/repo`: the hub's file list, and the GGUF file picked from it.
 //! - `http`: one GET with its range, redirects followed by hand, status errors.
 //! - `partial`: the `.part` and the record of its source: where a resume starts, the rename
 //!   into place, the discard.
@@ -31,6 +32,7 @@
 mod checksum;
 mod handle;
 mod http;
+mod listing;
 mod partial;
 mod progress;
 mod run;
@@ -46,6 +48,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 pub use handle::DownloadHandle;
+pub use listing::{PickedFile, QUANTS, is_bare_repo};
 pub use progress::DownloadProgress;
 
 use crate::artifact::{ArtifactStatus, Entry, ModelArtifact};
@@ -156,6 +159,12 @@ impl Downloader {
             request.id.as_deref(),
             &self.inner.config.hub_endpoint,
         )
+    }
+
+    /// Picks the GGUF file of hub repository `repo` (`owner/repo`) by the quantisation order
+    /// [`QUANTS`], from the hub's list of its files.
+    pub async fn pick_file(&self, repo: &str) -> Result<PickedFile, DownloadError> {
+        listing::pick(&self.inner, repo).await
     }
 
     /// Starts downloading `source`, or joins the transfer of the same id already running.

@@ -1,10 +1,15 @@
 //! One module per operation; the module, the [`Operation`](crate::jobs::Operation) variant
-//! and the operation name share one name.
+//! and the operation name share one name. Today's rbee names for catalog operations
+//! (`worker_list_installed`, `worker_installed_get`, `worker_remove`) have no module: the
+//! router sends them to the handlers of the names they stand for.
 
+pub mod hive_check;
 pub mod model_delete;
 pub mod model_download;
 pub mod model_get;
 pub mod model_list;
+pub mod model_load;
+pub mod model_unload;
 pub mod worker_binary_delete;
 pub mod worker_binary_get;
 pub mod worker_binary_list;

@@ -83,7 +83,7 @@ async fn delete(
 }
 
 /// The workers not yet gone whose model is `id` or a file in its folder.
-fn workers_using(services: &OperationServices, id: &CatalogId) -> Vec<String> {
+pub(crate) fn workers_using(services: &OperationServices, id: &CatalogId) -> Vec<String> {
     let folder = services.models.folder(id).canonicalize().ok();
     services
         .workers

@@ -1,4 +1,5 @@
-//! `model_download`: downloads a model into the catalog, narrating progress (at most once a
+//! `model_download`: downloads a model into the catalog (a bare `owner/repo` first has its
+//! GGUF file picked from the hub's list), narrating progress (at most once a
 //! second while bytes arrive, at least every 5 s when they do not). Cancelling the job stops
 //! the transfer unless another job follows it too; the `.part` file stays for a resume.
 
@@ -22,7 +23,7 @@ pub async fn run(
     job: &JobContext,
     services: &OperationServices,
     hive_id: &str,
-    request: DownloadRequest,
+    mut request: DownloadRequest,
 ) -> Result<(), OperationFailure> {
     NARRATE
         .action("model_download_start")
@@ -31,6 +32,28 @@ pub async fn run(
         .human("📥 Downloading model '{}' on hive '{}'")
         .emit_to(job);
     let downloads = &services.downloads;
+    if catalog::is_bare_repo(&request.model) {
+        // Today's rbee sends `owner/repo` alone: its file is picked from the hub's list.
+        NARRATE
+            .action("model_download_listing")
+            .context(&request.model)
+            .context(catalog::QUANTS.join(", "))
+            .human("🔎 Listing the files of '{}' to pick a GGUF file ({})")
+            .emit_to(job);
+        let picked = match downloads.pick_file(&request.model).await {
+            Ok(picked) => picked,
+            Err(error) => return Err(fail(job, error)),
+        };
+        NARRATE
+            .action("model_download_pick")
+            .context(&picked.file)
+            .context(picked.quant)
+            .field("file", &picked.file)
+            .human("Picked '{}' ({})")
+            .emit_to(job);
+        request.id.get_or_insert_with(|| picked.default_id());
+        request.model = picked.reference();
+    }
     let started = downloads
         .resolve(&request)
         .and_then(|source| downloads.start(source, request.sha256.as_deref()));
