@@ -144,6 +144,14 @@ async fn registers_with_backoff_until_the_queen_is_up_and_the_queen_sees_its_wor
         "{status}"
     );
 
+    let check = hive.run_job(json!({"operation": "hive_check"})).await;
+    assert!(
+        check.iter().any(|l| l.contains(&format!(
+            "hive_check_queen: ✅ queen: {queen_url} registered, 1 subscription(s) open"
+        ))),
+        "{check:#?}"
+    );
+
     // A worker the hive runs is in the queen's list, as the queen names it.
     let worker = spawn_ready(&hive, "demo").await;
     let seen = queen
