@@ -14,6 +14,8 @@ pub struct Connection {
     stream: BufReader<TcpStream>,
     host: String,
     line: String,
+    /// The `content-type` of the last answer's head (empty without one).
+    content_type: String,
 }
 
 impl Connection {
@@ -27,6 +29,7 @@ impl Connection {
             stream: BufReader::new(stream),
             host: addr.to_string(),
             line: String::new(),
+            content_type: String::new(),
         })
     }
 
@@ -40,6 +43,7 @@ impl Connection {
             .and_then(|s| s.parse().ok())
             .context("status line")?;
         let mut length = None;
+        self.content_type.clear();
         loop {
             self.line.clear();
             if self.stream.read_line(&mut self.line).await? == 0 {
@@ -49,10 +53,12 @@ impl Connection {
             if line.is_empty() {
                 return Ok((status, length));
             }
-            if let Some((name, value)) = line.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().ok();
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().ok();
+                } else if name.eq_ignore_ascii_case("content-type") {
+                    self.content_type = value.trim().to_owned();
+                }
             }
         }
     }
@@ -129,6 +135,18 @@ impl Connection {
         body: &str,
         marker: &str,
     ) -> anyhow::Result<(String, Duration)> {
+        let (text, started, at) = self.run_marked(body, marker).await?;
+        Ok((text, at - started))
+    }
+
+    /// As [`run`](Self::run), and returns the instants at which the POST was sent and at
+    /// which `marker` appeared in the stream (its end without a marker), for scenarios that
+    /// compare them with another clock reading of this process.
+    pub async fn run_marked(
+        &mut self,
+        body: &str,
+        marker: &str,
+    ) -> anyhow::Result<(String, Instant, Instant)> {
         let started = Instant::now();
         let job_id = self.submit(body).await?;
         let (text, seen) = self.stream_watching(&job_id, marker).await?;
@@ -140,7 +158,7 @@ impl Connection {
             (false, Some(at)) => at,
             (false, None) => bail!("job {job_id} never said {marker}:\n{text}"),
         };
-        Ok((text, at - started))
+        Ok((text, started, at))
     }
 
     /// `GET path`; returns the status and the body (which must carry a content-length).
@@ -160,6 +178,32 @@ impl Connection {
         let (status, _) = self.head().await?;
         if status != 200 {
             bail!("GET {path} answered {status}");
+        }
+        Ok(())
+    }
+
+    /// `GET path` of an event stream as an SSE client asks for one (`accept:
+    /// text/event-stream`); fails, as such a client does, unless the answer is 200 with
+    /// `content-type: text/event-stream`. Then [`next_chunk`](Self::next_chunk).
+    pub async fn open_event_stream(&mut self, path: &str) -> anyhow::Result<()> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {}\r\naccept: text/event-stream\r\ncache-control: no-cache\r\n\r\n",
+            self.host
+        );
+        self.stream.get_mut().write_all(request.as_bytes()).await?;
+        let (status, _) = self.head().await?;
+        if status != 200 {
+            bail!("GET {path} answered {status}");
+        }
+        if !self
+            .content_type
+            .to_ascii_lowercase()
+            .starts_with("text/event-stream")
+        {
+            bail!(
+                "GET {path} answered content-type {:?}, not text/event-stream",
+                self.content_type
+            );
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
 //! The jobs every scenario sends, and the helpers that send many of them: the request
-//! bodies, the id in a spawn's ready line, spawning and deleting workers in bulk.
+//! bodies, the id and pid in a spawn's ready line, spawning and deleting workers in bulk.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +43,21 @@ pub fn ready_id(stream: &str) -> anyhow::Result<String> {
         .and_then(|r| r.split(' ').next())
         .context("worker id")?;
     Ok(id.to_owned())
+}
+
+/// The worker's pid in a spawn's ready line (`✅ Worker ready: worker-1 | PID 123 | …`).
+pub fn ready_pid(stream: &str) -> anyhow::Result<u32> {
+    let line = stream
+        .lines()
+        .find(|l| l.contains("worker_spawn_ready"))
+        .context("no ready line")?;
+    let pid = line
+        .split("| PID ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|p| p.parse().ok())
+        .context("worker pid")?;
+    Ok(pid)
 }
 
 /// Spawns `count` demo workers over 8 connections.

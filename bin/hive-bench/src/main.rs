@@ -14,7 +14,10 @@
 //! first `/health` answer; a 256 MiB `model_download` from a local file server, without and
 //! with a sha256 check, against `curl -o` of the same file (`download`, skipped without curl);
 //! a socket-activated restart under 64 clients, 2 000 idle connections, and `/health` under
-//! a hostile load at a 1024 descriptor limit (`service`).
+//! a hostile load at a 1024 descriptor limit (`service`); with today's rbee queen (a minimal
+//! one in this process), a spawn's ready line → the queen has the worker, and the hive's CPU
+//! with 200 workers at 1 s without and with the queen subscribed, and the size of a
+//! heartbeat message (`queen`).
 //! A p99 is shown only over 100 samples or more.
 //!
 //!
@@ -31,6 +34,8 @@
 //! - `download`: the download scenario (a file server in this process, curl, the hive).
 //! - `observe`: the `/metrics` scrape, the sampler's cost, telemetry and logs latency.
 //! - `service`: the service scenarios (socket activation, idle connections, hostile load).
+//! - `queen`: the queen scenario (ready line → the queen's list, the subscription's cost).
+//! - `minimal_queen`: today's rbee queen as far as a hive meets it, inside this process.
 //! - `jobs`: the job bodies, and spawning and deleting workers in bulk.
 //! - `client`: a minimal keep-alive HTTP/1.1 client.
 //! - `hive`: starting, stopping and measuring a hive process.
@@ -46,7 +51,9 @@ mod hive;
 mod jobs;
 mod list;
 mod memory;
+mod minimal_queen;
 mod observe;
+mod queen;
 mod report;
 mod restart;
 mod service;
@@ -85,12 +92,15 @@ struct Args {
     /// Rounds of the download scenario (each: curl, model_download, with sha256; 256 MiB).
     #[arg(long, default_value_t = 5)]
     download_repeats: usize,
+    /// Spawns of the queen scenario (each: spawn, the queen's list, delete).
+    #[arg(long, default_value_t = 40)]
+    queen_repeats: usize,
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench.json")]
     out: std::path::PathBuf,
     /// Run only these scenarios (comma-separated): round-trip, throughput, list, spawn,
     /// cli, stubborn, concurrent, shutdown, restart, memory, download, observe, service
-    /// (or one of its parts: service-restart, service-idle, service-hostile).
+    /// (or one of its parts: service-restart, service-idle, service-hostile), queen.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -203,6 +213,10 @@ async fn main() -> anyhow::Result<()> {
     if args.runs("service") || args.runs("service-hostile") {
         eprintln!("service: /health under a hostile load at a 1024 fd limit");
         report.rows.extend(service::hostile(&bin_dir).await?);
+    }
+
+    if args.runs("queen") {
+        queen::run(&bin_dir, args.queen_repeats, &mut report).await?;
     }
 
     report.print();

@@ -59,7 +59,7 @@ pub async fn scrape(addr: std::net::SocketAddr, workers: usize) -> anyhow::Resul
 }
 
 /// The CPU time a process has used (user + system, `/proc/<pid>/stat`) in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = procfs::process::Process::new(i32::try_from(pid)?)?.stat()?;
     let ticks = (stat.utime + stat.stime) as f64;
     Ok(ticks / procfs::ticks_per_second() as f64)
