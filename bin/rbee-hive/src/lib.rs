@@ -126,16 +126,11 @@ impl AppState {
         let metrics = metrics::Metrics::new(&operations);
         tokio::spawn(metrics.clone().follow_workers(workers.clone()));
         let closing = tokio_util::sync::CancellationToken::new();
-        // Today's queen sends no token: it could not read a protected stream, and each
-        // registration would leave it one more subscription retrying for ever.
-        let not_registering = (config.token.is_some() && !config.telemetry_public).then(|| {
-            "the telemetry stream needs the token and today's queen sends none; set telemetry_public = true to be seen by it".to_owned()
-        });
         let queen = queen::QueenLink::new(
             config.effective_hive_id().to_owned(),
             config.state_dir.clone(),
             urls.for_queen,
-            not_registering,
+            live.clone(),
             metrics.clone(),
             closing.clone(),
         );

@@ -34,6 +34,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{Config, LiveConfig};
 use crate::metrics::Metrics;
 
 /// How long no subscription of a queen has been open before the hive registers with it again.
@@ -182,28 +183,63 @@ struct Inner {
     state_dir: std::path::PathBuf,
     /// The hive's own URL for queens (`advertise_url` or its default), without `/queen/…`.
     hive_url: String,
-    /// Set when the queen could not read the stream (a token without `telemetry_public`).
-    not_registering: Option<String>,
+    /// The configuration in effect: whether the queen can read the stream is asked before
+    /// each registration (a reload may add a token).
+    config: LiveConfig,
     client: reqwest::Client,
     metrics: Metrics,
     closing: CancellationToken,
-    /// By queen URL; subscriptions of a key no queen here has are counted under `strays`.
-    queens: Mutex<BTreeMap<String, QueenState>>,
-    strays: Mutex<BTreeMap<String, usize>>,
+    /// The queens and the subscriptions, under one lock so that a subscription that opens
+    /// while its queen is added is counted once. Never held across an `.await`.
+    links: Mutex<Links>,
     /// Woken when a subscription opens or closes.
     changed: tokio::sync::Notify,
     /// Set once the hive serves: registrations wait for it.
     serving: CancellationToken,
 }
 
+#[derive(Default)]
+struct Links {
+    /// By queen URL (normalised, [`normalise`]).
+    queens: BTreeMap<String, QueenState>,
+    /// Open subscriptions of a key no queen here has (a queen that found this hive again
+    /// on its own after a restart), by key; moved to the queen if it is added.
+    strays: BTreeMap<String, usize>,
+}
+
+impl Links {
+    fn queen_of_key(&mut self, key: &str) -> Option<(&String, &mut QueenState)> {
+        self.queens
+            .iter_mut()
+            .find(|(url, _)| queen_key(url) == key)
+    }
+}
+
+/// Why a hive with this configuration must not register: today's queen sends no token, so
+/// it could not read a protected stream, and each registration would leave it one more
+/// subscription retrying for ever.
+pub fn why_not_registering(config: &Config) -> Option<String> {
+    (config.token.is_some() && !config.telemetry_public).then(|| {
+        "the telemetry stream needs the token and today's queen sends none; set telemetry_public = true to be seen by it".to_owned()
+    })
+}
+
+/// A queen's URL as the hive keys it: parsed (scheme and host in lowercase, default port
+/// dropped) and without a trailing `/`, so that one queen written two ways is one queen.
+pub fn normalise(queen_url: &str) -> String {
+    match reqwest::Url::parse(queen_url) {
+        Ok(url) => url.as_str().trim_end_matches('/').to_owned(),
+        Err(_) => queen_url.trim_end_matches('/').to_owned(),
+    }
+}
+
 impl QueenLink {
     /// The registrations of a hive with id `hive_id`, reached by queens at `hive_url`.
-    /// `not_registering` says why it must not register (then it never does).
     pub fn new(
         hive_id: String,
         state_dir: std::path::PathBuf,
         hive_url: String,
-        not_registering: Option<String>,
+        config: LiveConfig,
         metrics: Metrics,
         closing: CancellationToken,
     ) -> Self {
@@ -217,52 +253,74 @@ impl QueenLink {
                 hive_id,
                 state_dir,
                 hive_url,
-                not_registering,
+                config,
                 client,
                 metrics,
                 closing,
-                queens: Mutex::new(BTreeMap::new()),
-                strays: Mutex::new(BTreeMap::new()),
+                links: Mutex::new(Links::default()),
                 changed: tokio::sync::Notify::new(),
                 serving: CancellationToken::new(),
             }),
         }
     }
 
+    fn links(&self) -> std::sync::MutexGuard<'_, Links> {
+        self.inner.links.lock().expect("queen links lock")
+    }
+
     /// The `hive_url` registered with the queen at `queen_url`.
     pub fn hive_url_for(&self, queen_url: &str) -> String {
-        format!("{}/queen/{}", self.inner.hive_url, queen_key(queen_url))
+        format!(
+            "{}/queen/{}",
+            self.inner.hive_url,
+            queen_key(&normalise(queen_url))
+        )
     }
 
     /// Starts registering with `queen_url` (the configured queen, or one that discovered
     /// the hive); a queen already known is left to its task. Returns why not, when not.
     pub fn add(&self, queen_url: &str, configured: bool) -> Result<(), String> {
-        if let Some(reason) = &self.inner.not_registering {
-            return Err(reason.clone());
+        if let Some(reason) = why_not_registering(&self.inner.config.current()) {
+            return Err(reason);
         }
-        let queen_url = queen_url.trim_end_matches('/').to_owned();
+        let queen_url = normalise(queen_url);
+        // Read before the lock: a file read is no work for a lock holder.
+        let recorded = configured.then(|| self.recorded_queen()).flatten();
         {
-            let mut queens = self.inner.queens.lock().expect("queens lock");
-            if queens.contains_key(&queen_url) {
+            let mut links = self.links();
+            if links.queens.contains_key(&queen_url) {
                 return Ok(());
             }
-            if queens.len() >= MAX_QUEENS {
-                return Err(format!(
-                    "already registering with {MAX_QUEENS} queens, the most a hive keeps"
-                ));
+            if links.queens.len() >= MAX_QUEENS {
+                // Make room by forgetting a discovered queen that never took a registration
+                // and has no subscription open (its task ends when it finds itself gone).
+                let stale = links
+                    .queens
+                    .iter()
+                    .find(|(_, queen)| {
+                        !queen.configured
+                            && queen.open == 0
+                            && !queen.last.as_ref().is_some_and(|last| last.ok)
+                    })
+                    .map(|(url, _)| url.clone());
+                match stale {
+                    Some(url) => {
+                        tracing::info!(
+                            "forgetting the queen at {url} (never reached) to make room"
+                        );
+                        links.queens.remove(&url);
+                    }
+                    None => {
+                        return Err(format!(
+                            "already registering with {MAX_QUEENS} queens, the most a hive keeps"
+                        ));
+                    }
+                }
             }
-            let key = queen_key(&queen_url);
-            let open = self
-                .inner
-                .strays
-                .lock()
-                .expect("strays lock")
-                .remove(&key)
-                .unwrap_or(0);
-            let earlier_run_since = (configured
-                && self.recorded_queen().as_deref() == Some(queen_url.as_str()))
-            .then(Instant::now);
-            queens.insert(
+            let open = links.strays.remove(&queen_key(&queen_url)).unwrap_or(0);
+            let earlier_run_since =
+                (recorded.as_deref() == Some(queen_url.as_str())).then(Instant::now);
+            links.queens.insert(
                 queen_url.clone(),
                 QueenState {
                     open,
@@ -303,21 +361,23 @@ impl QueenLink {
     /// A subscription on `/queen/<key>/…` opened; it counts until the guard is dropped (the
     /// connection closed).
     pub fn subscribed(&self, key: &str) -> SubscriptionGuard {
-        let queen = self.with_key(key, |queen| {
-            queen.open += 1;
-            queen.subscriptions_opened += 1;
-            queen.retry_at = None;
-            queen.failures = 0;
-        });
-        if queen.is_none() {
-            *self
-                .inner
-                .strays
-                .lock()
-                .expect("strays lock")
-                .entry(key.to_owned())
-                .or_default() += 1;
-        }
+        let queen = {
+            let mut links = self.links();
+            match links.queen_of_key(key) {
+                Some((url, queen)) => {
+                    queen.open += 1;
+                    queen.subscriptions_opened += 1;
+                    // The queen has the hive: whatever a registration said, it worked.
+                    queen.retry_at = None;
+                    queen.failures = 0;
+                    Some(url.clone())
+                }
+                None => {
+                    *links.strays.entry(key.to_owned()).or_default() += 1;
+                    None
+                }
+            }
+        };
         self.inner.metrics.queen_subscriptions().inc();
         tracing::info!(
             "queen subscription opened ({})",
@@ -333,21 +393,30 @@ impl QueenLink {
     }
 
     fn unsubscribed(&self, key: &str) {
-        let queen = self.with_key(key, |queen| {
-            queen.open = queen.open.saturating_sub(1);
-            if queen.open == 0 {
-                queen.quiet_since = Some(Instant::now());
-            }
-        });
-        if queen.is_none() {
-            let mut strays = self.inner.strays.lock().expect("strays lock");
-            if let Some(open) = strays.get_mut(key) {
-                *open = open.saturating_sub(1);
-                if *open == 0 {
-                    strays.remove(key);
+        let queen = {
+            let mut links = self.links();
+            match links.queen_of_key(key) {
+                Some((url, queen)) => {
+                    queen.open = queen.open.saturating_sub(1);
+                    if queen.open == 0 {
+                        queen.quiet_since = Some(Instant::now());
+                        // A failure noted while the queen was subscribed (a POST that timed
+                        // out after the queen acted on it) must not cut the 15 s short.
+                        queen.retry_at = None;
+                    }
+                    Some(url.clone())
+                }
+                None => {
+                    if let Some(open) = links.strays.get_mut(key) {
+                        *open = open.saturating_sub(1);
+                        if *open == 0 {
+                            links.strays.remove(key);
+                        }
+                    }
+                    None
                 }
             }
-        }
+        };
         self.inner.metrics.queen_subscriptions().dec();
         tracing::info!(
             "queen subscription closed ({})",
@@ -358,19 +427,13 @@ impl QueenLink {
         self.inner.changed.notify_waiters();
     }
 
-    /// Applies `change` to the queen of `key`; returns its URL, `None` if no queen has it.
-    fn with_key(&self, key: &str, change: impl FnOnce(&mut QueenState)) -> Option<String> {
-        let mut queens = self.inner.queens.lock().expect("queens lock");
-        let (url, queen) = queens.iter_mut().find(|(url, _)| queen_key(url) == key)?;
-        change(queen);
-        Some(url.clone())
-    }
-
     /// Every queen and its state, for `GET /v1/queen` and `status`.
     pub fn report(&self) -> QueenReport {
-        let queens = self.inner.queens.lock().expect("queens lock");
+        let not_registering = why_not_registering(&self.inner.config.current());
+        let links = self.links();
         QueenReport {
-            queens: queens
+            queens: links
+                .queens
                 .iter()
                 .map(|(url, queen)| QueenStatus {
                     queen_url: url.clone(),
@@ -386,11 +449,12 @@ impl QueenLink {
                     failures: queen.failures,
                 })
                 .collect(),
-            not_registering: self.inner.not_registering.clone(),
+            not_registering,
         }
     }
 
-    /// Registers with `queen_url` whenever [`next_registration`] says, until the hive closes.
+    /// Registers with `queen_url` whenever [`next_registration`] says, until the hive closes
+    /// or forgets that queen.
     async fn register_loop(self, queen_url: String, configured: bool) {
         let closing = self.inner.closing.clone();
         tokio::select! {
@@ -412,8 +476,8 @@ impl QueenLink {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let due = {
-                let queens = self.inner.queens.lock().expect("queens lock");
-                let Some(queen) = queens.get(&queen_url) else {
+                let links = self.links();
+                let Some(queen) = links.queens.get(&queen_url) else {
                     return;
                 };
                 next_registration(queen, Instant::now())
@@ -434,13 +498,22 @@ impl QueenLink {
                 }
                 Due::At(_) => {}
             }
+            // A reload may have put a token in front of the stream since the last try.
+            if let Some(why) = why_not_registering(&self.inner.config.current()) {
+                tracing::warn!("not registering with the queen at {queen_url}: {why}");
+                let recheck = Instant::now() + *BACKOFF.last().expect("a backoff");
+                tokio::select! {
+                    () = closing.cancelled() => return,
+                    () = tokio::time::sleep_until(recheck) => continue,
+                }
+            }
             let outcome = tokio::select! {
                 () = closing.cancelled() => return,
                 outcome = self.register_once(&queen_url) => outcome,
             };
             self.inner.metrics.queen_registration(outcome.ok);
-            let mut queens = self.inner.queens.lock().expect("queens lock");
-            let Some(queen) = queens.get_mut(&queen_url) else {
+            let mut links = self.links();
+            let Some(queen) = links.queens.get_mut(&queen_url) else {
                 return;
             };
             let now = Instant::now();
@@ -456,6 +529,12 @@ impl QueenLink {
                 if queen.open == 0 {
                     queen.quiet_since = Some(now);
                 }
+            } else if queen.open > 0 {
+                // The queen subscribed while the answer was lost: it has the hive.
+                tracing::info!(
+                    "registration with the queen at {queen_url} failed ({}), but its subscription is open",
+                    outcome.message
+                );
             } else {
                 let wait = BACKOFF[queen.failures.min(BACKOFF.len() - 1)];
                 queen.failures += 1;
@@ -472,10 +551,10 @@ impl QueenLink {
     }
 
     async fn register_once(&self, queen_url: &str) -> Outcome {
-        let body = serde_json::json!({
-            "hive_id": self.inner.hive_id,
-            "hive_url": self.hive_url_for(queen_url),
-        });
+        let body = HiveReady {
+            hive_id: &self.inner.hive_id,
+            hive_url: self.hive_url_for(queen_url),
+        };
         let sent = self
             .inner
             .client
@@ -505,6 +584,14 @@ impl QueenLink {
             at: chrono::Utc::now(),
         }
     }
+}
+
+/// The body of `POST {queen}/v1/hive/ready`: today's queen's `HiveReadyCallback`
+/// (`bin/10_queen_rbee/src/http/heartbeat.rs`), field for field.
+#[derive(Debug, Serialize)]
+struct HiveReady<'a> {
+    hive_id: &'a str,
+    hive_url: String,
 }
 
 /// The error of a request and its causes, in one line.
@@ -596,6 +683,64 @@ mod tests {
         );
         queen.open = 1;
         assert_eq!(next_registration(&queen, closed), Due::NotWhileSubscribed);
+    }
+
+    fn link(config: Config) -> QueenLink {
+        QueenLink::new(
+            "h".into(),
+            std::env::temp_dir(),
+            "http://hive:7835".into(),
+            LiveConfig::new(config),
+            Metrics::new(&[]),
+            CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_subscription_counts_once_and_its_close_starts_the_fifteen_seconds() {
+        let link = link(Config::default());
+        let url = "http://Queen:7833/";
+        let key = queen_key(&normalise(url));
+        // The queen's own reconnection arrives before the hive adds it: counted, then moved.
+        let early = link.subscribed(&key);
+        link.add(url, false).unwrap();
+        link.add("http://queen:7833", false).unwrap();
+        let report = link.report();
+        assert_eq!(report.queens.len(), 1, "one queen, however it is written");
+        assert_eq!(report.queens[0].subscriptions_open, 1);
+        // A registration that failed while the queen was subscribed leaves no backoff
+        // behind: when the subscription closes, the 15 s rule decides.
+        link.links()
+            .queens
+            .values_mut()
+            .for_each(|queen| queen.retry_at = Some(Instant::now()));
+        drop(early);
+        let links = link.links();
+        let queen = links.queens.values().next().unwrap();
+        assert_eq!(queen.open, 0);
+        let now = Instant::now();
+        assert!(
+            matches!(next_registration(queen, now), Due::At(at) if at > now + Duration::from_secs(14)),
+            "{queen:?}"
+        );
+        assert!(links.strays.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_hive_whose_stream_needs_the_token_does_not_register_and_says_why() {
+        let guarded = Config {
+            token: Some("t".into()),
+            ..Config::default()
+        };
+        let error = link(guarded.clone())
+            .add("http://queen:7833", true)
+            .unwrap_err();
+        assert!(error.contains("telemetry_public"), "{error}");
+        let open = Config {
+            telemetry_public: true,
+            ..guarded
+        };
+        assert!(link(open).add("http://queen:7833", true).is_ok());
     }
 
     #[test]

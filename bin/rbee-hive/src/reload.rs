@@ -1,7 +1,7 @@
 //! A reload (SIGHUP, or `systemctl reload`): the config is read again from the same flags,
 //! environment and file, and what may change while the hive serves is put in effect: the
 //! token, the worker types, the port range of new workers, the default stop grace, the body
-//! limit, `metrics_public`, the shutdown policy and drain, the log filter. Running workers
+//! limit, `metrics_public`, `telemetry_public`, the shutdown policy and drain, the log filter. Running workers
 //! are untouched: each keeps the command, port and type it was started with. A file that
 //! does not load, or a config that does not check, changes nothing. A key that needs a
 //! restart (the listen address, the state dir, …) keeps its value, and the log says so.
@@ -85,6 +85,7 @@ impl Reloader {
             token_file: new.token_file.clone(),
             body_limit_bytes: new.body_limit_bytes,
             metrics_public: new.metrics_public,
+            telemetry_public: new.telemetry_public,
             workers: new.workers.clone(),
             // Read by each model_load when it starts.
             load_worker: new.load_worker.clone(),

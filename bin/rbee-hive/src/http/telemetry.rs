@@ -27,6 +27,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderValue;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use worker_lifecycle::{WorkerEvent, WorkerManager, WorkerTransition};
@@ -168,47 +169,97 @@ impl HiveInfo {
     }
 }
 
-/// Today's queen's telemetry message (`HiveTelemetry` with `hive_info`, PROTOCOL §9): every
-/// worker whose process runs, with every field the queen requires in its JSON type. GPU
-/// figures are the driver's, 0 where it reports none (a CPU worker, no GPU).
+/// Today's queen's telemetry message (PROTOCOL §9): what its `HiveHeartbeatEvent::Telemetry`
+/// (`bin/10_queen_rbee/src/hive_subscriber.rs`) parses, with `hive_info` as its `HiveInfo`
+/// (`hive-contract`). Typed so that every field has the JSON type the queen requires.
+#[derive(Debug, Serialize)]
+struct QueenTelemetry<'a> {
+    /// The queen's tag: `"telemetry"`.
+    r#type: &'static str,
+    hive_id: &'a str,
+    hive_info: QueenHiveInfo<'a>,
+    /// RFC 3339, seconds, `Z`.
+    timestamp: String,
+    workers: Vec<QueenWorker>,
+}
+
+/// `HiveInfo` of `hive-contract` (`operational_status` and `health_status` are its enums'
+/// lowercase names).
+#[derive(Debug, Serialize)]
+struct QueenHiveInfo<'a> {
+    id: &'a str,
+    hostname: &'a str,
+    port: u16,
+    operational_status: &'static str,
+    health_status: &'static str,
+    version: &'static str,
+}
+
+/// `ProcessStats` of the upstream's monitor crate, field for field and type for type, plus
+/// two fields of ours that its parser ignores (`worker_id`, `state`).
+#[derive(Debug, Serialize)]
+struct QueenWorker {
+    pid: u32,
+    /// The worker type.
+    group: String,
+    /// The worker's port: the queen's scheduler sends inference to `localhost:{instance}`.
+    instance: String,
+    cpu_pct: f64,
+    /// Whole MiB, as the upstream's `memory.current / 1024 / 1024`.
+    rss_mb: u64,
+    io_r_mb_s: f64,
+    io_w_mb_s: f64,
+    uptime_s: u64,
+    gpu_util_pct: f64,
+    vram_mb: u64,
+    total_vram_mb: u64,
+    model: Option<String>,
+    worker_id: String,
+    state: &'static str,
+}
+
+/// A MiB figure as the whole number the queen's `u64` fields take.
+fn whole_mib(mib: f64) -> u64 {
+    mib.max(0.0) as u64
+}
+
+/// Today's queen's telemetry message: every worker whose process runs, each field measured;
+/// GPU figures are the driver's, 0 where it reports none (a CPU worker, no GPU).
 fn heartbeat(hive: &HiveInfo, workers: &WorkerManager) -> Value {
-    let entries: Vec<Value> = workers
-        .running_with_stats()
-        .into_iter()
-        .map(|(record, stats)| {
-            json!({
-                "pid": record.pid,
-                "group": record.worker_type,
-                "instance": record.port.to_string(),
-                "cpu_pct": stats.cpu_pct,
-                // Whole MiB, as the upstream's `memory.current / 1024 / 1024`.
-                "rss_mb": (stats.rss_mb.max(0.0)) as u64,
-                "io_r_mb_s": stats.io_r_mb_s,
-                "io_w_mb_s": stats.io_w_mb_s,
-                "uptime_s": stats.uptime_s,
-                "gpu_util_pct": stats.gpu_util_pct.unwrap_or(0.0),
-                "vram_mb": stats.vram_mb.map_or(0, |mib| mib.max(0.0).round() as u64),
-                "total_vram_mb": stats.total_vram_mb.map_or(0, |mib| mib.max(0.0).round() as u64),
-                "model": record.model_id,
-                "worker_id": record.id,
-                "state": record.status.label(),
-            })
-        })
-        .collect();
-    json!({
-        "type": "telemetry",
-        "hive_id": hive.id,
-        "hive_info": {
-            "id": hive.id,
-            "hostname": hive.hostname,
-            "port": hive.port,
-            "operational_status": "ready",
-            "health_status": "healthy",
-            "version": env!("CARGO_PKG_VERSION"),
+    let message = QueenTelemetry {
+        r#type: "telemetry",
+        hive_id: &hive.id,
+        hive_info: QueenHiveInfo {
+            id: &hive.id,
+            hostname: &hive.hostname,
+            port: hive.port,
+            operational_status: "ready",
+            health_status: "healthy",
+            version: env!("CARGO_PKG_VERSION"),
         },
-        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "workers": entries,
-    })
+        timestamp: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        workers: workers
+            .running_with_stats()
+            .into_iter()
+            .map(|(record, stats)| QueenWorker {
+                pid: record.pid,
+                instance: record.port.to_string(),
+                cpu_pct: stats.cpu_pct,
+                rss_mb: whole_mib(stats.rss_mb),
+                io_r_mb_s: stats.io_r_mb_s,
+                io_w_mb_s: stats.io_w_mb_s,
+                uptime_s: stats.uptime_s,
+                gpu_util_pct: stats.gpu_util_pct.unwrap_or(0.0),
+                vram_mb: stats.vram_mb.map_or(0, |mib| whole_mib(mib.round())),
+                total_vram_mb: stats.total_vram_mb.map_or(0, |mib| whole_mib(mib.round())),
+                model: Some(record.model_id.clone()),
+                state: record.status.label(),
+                group: record.worker_type,
+                worker_id: record.id,
+            })
+            .collect(),
+    };
+    serde_json::to_value(&message).unwrap_or_default()
 }
 
 /// The name of a transition on the stream, for those reported.

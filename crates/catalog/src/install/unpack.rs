@@ -97,12 +97,50 @@ pub(crate) fn unpack_tar_gz(archive: &Path, into: &Path) -> Result<usize, String
         if !unpacked {
             return Err(format!("entry '{shown}' would land outside the folder"));
         }
+        if kind == tar::EntryType::Directory {
+            // tar applies the archive's mode to folders; one without write or search
+            // permission would stop the next entries and every later removal of the entry.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(into.join(&path), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("cannot open up folder '{shown}': {e}"))?;
+        }
         count += 1;
     }
     if count == 0 {
         return Err("the archive is empty".to_owned());
     }
+    // Each link was checked against the path it was written at; one written through an
+    // earlier link lands elsewhere. What counts is where every link resolves now.
+    links_stay_inside(into)?;
     Ok(count)
+}
+
+/// Refuses a folder holding a symbolic link that resolves outside it, or to nothing.
+fn links_stay_inside(root: &Path) -> Result<(), String> {
+    let canonical_root = std::fs::canonicalize(root).map_err(|e| e.to_string())?;
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).map_err(|e| e.to_string())? {
+            let entry = entry.map_err(|e| e.to_string())?;
+            let kind = entry.file_type().map_err(|e| e.to_string())?;
+            let path = entry.path();
+            let shown = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
+            if kind.is_symlink() {
+                let resolved = std::fs::canonicalize(&path)
+                    .map_err(|_| format!("link '{shown}' leads nowhere in the archive"))?;
+                if !resolved.starts_with(&canonical_root) {
+                    return Err(format!("link '{shown}' leads outside the archive"));
+                }
+            } else if kind.is_dir() {
+                folders.push(path);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `Ok` when `path` is relative and has no `..` (nor a root or prefix).
@@ -342,6 +380,41 @@ mod tests {
             raw_entry(b, "a/link", tar::EntryType::Symlink, "../a/w");
         });
         assert_eq!(unpack(&bytes).1, Ok(2));
+    }
+
+    #[test]
+    fn refuses_a_link_written_through_an_earlier_link_that_leads_outside() {
+        // Each link alone stays inside by its own path; the second is written through the
+        // first (into the root) and from there leads out.
+        let bytes = tar_gz(|b| {
+            raw_entry(b, "a/b/up", tar::EntryType::Symlink, "../..");
+            raw_entry(
+                b,
+                "a/b/up/esc",
+                tar::EntryType::Symlink,
+                "../../../etc/passwd",
+            );
+        });
+        let error = unpack(&bytes).1.unwrap_err();
+        assert!(error.contains("leads outside"), "{error}");
+    }
+
+    #[test]
+    fn a_folder_without_write_permission_in_the_archive_is_opened_up() {
+        let bytes = tar_gz(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_size(0);
+            h.set_mode(0o555);
+            b.append_data(&mut h, "w/bin", std::io::empty()).unwrap();
+            let mut h = file_header(10, 0o755);
+            b.append_data(&mut h, "w/bin/llm-worker", &b"#!/bin/sh\n"[..])
+                .unwrap();
+        });
+        let (dir, result) = unpack(&bytes);
+        assert_eq!(result, Ok(2));
+        // And the whole folder can be removed again.
+        std::fs::remove_dir_all(dir.path().join("into")).unwrap();
     }
 
     #[test]

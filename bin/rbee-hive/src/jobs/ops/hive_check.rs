@@ -77,7 +77,21 @@ pub async fn run(
         ),
     }
 
-    for name in services.workers.worker_type_names() {
+    let type_names = services.workers.worker_type_names();
+    if let Some(load_worker) = &config.load_worker
+        && !type_names.contains(load_worker)
+    {
+        // Every model_load would fail: the hive needs it.
+        report(
+            "hive_check_worker",
+            Outcome::Fail,
+            format!(
+                "load_worker '{load_worker}' names no worker type (there are: {})",
+                type_names.join(", ")
+            ),
+        );
+    }
+    for name in type_names {
         let needed = config.workers.contains_key(&name)
             || config.load_worker.as_deref() == Some(name.as_str());
         let (outcome, what) = program_check(services, &name, needed);

@@ -34,7 +34,7 @@ pub async fn run(
                 .action("worker_cat_get_error")
                 .context(worker_id)
                 .context(&error)
-                .human("❌ Worker '{}' not found in the worker catalog: {}")
+                .human("❌ Cannot get worker '{}' from the worker catalog: {}")
                 .error()
                 .emit_to(job);
             return Err(error);
