@@ -74,8 +74,7 @@ fn open(state: AppState, subscription: Option<SubscriptionGuard>) -> Response {
         ticker,
         first: Some(sse("snapshot", &snapshot)),
     };
-    let first_heartbeat = sse("heartbeat", &heartbeat(&reader.hive, &reader.workers));
-    reader.pending.push_back(first_heartbeat);
+    reader.queue_heartbeat();
     let body = Body::from_stream(futures::stream::unfold(reader, |mut reader| async move {
         let chunk = reader.next().await?;
         Some((Ok::<Bytes, Infallible>(Bytes::from(chunk)), reader))
@@ -96,10 +95,21 @@ struct Reader {
     closing: tokio_util::sync::CancellationToken,
     workers: WorkerManager,
     events: tokio::sync::broadcast::Receiver<WorkerEvent>,
-    /// Worker events of one change not sent yet (a change may make several transitions).
-    pending: std::collections::VecDeque<String>,
+    /// Events not sent yet: the worker events of one change (a change may make several
+    /// transitions) and the heartbeat that follows them.
+    pending: std::collections::VecDeque<Queued>,
     ticker: tokio::time::Interval,
     first: Option<String>,
+}
+
+/// An event waiting to be sent.
+enum Queued {
+    /// Its text, made when it was queued.
+    Text(String),
+    /// A heartbeat, made when it is sent: the change events before it go out first (a
+    /// heartbeat reads every worker's figures), and a burst of changes queues one, which
+    /// says how things are when it leaves.
+    Heartbeat,
 }
 
 impl Reader {
@@ -108,8 +118,12 @@ impl Reader {
         if let Some(first) = self.first.take() {
             return Some(first);
         }
-        if let Some(next) = self.pending.pop_front() {
-            return Some(next);
+        match self.pending.pop_front() {
+            Some(Queued::Text(text)) => return Some(text),
+            Some(Queued::Heartbeat) => {
+                return Some(sse("heartbeat", &heartbeat(&self.hive, &self.workers)));
+            }
+            None => {}
         }
         loop {
             tokio::select! {
@@ -121,14 +135,16 @@ impl Reader {
                             continue;
                         }
                         let worker = worker_json(&record, self.workers.stats(&record.id));
-                        self.pending.extend(named.map(|change| {
+                        let mut events = named.map(|change| {
                             sse("worker", &json!({"change": change, "worker": worker}))
-                        }));
-                        self.pending.push_back(self.heartbeat());
-                        return self.pending.pop_front();
+                        });
+                        let first = events.next();
+                        self.pending.extend(events.map(Queued::Text));
+                        self.queue_heartbeat();
+                        return first;
                     }
                     Ok(WorkerEvent::Removed { id }) => {
-                        self.pending.push_back(self.heartbeat());
+                        self.queue_heartbeat();
                         return Some(sse("worker", &json!({"change": "removed", "worker_id": id})));
                     }
                     Err(RecvError::Lagged(missed)) => {
@@ -140,15 +156,19 @@ impl Reader {
                     Err(RecvError::Closed) => return None,
                 },
                 _ = self.ticker.tick() => {
-                    self.pending.push_back(self.heartbeat());
+                    self.queue_heartbeat();
                     return Some(sse("telemetry", &telemetry(&self.workers)));
                 }
             }
         }
     }
 
-    fn heartbeat(&self) -> String {
-        sse("heartbeat", &heartbeat(&self.hive, &self.workers))
+    /// Queues a heartbeat after what is queued, unless one is waiting already (it will be
+    /// made when it leaves, so it shows this change too).
+    fn queue_heartbeat(&mut self) {
+        if !matches!(self.pending.back(), Some(Queued::Heartbeat)) {
+            self.pending.push_back(Queued::Heartbeat);
+        }
     }
 }
 
