@@ -148,14 +148,23 @@ pub async fn dispatch(
             let request = catalog::DownloadRequest { model, id, sha256 };
             ops::model_download::run(&job, &services, &hive_id, request).await
         }
+        // The operations below are rare and their futures large (a download's buffers, a
+        // spawn awaited inside a load): boxed, so that every job's future, the common
+        // `worker_list` included, stays the size it was.
         Operation::WorkerCatalogList { hive_id } => {
-            ops::worker_catalog_list::run(&job, &services, &hive_id).await
+            Box::pin(ops::worker_catalog_list::run(&job, &services, &hive_id)).await
         }
         Operation::WorkerCatalogGet { hive_id, worker_id } => {
-            ops::worker_catalog_get::run(&job, &services, &hive_id, &worker_id).await
+            Box::pin(ops::worker_catalog_get::run(
+                &job, &services, &hive_id, &worker_id,
+            ))
+            .await
         }
         Operation::WorkerInstall { hive_id, worker_id } => {
-            ops::worker_install::run(&job, &services, &hive_id, &worker_id).await
+            Box::pin(ops::worker_install::run(
+                &job, &services, &hive_id, &worker_id,
+            ))
+            .await
         }
         // Today's rbee names (PROTOCOL §9): the same handlers as the names they stand for.
         Operation::WorkerListInstalled { hive_id } => {
@@ -171,10 +180,12 @@ pub async fn dispatch(
             hive_id,
             id,
             device,
-        } => ops::model_load::run(&job, &services, &hive_id, &id, device).await,
+        } => Box::pin(ops::model_load::run(&job, &services, &hive_id, &id, device)).await,
         Operation::ModelUnload { hive_id, id } => {
-            ops::model_unload::run(&job, &services, &hive_id, &id).await
+            Box::pin(ops::model_unload::run(&job, &services, &hive_id, &id)).await
         }
-        Operation::HiveCheck { alias } => ops::hive_check::run(&job, &services, &alias).await,
+        Operation::HiveCheck { alias } => {
+            Box::pin(ops::hive_check::run(&job, &services, &alias)).await
+        }
     }
 }
