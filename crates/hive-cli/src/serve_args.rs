@@ -31,9 +31,9 @@ pub struct ServeArgs {
     /// passes it to workers as {queen_url}
     #[arg(long, env = "RBEE_HIVE_QUEEN_URL")]
     pub queen_url: Option<String>,
-    /// The URL the queen and this hive's workers reach the hive at [default:
-    /// http://<bind>:<port>; when bound to all addresses, 127.0.0.1 or [::1] for workers and
-    /// the machine's hostname for the queen]
+    /// The URL the queen and this hive's workers reach the hive at [default: http://BIND:PORT;
+    /// when bound to all addresses, 127.0.0.1 or ::1 for workers and the machine's hostname
+    /// for the queen]
     #[arg(long, env = "RBEE_HIVE_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// URL of the worker catalog server that worker_catalog_list/get and worker_install

@@ -13,7 +13,7 @@
 //! many changes it missed, and never slows the hive.
 //!
 //! For today's rbee queen (PROTOCOL §9), `event: heartbeat` carries its telemetry message
-//! ([`heartbeat`]): at every interval and after every worker change, every running worker in
+//! (`heartbeat`): at every interval and after every worker change, every running worker in
 //! the upstream's field names and JSON types. The queen parses every message's data and
 //! drops what is not that shape, so our other events cost it nothing. A queen reads the
 //! stream at `/queen/<key>/v1/heartbeats/stream` (the `hive_url` it was registered with):
