@@ -167,15 +167,20 @@ async fn main() -> anyhow::Result<()> {
     }
     hive.stop()?;
 
-    // Each of these starts hives of its own.
+    // Each of these starts hives of its own: one that fails is noted and the others still
+    // run, so that a run keeps the rows it measured (a loaded machine can fail one).
+    let mut failed = Vec::new();
     if args.runs("shutdown") {
-        shutdown::run(&bin_dir, &config, &mut report).await?;
+        let result = shutdown::run(&bin_dir, &config, &mut report).await;
+        note_failure(&mut report, &mut failed, "shutdown", result);
     }
     if args.runs("restart") {
-        restart::run(&bin_dir, &config, &mut report).await?;
+        let result = restart::run(&bin_dir, &config, &mut report).await;
+        note_failure(&mut report, &mut failed, "restart", result);
     }
     if args.runs("memory") {
-        memory::run(&bin_dir, args.memory_jobs, &mut report).await?;
+        let result = memory::run(&bin_dir, args.memory_jobs, &mut report).await;
+        note_failure(&mut report, &mut failed, "memory", result);
     }
     if args.runs("download") {
         eprintln!(
@@ -183,44 +188,82 @@ async fn main() -> anyhow::Result<()> {
             args.download_repeats
         );
         for place in download::places() {
-            let outcome = download::run(&bin_dir, args.download_repeats, &place).await?;
-            report.rows.extend(outcome.rows);
-            report.notes.extend(outcome.notes);
+            let result = download::run(&bin_dir, args.download_repeats, &place)
+                .await
+                .map(|outcome| {
+                    report.rows.extend(outcome.rows);
+                    report.notes.extend(outcome.notes);
+                });
+            note_failure(&mut report, &mut failed, "download", result);
         }
     }
 
     if args.runs("observe") {
         eprintln!("12/12 observing: sampling cost, telemetry and logs latency");
-        report.rows.extend(observe::sampling_cost(&bin_dir).await?);
-        report
-            .rows
-            .push(observe::telemetry_latency(&bin_dir).await?);
-        report.rows.push(observe::logs_latency(&bin_dir).await?);
+        let result = async {
+            report.rows.extend(observe::sampling_cost(&bin_dir).await?);
+            report
+                .rows
+                .push(observe::telemetry_latency(&bin_dir).await?);
+            report.rows.push(observe::logs_latency(&bin_dir).await?);
+            anyhow::Ok(())
+        }
+        .await;
+        note_failure(&mut report, &mut failed, "observe", result);
     }
 
     if args.runs("service") || args.runs("service-restart") {
         eprintln!("service: socket-activated restart under 64 clients");
-        report
-            .rows
-            .extend(service::restart_under_load(&bin_dir).await?);
+        let result = service::restart_under_load(&bin_dir)
+            .await
+            .map(|rows| report.rows.extend(rows));
+        note_failure(&mut report, &mut failed, "service-restart", result);
     }
     if args.runs("service") || args.runs("service-idle") {
         eprintln!("service: 2000 idle connections");
-        report
-            .rows
-            .extend(service::idle_connections(&bin_dir).await?);
+        let result = service::idle_connections(&bin_dir)
+            .await
+            .map(|rows| report.rows.extend(rows));
+        note_failure(&mut report, &mut failed, "service-idle", result);
     }
     if args.runs("service") || args.runs("service-hostile") {
         eprintln!("service: /health under a hostile load at a 1024 fd limit");
-        report.rows.extend(service::hostile(&bin_dir).await?);
+        let result = service::hostile(&bin_dir)
+            .await
+            .map(|rows| report.rows.extend(rows));
+        note_failure(&mut report, &mut failed, "service-hostile", result);
     }
 
     if args.runs("queen") {
-        queen::run(&bin_dir, args.queen_repeats, &mut report).await?;
+        let result = queen::run(&bin_dir, args.queen_repeats, &mut report).await;
+        note_failure(&mut report, &mut failed, "queen", result);
     }
 
     report.print();
     report.write(&args.out)?;
     eprintln!("results written to {}", args.out.display());
+    if !failed.is_empty() {
+        bail!(
+            "these scenarios failed (their rows are missing): {}",
+            failed.join(", ")
+        );
+    }
     Ok(())
+}
+
+/// Notes a scenario's failure in the report and in `failed` (the run then ends with an
+/// error, after the rows of the others are printed and written).
+fn note_failure(
+    report: &mut Report,
+    failed: &mut Vec<String>,
+    scenario: &str,
+    result: anyhow::Result<()>,
+) {
+    if let Err(error) = result {
+        eprintln!("scenario {scenario} failed: {error:#}");
+        report.notes.push(format!(
+            "scenario {scenario} FAILED, its rows are missing: {error:#}"
+        ));
+        failed.push(scenario.to_owned());
+    }
 }
