@@ -1,11 +1,11 @@
 //! Model and worker-binary catalogs and model downloads (issue 12), end to end: a real hive,
 //! a local HTTP file server with fault switches (`crates/file-server`), real files on disk.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use file_server::{FileServer, Switches};
 use rbee_hive_e2e::lines::assert_line;
+use rbee_hive_e2e::os::files_in;
 use rbee_hive_e2e::os::pid_alive;
 use rbee_hive_e2e::wait::{holds_for, wait_for};
 use rbee_hive_e2e::{TestHive, binaries};
@@ -81,18 +81,6 @@ async fn model_status(hive: &TestHive, id: &str) -> Option<Value> {
         .into_iter()
         .find(|e| e["artifact"]["id"] == id)
         .map(|e| e["artifact"]["status"].clone())
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|read| {
-            read.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 #[tokio::test]
@@ -681,18 +669,8 @@ async fn the_hub_token_goes_to_the_hub_only_and_redirects_stay_on_http() {
 async fn worker_binaries_are_listed_got_deleted_and_used_by_spawn() {
     let hive = TestHive::start().await;
     let id = "cpu-llm-worker-rbee-v0.1.0-linux";
-    let folder = hive.catalog_dir().join("workers").join(id);
-    std::fs::create_dir_all(&folder).unwrap();
-    let binary: PathBuf = folder.join("llm-worker-rbee-cpu");
-    std::fs::copy(binaries::program("rbee-demo-worker"), &binary).unwrap();
+    let binary = hive.install_worker_binary(id, "llm-worker-rbee-cpu");
     let size = std::fs::metadata(&binary).unwrap().len();
-    let metadata = json!({
-        "artifact": {"id": id, "worker_type": "CpuLlm", "platform": "Linux",
-                     "path": binary, "size": size, "status": "Available",
-                     "version": "0.1.0", "added_at": "2025-01-01T00:00:00Z"},
-        "added_at": "2025-01-01T00:00:00Z", "last_accessed": "2025-01-01T00:00:00Z"
-    });
-    std::fs::write(folder.join("metadata.json"), metadata.to_string()).unwrap();
 
     let lines = hive.run_job(op("worker_binary_list", json!({}))).await;
     assert!(
@@ -743,7 +721,7 @@ async fn worker_binaries_are_listed_got_deleted_and_used_by_spawn() {
         )),
         "{lines:#?}"
     );
-    assert!(!folder.exists());
+    assert!(!binary.parent().unwrap().exists());
     let lines = hive
         .run_job(op("worker_binary_get", json!({"worker_type": id})))
         .await;

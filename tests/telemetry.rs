@@ -7,37 +7,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use rbee_hive_e2e::TestHive;
 use rbee_hive_e2e::openmetrics::value;
-use rbee_hive_e2e::sse::{Event, events};
+use rbee_hive_e2e::sse::{Event, events, read_until};
 use rbee_hive_e2e::wait::wait_for_every;
 use serde_json::{Value, json};
-
-/// Reads events from `body` until `until` holds for one; returns those read.
-async fn read_until(
-    body: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
-    buffer: &mut String,
-    until: impl Fn(&Event) -> bool,
-) -> Vec<Event> {
-    let mut seen = Vec::new();
-    let read = async {
-        loop {
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let event = events(&block).remove(0);
-                let done = until(&event);
-                seen.push(event);
-                if done {
-                    return;
-                }
-            }
-            let chunk = body.next().await.expect("the stream goes on").unwrap();
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .unwrap_or_else(|_| panic!("no expected event; seen {seen:#?}"));
-    seen
-}
 
 fn data(event: &Event) -> Value {
     serde_json::from_str(&event.data).unwrap()

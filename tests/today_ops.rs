@@ -3,7 +3,6 @@
 //! OS checked afterwards), `hive_check` passing and failing, `model_download` of a bare
 //! `owner/repo` against a local fake hub, and both eras' names never answered 400.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use file_server::FileServer;
@@ -70,18 +69,7 @@ async fn todays_worker_catalog_names_act_as_the_binary_operations_under_their_ow
         .start()
         .await;
     let id = "cpu-llm-worker-rbee-v0.1.0-linux";
-    let folder = hive.catalog_dir().join("workers").join(id);
-    std::fs::create_dir_all(&folder).unwrap();
-    let binary: PathBuf = folder.join("llm-worker-rbee-cpu");
-    std::fs::copy(binaries::program("rbee-demo-worker"), &binary).unwrap();
-    let size = std::fs::metadata(&binary).unwrap().len();
-    let metadata = json!({
-        "artifact": {"id": id, "worker_type": "CpuLlm", "platform": "Linux",
-                     "path": binary, "size": size, "status": "Available",
-                     "version": "0.1.0", "added_at": "2025-01-01T00:00:00Z"},
-        "added_at": "2025-01-01T00:00:00Z", "last_accessed": "2025-01-01T00:00:00Z"
-    });
-    std::fs::write(folder.join("metadata.json"), metadata.to_string()).unwrap();
+    let binary = hive.install_worker_binary(id, "llm-worker-rbee-cpu");
 
     // The same lines as worker_binary_list / _get / _delete.
     let job = hive.submit(op("worker_list_installed", json!({}))).await;
@@ -118,7 +106,7 @@ async fn todays_worker_catalog_names_act_as_the_binary_operations_under_their_ow
         &lines,
         &format!("[hv-router ] worker_bin_del_ok: ✅ Worker binary '{id}' deleted successfully"),
     );
-    assert!(!folder.exists());
+    assert!(!binary.parent().unwrap().exists());
     let lines = hive
         .run_job(op("worker_installed_get", json!({"worker_id": id})))
         .await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use rbee_hive_e2e::openmetrics::value;
 use rbee_hive_e2e::queen::upstream::{HiveHeartbeatEvent, ProcessStats};
 use rbee_hive_e2e::queen::{FakeQueen, ReadyAnswer};
-use rbee_hive_e2e::sse::{Event, events};
+use rbee_hive_e2e::sse::{Event, read_until};
 use rbee_hive_e2e::wait::{holds_for, wait_for, wait_until};
 use rbee_hive_e2e::{TestHive, delete_body, demo_worker_type, pid_of, port_of, spawn_body};
 use serde_json::{Value, json};
@@ -36,29 +36,8 @@ async fn hive_for_queen(queen_url: &str) -> TestHive {
 
 /// The events of the stream at `path`, read until `until` holds for one (that one last).
 async fn events_until(hive: &TestHive, path: &str, until: impl Fn(&Event) -> bool) -> Vec<Event> {
-    use futures::StreamExt;
     let mut body = hive.get(path).await.bytes_stream();
-    let mut buffer = String::new();
-    let mut seen = Vec::new();
-    let read = async {
-        loop {
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let event = events(&block).remove(0);
-                let done = until(&event);
-                seen.push(event);
-                if done {
-                    return;
-                }
-            }
-            let chunk = body.next().await.expect("the stream goes on").unwrap();
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .unwrap_or_else(|_| panic!("no expected event; seen {seen:#?}"));
-    seen
+    read_until(&mut body, &mut String::new(), until).await
 }
 
 /// A ready worker of `worker_type` on a hive whose id is [`HIVE_ID`].

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,6 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use rbee_hive_e2e::TestHive;
 use rbee_hive_e2e::lines::assert_line;
+use rbee_hive_e2e::os::files_in;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -303,18 +303,6 @@ async fn installed_ids(hive: &TestHive) -> Vec<String> {
         .iter()
         .map(|e| e["artifact"]["id"].as_str().unwrap().to_owned())
         .collect()
-}
-
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|read| {
-            read.filter_map(Result::ok)
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 #[tokio::test]

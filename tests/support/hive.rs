@@ -155,6 +155,25 @@ impl TestHive {
         self.dir.path().join("catalog")
     }
 
+    /// Puts a `CpuLlm` worker-binary entry `id` into the catalog as the upstream hive lays
+    /// it out (`workers/<id>/metadata.json`), its program a copy of the demo worker named
+    /// `program`; returns the program's path.
+    pub fn install_worker_binary(&self, id: &str, program: &str) -> PathBuf {
+        let folder = self.catalog_dir().join("workers").join(id);
+        std::fs::create_dir_all(&folder).expect("entry folder");
+        let binary = folder.join(program);
+        std::fs::copy(binaries::program("rbee-demo-worker"), &binary).expect("copy program");
+        let size = std::fs::metadata(&binary).expect("program").len();
+        let metadata = serde_json::json!({
+            "artifact": {"id": id, "worker_type": "CpuLlm", "platform": "Linux",
+                         "path": binary, "size": size, "status": "Available",
+                         "version": "0.1.0", "added_at": "2025-01-01T00:00:00Z"},
+            "added_at": "2025-01-01T00:00:00Z", "last_accessed": "2025-01-01T00:00:00Z"
+        });
+        std::fs::write(folder.join("metadata.json"), metadata.to_string()).expect("metadata");
+        binary
+    }
+
     /// A hive with default settings.
     pub async fn start() -> Self {
         Self::builder().start().await

@@ -100,3 +100,16 @@ impl Drop for Bystander {
         let _ = self.0.wait();
     }
 }
+
+/// The names in `dir`, sorted; none if it cannot be read.
+pub fn files_in(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|read| {
+            read.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}

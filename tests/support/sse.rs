@@ -1,5 +1,9 @@
 //! Parsing of stream bodies, strictly: tests see exactly what went over the wire.
 
+use std::time::Duration;
+
+use futures::StreamExt;
+
 /// One parsed SSE event: its fields in order (`data` lines joined with `\n`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Event {
@@ -50,4 +54,34 @@ pub fn data_events(body: &str) -> Vec<String> {
             e.data
         })
         .collect()
+}
+
+/// Reads events from `body` until `until` holds for one; returns those read (the last is the
+/// one `until` took). `buffer` keeps what was read past it, for the next call. Fails the test
+/// after 30 s.
+pub async fn read_until<Chunk: AsRef<[u8]>>(
+    body: &mut (impl futures::Stream<Item = reqwest::Result<Chunk>> + Unpin),
+    buffer: &mut String,
+    until: impl Fn(&Event) -> bool,
+) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let read = async {
+        loop {
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let event = events(&block).remove(0);
+                let done = until(&event);
+                seen.push(event);
+                if done {
+                    return;
+                }
+            }
+            let chunk = body.next().await.expect("the stream goes on").unwrap();
+            buffer.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .unwrap_or_else(|_| panic!("no expected event; seen {seen:#?}"));
+    seen
 }
